@@ -1,0 +1,43 @@
+"""Clipping strategies: one small class per `clip=` mode, behind a registry.
+
+Every strategy is called once per optimizer step, after the gradients are complete
+(all micro-batches, unscaled), with the pre-clip measurement the step already made:
+
+    strategy(params, total_norm) -> ClipResult
+
+`params` are the parameters that have gradients, `total_norm` their total p-norm
+(p = norm_type) as a 0-d device tensor. The strategy clips the gradients in place and
+returns, as device tensors (no host sync), the total norm after clipping and whether
+it fired. `none` clips nothing but is measured all the same.
+
+Adding a strategy: one module here, one conf/clip/<mode>.yaml, its tests, and one
+line in REGISTRY.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import NamedTuple
+
+from gradlab.errors import bad
+
+REGISTRY = {
+    "none": "gradlab.clip.none:NoClip",
+    "value": "gradlab.clip.value:ClipByValue",
+    "norm": "gradlab.clip.norm:ClipByNorm",
+}
+
+
+class ClipResult(NamedTuple):
+    norm_after: "torch.Tensor"  # total norm of the gradients after clipping (0-d)
+    fired: "torch.Tensor"       # bool 0-d: did clipping change any gradient
+
+
+def build_clip(clip_cfg: dict, norm_type: float):
+    """Instantiate the strategy named by clip_cfg["mode"]; the other keys are its knobs."""
+    mode = clip_cfg["mode"]
+    if mode not in REGISTRY:
+        raise bad("clip", mode, f"choose from {', '.join(sorted(REGISTRY))}")
+    module, cls = REGISTRY[mode].split(":")
+    knobs = {k: v for k, v in clip_cfg.items() if k != "mode"}
+    return getattr(importlib.import_module(module), cls)(norm_type=norm_type, **knobs)

@@ -1,0 +1,129 @@
+"""Checking a composed configuration and naming the run it describes.
+
+Everything here runs before a run directory exists, so bad input leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+from gradlab.errors import bad
+
+# keys that change where or how a run is shown, not what it computes
+NOT_IDENTITY = ("name", "results_root", "progress", "force", "logger")
+PRECISIONS = ("fp32", "bf16", "fp16")
+REFERENCE_MARK = ".gradlab-reference"  # a results folder holding committed reference runs
+
+
+def plain(cfg) -> dict:
+    """The resolved config as plain Python containers, without Hydra's own node."""
+    from omegaconf import OmegaConf
+
+    conf = OmegaConf.to_container(cfg, resolve=True)
+    conf.pop("hydra", None)
+    return conf
+
+
+def _positive_int(conf: dict, key: str) -> None:
+    value = conf[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise bad(key, value, "must be an integer >= 1")
+
+
+def norm_type(value) -> float:
+    """1, 2, any other p > 0, or inf (also written 'inf')."""
+    try:
+        p = float(value)
+    except (TypeError, ValueError):
+        p = math.nan
+    if not p > 0:
+        raise bad("norm_type", value, "must be a positive number (1, 2, ...) or inf")
+    return p
+
+
+def check_knobs(conf: dict) -> None:
+    """Top-level knobs; the group-specific ones are checked by the classes they configure."""
+    for key in ("steps", "batch_size", "accum_steps", "log_every"):
+        _positive_int(conf, key)
+    for key in ("eval_every", "layer_norms_every"):
+        if isinstance(conf[key], bool) or not isinstance(conf[key], int) or conf[key] < 0:
+            raise bad(key, conf[key], "must be an integer >= 0 (0 = off)")
+    lr = conf["lr"]
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+        raise bad("lr", lr, "must be a finite number > 0")
+    norm_type(conf["norm_type"])
+    if conf["precision"] not in PRECISIONS:
+        raise bad("precision", conf["precision"], f"choose from {', '.join(PRECISIONS)}")
+    if not isinstance(conf["seed"], int) or isinstance(conf["seed"], bool):
+        raise bad("seed", conf["seed"], "must be an integer")
+
+
+def resolve_device(name: str):
+    """`auto` -> cuda when available else cpu; `cuda` without a GPU is an error, not a fallback."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    allowed = "choose from auto, cpu, cuda, cuda:N"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise bad("device", name, allowed) from None
+    if device.type not in ("cpu", "cuda"):
+        raise bad("device", name, allowed)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise bad("device", name, "CUDA is not available on this machine (use device=cpu or device=auto)")
+        if (device.index or 0) >= torch.cuda.device_count():
+            raise bad("device", name, f"this machine has {torch.cuda.device_count()} GPU(s)")
+    return device
+
+
+def sweep_dir(conf: dict) -> Path:
+    return Path(conf["results_root"]) / str(conf["name"])
+
+
+def check_writable(path: Path) -> None:
+    """The results folder can be created and written, and is not a committed reference folder."""
+    for parent in [path, *path.parents]:
+        if (parent / REFERENCE_MARK).exists():
+            raise bad("name", path, f"{parent} holds committed reference results; write elsewhere (name=..., results_root=...)")
+    existing = next(p for p in [path, *path.parents] if p.exists())
+    try:
+        if not existing.is_dir():
+            raise OSError(f"{existing} is not a directory")
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as e:
+        raise bad("results_root", os.fspath(path), f"cannot write there ({e.strerror or e})") from None
+
+
+def identity(conf: dict) -> str:
+    """Short hash of everything that determines a run's numbers."""
+    kept = {k: v for k, v in conf.items() if k not in NOT_IDENTITY}
+    return hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def clip_label(conf: dict) -> str:
+    """`none`, `norm5`, `value0.5`, `norm1-p1`: the clip mode and the values of its knobs."""
+    clip = conf["clip"]
+    label = clip["mode"] + "-".join(f"{v:g}" if isinstance(v, (int, float)) else str(v)
+                                    for k, v in clip.items() if k != "mode")
+    p = norm_type(conf["norm_type"])
+    return label if p == 2 else f"{label}-p{p:g}"
+
+
+def display_name(conf: dict) -> str:
+    """Readable run name, e.g. `lstm-adding-norm5-s0`."""
+    return f"{conf['model']['name']}-{conf['task']['name']}-{clip_label(conf)}-s{conf['seed']}"
+
+
+def run_id(conf: dict) -> str:
+    """Directory name of the run: readable name + identity hash, stable across re-runs."""
+    return f"{display_name(conf)}-{identity(conf)}"
+
+

@@ -1,0 +1,40 @@
+"""Optimizers (`optim=sgd|adam|adamw`, conf/optim/) and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from gradlab.errors import bad
+
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+SCHEDULES = ("constant", "cosine")
+
+
+def build_optimizer(optim_cfg: dict, params, lr: float) -> torch.optim.Optimizer:
+    """torch optimizer named by optim_cfg["name"]; the other keys (but `schedule`, `warmup_steps`) are its arguments."""
+    name = optim_cfg["name"]
+    if name not in OPTIMIZERS:
+        raise bad("optim", name, f"choose from {', '.join(OPTIMIZERS)}")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v
+              for k, v in optim_cfg.items() if k not in ("name", "schedule", "warmup_steps")}
+    return OPTIMIZERS[name](params, lr=lr, **kwargs)
+
+
+def lr_factor(optim_cfg: dict, steps: int):
+    """Multiplier of the base lr at each optimizer step: linear warm-up, then constant or cosine to 0."""
+    schedule, warmup = optim_cfg.get("schedule", "constant"), int(optim_cfg.get("warmup_steps", 0))
+    if schedule not in SCHEDULES:
+        raise bad("optim.schedule", schedule, f"choose from {', '.join(SCHEDULES)}")
+    if not 0 <= warmup < steps:
+        raise bad("optim.warmup_steps", warmup, f"must be in [0, steps={steps})")
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / (steps - warmup)))
+        return 1.0
+
+    return factor

@@ -1,0 +1,100 @@
+"""What a run and a sweep show while they work.
+
+progress=auto: a live bar on a terminal, plain periodic lines otherwise (CI logs);
+progress=bar|lines force one; progress=none (`--quiet`) prints nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from hydra.experimental.callback import Callback
+
+MODES = ("auto", "bar", "lines", "none")
+
+
+def resolve_mode(mode: str) -> str:
+    if mode not in MODES:
+        from gradlab.errors import bad
+
+        raise bad("progress", mode, f"choose from {', '.join(MODES)}")
+    if mode == "auto":
+        return "bar" if sys.stdout.isatty() else "lines"
+    return mode
+
+
+def _info(row: dict, clip_fraction: float, steps_per_s: float) -> str:
+    return (f"loss {row['loss']:.4g}  gnorm {row['grad_norm']:.3g}  clip {clip_fraction:.0%}  "
+            f"{steps_per_s:.0f} steps/s")
+
+
+class RunProgress:
+    """Progress of one run: step, loss, grad norm, clip fraction, steps/s, ETA."""
+
+    def __init__(self, mode: str, name: str, total: int, lines: int = 10):
+        self.mode, self.name, self.total = resolve_mode(mode), name, total
+        self.every = max(1, total // lines)
+        self.next_line = self.every
+        if self.mode == "bar":
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False)
+            self.task = self.bar.add_task(name, total=total, info="")
+            self.bar.start()
+
+    def update(self, step: int, row: dict, clip_fraction: float, steps_per_s: float) -> None:
+        if self.mode == "bar":
+            self.bar.update(self.task, completed=step, info=_info(row, clip_fraction, steps_per_s))
+        elif self.mode == "lines" and (step >= self.next_line or step == self.total):
+            eta = (self.total - step) / steps_per_s if steps_per_s > 0 else float("nan")
+            print(f"{self.name} step {step}/{self.total}  {_info(row, clip_fraction, steps_per_s)}  eta {eta:.0f}s",
+                  flush=True)
+            self.next_line = (step // self.every + 1) * self.every
+
+    def close(self, summary: dict, run_dir) -> None:
+        if self.mode == "bar":
+            self.bar.stop()
+        if self.mode != "none":
+            print(f"{self.name}: {describe(summary)} -> {run_dir}", flush=True)
+
+
+def describe(summary: dict) -> str:
+    """One phrase for a finished run: `completed, loss 0.012`, `diverged at step 40`, `failed: ...`."""
+    status = summary["status"]
+    if status == "diverged":
+        return f"diverged at step {summary['diverged_step']}"
+    if status == "failed":
+        return f"failed: {summary['error']}"
+    loss = summary.get("eval_loss_final", summary.get("train_loss_final"))
+    return f"{status}, eval loss {loss:.4g}" if loss is not None else status
+
+
+def report_skipped(mode: str, summary: dict, run_dir) -> None:
+    if resolve_mode(mode) != "none":
+        print(f"{summary['name']}: already {describe(summary)} -> {run_dir} (--force re-runs it)", flush=True)
+
+
+class SweepProgress(Callback):
+    """Hydra callback: runs done / total, and how many diverged or failed."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        from gradlab.sweep import expand
+
+        self.total = len(expand(list(config.hydra.overrides.task)))
+        self.counts = {"completed": 0, "diverged": 0, "failed": 0, "skipped": 0}
+        self.quiet = resolve_mode(config.progress) == "none"
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        summary = job_return._return_value  # .return_value re-raises a job's exception
+        status = summary.get("status", "failed") if isinstance(summary, dict) else "failed"
+        self.counts["skipped" if isinstance(summary, dict) and summary.get("skipped") else status] += 1
+        if not self.quiet:
+            done = sum(self.counts.values())
+            print(f"[sweep {done}/{self.total}] {self.counts['diverged']} diverged, {self.counts['failed']} failed",
+                  flush=True)
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        if not self.quiet:
+            counts = ", ".join(f"{n} {k}" for k, n in self.counts.items() if n)
+            print(f"sweep finished: {self.total} runs ({counts}) -> {config.hydra.sweep.dir}", flush=True)

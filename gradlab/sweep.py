@@ -1,0 +1,34 @@
+"""Expanding command-line overrides into jobs and naming a sweep, without running anything."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+# overrides that change where or how runs are shown, not which runs there are
+PRESENTATION = ("name", "results_root", "progress", "force", "device")
+GROUPS = ("experiment", "model", "task", "clip", "optim")
+
+
+def expand(overrides: list[str]) -> list[list[str]]:
+    """The jobs of a sweep, as Hydra's basic sweeper expands them (comma lists, range(), glob())."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return [job for batch in BasicSweeper.split_arguments(parsed, max_batch_size=None) for job in batch]
+
+
+def key_of(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def default_name(overrides: list[str]) -> str:
+    """A sweep's folder name from its overrides, order-independent: `lstm_norm_max_norm-1,5`."""
+    kept = [o for o in overrides if key_of(o) not in PRESENTATION and not key_of(o).startswith("hydra")]
+    kept.sort(key=lambda o: (GROUPS.index(key_of(o)) if key_of(o) in GROUPS else len(GROUPS), o))
+    parts = [o.split("=", 1)[1] if key_of(o) in GROUPS else o.lstrip("+~").replace("=", "-") for o in kept]
+    name = re.sub(r"[^A-Za-z0-9.,_+-]+", "", "_".join(parts)) or "defaults"
+    if len(name) > 80:
+        name = f"{name[:60]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return name

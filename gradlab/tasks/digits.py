@@ -1,0 +1,31 @@
+"""Handwritten digits (8x8, 1797 samples) from scikit-learn's load_digits: ships with
+scikit-learn, so it works offline; a quick image task for CPU-sized runs."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from gradlab.tasks import TaskSpec
+from gradlab.tasks._base import Stored, fraction
+
+SPLIT_SEED = 0  # the train/test split is fixed, the same for every run seed
+
+
+class Digits(Stored):
+    spec = TaskSpec("image", (1, 8, 8), "classes", 10, baseline=math.log(10))
+
+    def __init__(self, test_fraction: float = 0.2):
+        self.test_fraction = fraction("task.test_fraction", test_fraction)
+
+    def load(self, device) -> None:
+        from sklearn.datasets import load_digits
+
+        pixels, labels = load_digits(return_X_y=True)
+        x = torch.tensor(pixels, dtype=torch.float32, device=device).view(-1, 1, 8, 8) / 16  # grey levels 0..16
+        y = torch.tensor(labels, dtype=torch.long, device=device)
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(SPLIT_SEED)).to(device)
+        n_test = round(self.test_fraction * len(y))
+        test, train = order[:n_test], order[n_test:]
+        self.train, self.test = (x[train], y[train]), (x[test], y[test])

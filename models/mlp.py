@@ -1,0 +1,33 @@
+"""`model=mlp`: a multilayer perceptron on the flattened input (per-sample outputs only)."""
+
+import torch
+from torch import nn
+
+from gradlab.errors import bad
+from gradlab.models import cannot_consume
+from gradlab.models.inputs import flat_size
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+
+
+class MLP(nn.Module):
+    def __init__(self, spec, hidden: list, activation: str = "relu"):
+        super().__init__()
+        if spec.output == "token_classes":
+            raise cannot_consume("mlp", spec, "one target per position")
+        if activation not in ACTIVATIONS:
+            raise bad("model.activation", activation, f"choose from {', '.join(ACTIVATIONS)}")
+        if not hidden or any(int(h) < 1 for h in hidden):
+            raise bad("model.hidden", list(hidden), "a non-empty list of layer widths >= 1")
+        self.spec = spec
+        layers, width = [], flat_size(spec)
+        for h in hidden:
+            layers += [nn.Linear(width, int(h)), ACTIVATIONS[activation]()]
+            width = int(h)
+        layers.append(nn.Linear(width, spec.n_out))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.spec.input == "tokens":
+            x = nn.functional.one_hot(x, self.spec.vocab).float()
+        return self.net(x.flatten(1))
