@@ -8,11 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import tempfile
 from pathlib import Path
 
-from gradlab.errors import bad
+from gradlab.errors import bad, positive
 
 # keys that change where or how a run is shown, not what it computes
 NOT_IDENTITY = ("name", "results_root", "progress", "force", "logger")
@@ -37,13 +36,8 @@ def _positive_int(conf: dict, key: str) -> None:
 
 def norm_type(value) -> float:
     """1, 2, any other p > 0, or inf (also written 'inf')."""
-    try:
-        p = float(value)
-    except (TypeError, ValueError):
-        p = math.nan
-    if not p > 0:
-        raise bad("norm_type", value, "must be a positive number (1, 2, ...) or inf")
-    return p
+    allowed = "must be a positive number (1, 2, ...) or inf"
+    return positive("norm_type", math.inf if value == "inf" else value, allowed)
 
 
 def check_knobs(conf: dict) -> None:
@@ -53,9 +47,8 @@ def check_knobs(conf: dict) -> None:
     for key in ("eval_every", "layer_norms_every"):
         if isinstance(conf[key], bool) or not isinstance(conf[key], int) or conf[key] < 0:
             raise bad(key, conf[key], "must be an integer >= 0 (0 = off)")
-    lr = conf["lr"]
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
-        raise bad("lr", lr, "must be a finite number > 0")
+    if positive("lr", conf["lr"], "must be a finite number > 0") == math.inf:
+        raise bad("lr", conf["lr"], "must be a finite number > 0")
     norm_type(conf["norm_type"])
     if conf["precision"] not in PRECISIONS:
         raise bad("precision", conf["precision"], f"choose from {', '.join(PRECISIONS)}")
@@ -88,8 +81,9 @@ def sweep_dir(conf: dict) -> Path:
     return Path(conf["results_root"]) / str(conf["name"])
 
 
-def check_writable(path: Path) -> None:
-    """The results folder can be created and written, and is not a committed reference folder."""
+def check_writable(conf: dict) -> None:
+    """The sweep's folder can be created and written, and is not a committed reference folder."""
+    path = sweep_dir(conf)
     for parent in [path, *path.parents]:
         if (parent / REFERENCE_MARK).exists():
             raise bad("name", path, f"{parent} holds committed reference results; write elsewhere (name=..., results_root=...)")
@@ -99,7 +93,7 @@ def check_writable(path: Path) -> None:
             raise OSError(f"{existing} is not a directory")
         tempfile.TemporaryFile(dir=existing).close()
     except OSError as e:
-        raise bad("results_root", os.fspath(path), f"cannot write there ({e.strerror or e})") from None
+        raise bad("results_root", conf["results_root"], f"cannot write {path} ({e.strerror or e})") from None
 
 
 def identity(conf: dict) -> str:

@@ -8,3 +8,10 @@ class ConfigError(ValueError):
 def bad(key: str, value, allowed: str) -> ConfigError:
     """A ConfigError in the standard shape: `key=value: allowed`."""
     return ConfigError(f"{key}={value}: {allowed}")
+
+
+def positive(key: str, value, allowed: str = "must be a number > 0") -> float:
+    """`value` as a float if it is a number > 0 (inf allowed), else a ConfigError naming `key`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:  # `not >` rejects nan
+        raise bad(key, value, allowed)
+    return float(value)

@@ -72,13 +72,13 @@ def plan(overrides: list[str], multirun: bool) -> tuple[list[str], list[dict]]:
     if not multirun and len(jobs) > 1:
         raise ConfigError(f"{len(jobs)} configurations given: `gradlab train` runs one; use `gradlab sweep`")
 
-    from gradlab.config import check_writable, plain, sweep_dir
+    from gradlab.config import check_writable, plain
     from gradlab.train import build
 
     confs = [plain(cfg) for cfg in compose_all(jobs)]
     for conf in confs:
         build(conf)
-        check_writable(sweep_dir(conf))
+        check_writable(conf)
     return overrides, confs
 
 

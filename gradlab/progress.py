@@ -7,6 +7,7 @@ progress=bar|lines force one; progress=none (`--quiet`) prints nothing.
 from __future__ import annotations
 
 import sys
+import time
 
 from hydra.experimental.callback import Callback
 
@@ -35,6 +36,7 @@ class RunProgress:
         self.mode, self.name, self.total = resolve_mode(mode), name, total
         self.every = max(1, total // lines)
         self.next_line = self.every
+        self.start = time.perf_counter()
         if self.mode == "bar":
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -47,7 +49,7 @@ class RunProgress:
         if self.mode == "bar":
             self.bar.update(self.task, completed=step, info=_info(row, clip_fraction, steps_per_s))
         elif self.mode == "lines" and (step >= self.next_line or step == self.total):
-            eta = (self.total - step) / steps_per_s if steps_per_s > 0 else float("nan")
+            eta = (time.perf_counter() - self.start) / step * (self.total - step)
             print(f"{self.name} step {step}/{self.total}  {_info(row, clip_fraction, steps_per_s)}  eta {eta:.0f}s",
                   flush=True)
             self.next_line = (step // self.every + 1) * self.every

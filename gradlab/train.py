@@ -62,7 +62,7 @@ def train(cfg) -> dict:
         report_skipped(conf["progress"], done, run_dir)
         return {**done, "skipped": True}
     run = build(conf)
-    check_writable(sweep_dir(conf))
+    check_writable(conf)
     records.begin(run_dir, conf)
     progress = RunProgress(conf["progress"], display_name(conf), conf["steps"])
     summary = {"status": "interrupted", "run_id": run_dir.name, "name": display_name(conf),

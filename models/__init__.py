@@ -7,9 +7,8 @@ setup, never mid-run).
 
 from __future__ import annotations
 
-import importlib
-
 from gradlab.errors import bad
+from gradlab.registry import construct
 
 REGISTRY = {
     "mlp": "gradlab.models.mlp:MLP",
@@ -23,12 +22,8 @@ NOT_KNOBS = ("name", "lr")  # lr is read by the optimizer, not the model
 
 
 def build_model(model_cfg: dict, spec):
-    name = model_cfg["name"]
-    if name not in REGISTRY:
-        raise bad("model", name, f"choose from {', '.join(sorted(REGISTRY))}")
-    module, cls = REGISTRY[name].split(":")
     knobs = {k: v for k, v in model_cfg.items() if k not in NOT_KNOBS}
-    return getattr(importlib.import_module(module), cls)(spec=spec, **knobs)
+    return construct("model", REGISTRY, model_cfg["name"], knobs, spec=spec)
 
 
 def cannot_consume(model: str, spec, why: str):

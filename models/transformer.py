@@ -22,15 +22,15 @@ class Transformer(nn.Module):
         if d_model < 1 or n_heads < 1 or d_model % n_heads:
             raise bad("model.d_model", d_model, f"must be a positive multiple of model.n_heads={n_heads}")
         self.spec, self.patch = spec, int(patch)
-        if spec.input == "tokens":
-            steps = spec.shape[0]
-            self.embed = nn.Embedding(spec.vocab, d_model)
-        elif self.patch:
-            c, h, w = spec.shape
-            if spec.input != "image" or h % self.patch or w % self.patch:
+        if self.patch:
+            if spec.input != "image" or spec.shape[1] % self.patch or spec.shape[2] % self.patch:
                 raise bad("model.patch", patch, f"needs an image task whose sides divide by it (got {spec.input} {spec.shape})")
+            c, h, w = spec.shape
             steps = (h // self.patch) * (w // self.patch)
             self.embed = nn.Conv2d(c, d_model, self.patch, stride=self.patch)
+        elif spec.input == "tokens":
+            steps = spec.shape[0]
+            self.embed = nn.Embedding(spec.vocab, d_model)
         else:
             steps, features = sequence_shape(spec)
             self.embed = nn.Linear(features, d_model)

@@ -16,10 +16,9 @@ line in REGISTRY.
 
 from __future__ import annotations
 
-import importlib
 from typing import NamedTuple
 
-from gradlab.errors import bad
+from gradlab.registry import construct
 
 REGISTRY = {
     "none": "gradlab.clip.none:NoClip",
@@ -35,9 +34,5 @@ class ClipResult(NamedTuple):
 
 def build_clip(clip_cfg: dict, norm_type: float):
     """Instantiate the strategy named by clip_cfg["mode"]; the other keys are its knobs."""
-    mode = clip_cfg["mode"]
-    if mode not in REGISTRY:
-        raise bad("clip", mode, f"choose from {', '.join(sorted(REGISTRY))}")
-    module, cls = REGISTRY[mode].split(":")
     knobs = {k: v for k, v in clip_cfg.items() if k != "mode"}
-    return getattr(importlib.import_module(module), cls)(norm_type=norm_type, **knobs)
+    return construct("clip", REGISTRY, clip_cfg["mode"], knobs, norm_type=norm_type)

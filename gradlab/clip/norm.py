@@ -8,16 +8,14 @@ clip_grads_with_norm_ does the scaling (fused foreach path, no host sync).
 import torch
 
 from gradlab.clip import ClipResult
-from gradlab.errors import bad
+from gradlab.errors import positive
 
 
 class ClipByNorm:
     """Global-norm clipping at `max_norm` (> 0) of the p-norm chosen by `norm_type`."""
 
     def __init__(self, max_norm: float, norm_type: float):
-        if not max_norm > 0:  # also rejects nan
-            raise bad("max_norm", max_norm, "must be > 0 (clip=none turns clipping off)")
-        self.max_norm = float(max_norm)
+        self.max_norm = positive("max_norm", max_norm, "must be a number > 0 (clip=none turns clipping off)")
 
     def __call__(self, params, total_norm: torch.Tensor) -> ClipResult:
         torch.nn.utils.clip_grads_with_norm_(params, self.max_norm, total_norm, foreach=True)

@@ -7,16 +7,14 @@ clip_grad_value_ does the clamping (fused foreach path).
 import torch
 
 from gradlab.clip import ClipResult
-from gradlab.errors import bad
+from gradlab.errors import positive
 
 
 class ClipByValue:
     """Elementwise clipping at `clip_value` (> 0); the norm after it is measured again."""
 
     def __init__(self, clip_value: float, norm_type: float):
-        if not clip_value > 0:
-            raise bad("clip_value", clip_value, "must be > 0 (clip=none turns clipping off)")
-        self.clip_value = float(clip_value)
+        self.clip_value = positive("clip_value", clip_value, "must be a number > 0 (clip=none turns clipping off)")
         self.norm_type = norm_type
 
     def __call__(self, params, total_norm: torch.Tensor) -> ClipResult:

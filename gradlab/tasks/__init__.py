@@ -8,11 +8,10 @@ both already on the run's device.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
-from gradlab.errors import bad
+from gradlab.registry import construct
 
 # task.name -> "module:Class" (imported lazily: some tasks pull in torchvision or sklearn)
 REGISTRY = {
@@ -46,12 +45,6 @@ class TaskSpec:
     baseline: Optional[float] = None  # loss of the best input-blind predictor, when known
 
 
-def task_class(name: str):
-    if name not in REGISTRY:
-        raise bad("task", name, f"choose from {', '.join(sorted(REGISTRY))}")
-    module, cls = REGISTRY[name].split(":")
-    return getattr(importlib.import_module(module), cls)
-
 
 class Task:
     """Base class. Subclasses take their knobs from the task config as keyword arguments."""
@@ -77,4 +70,4 @@ class Task:
 def build_task(task_cfg: dict) -> Task:
     """Instantiate the task named by task_cfg["name"] with the remaining keys as knobs."""
     knobs = {k: v for k, v in task_cfg.items() if k not in ("name", "steps", "batch_size")}
-    return task_class(task_cfg["name"])(**knobs)
+    return construct("task", REGISTRY, task_cfg["name"], knobs)

@@ -60,8 +60,9 @@ class _Torchvision(Stored):
                 self._open(download=True)
                 return
             except (OSError, RuntimeError) as err:  # no network, server refused, bad checksum
-                detail = " ".join(str(err).split())  # torchvision's messages span lines
-                reason = f"task.download=true but the download failed: {type(err).__name__} {detail}"
+                # torchvision's message spans lines and mirrors; its last line names the cause
+                cause = [line for line in str(err).splitlines() if line.strip()][-1:] or [type(err).__name__]
+                reason = f"the download failed: {cause[0].strip()[-120:]}"
         raise bad("task.root", self.root, f"{self.dataset} not found: place {', '.join(files)} in {folder} ({reason})")
 
     def load(self, device) -> None:
