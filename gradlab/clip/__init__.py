@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import torch
+
 from gradlab.registry import construct
 
 REGISTRY = {
@@ -28,8 +30,8 @@ REGISTRY = {
 
 
 class ClipResult(NamedTuple):
-    norm_after: "torch.Tensor"  # total norm of the gradients after clipping (0-d)
-    fired: "torch.Tensor"       # bool 0-d: did clipping change any gradient
+    norm_after: torch.Tensor  # total norm of the gradients after clipping (0-d)
+    fired: torch.Tensor       # bool 0-d: did clipping change any gradient
 
 
 def build_clip(clip_cfg: dict, norm_type: float):
