@@ -63,27 +63,25 @@ def list_options():
     """The config groups with their options, and the top-level keys."""
     from importlib import resources
 
+    from gradlab.experiments import catalogue, header
     from gradlab.sweep import GROUPS
 
     conf = resources.files("gradlab.conf")
-    for group in GROUPS:
+    for group in GROUPS[1:]:
         typer.echo(f"{group}:")
         for f in sorted(conf.joinpath(group).iterdir(), key=lambda f: f.name):
             if f.name.endswith(".yaml"):
-                typer.echo(f"  {f.name[:-5]:<16} {_header(f.read_text())}")
+                typer.echo(f"  {f.name[:-5]:<16} {header(f.read_text())[0]}")
+    typer.echo("experiment:")
+    for name, (description, commands) in catalogue().items():
+        typer.echo(f"  {name:<16} {description}")
+        for command in commands:
+            typer.echo(f"  {'':<16}   $ {command}")
     typer.echo("keys (set or sweep by name):")
     for line in conf.joinpath("config.yaml").read_text().splitlines():
         if line and not line.startswith((" ", "#", "-", "defaults", "hydra")) and "#" in line:
             key, comment = line.split("#", 1)
             typer.echo(f"  {key.strip():<36} {comment.strip()}")
-
-
-def _header(text: str) -> str:
-    """First comment line of a config file that is not a `# @package` directive."""
-    for line in text.splitlines():
-        if line.startswith("#") and not line.startswith("# @package"):
-            return line.lstrip("# ")
-    return ""
 
 
 def main():
