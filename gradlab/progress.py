@@ -25,8 +25,7 @@ def resolve_mode(mode: str) -> str:
 
 
 def _info(row: dict, clip_fraction: float, steps_per_s: float) -> str:
-    return (f"loss {row['loss']:.4g}  gnorm {row['grad_norm']:.3g}  clip {clip_fraction:.0%}  "
-            f"{steps_per_s:.0f} steps/s")
+    return f"loss {row['loss']:.4g} gnorm {row['grad_norm']:.3g} clip {clip_fraction:.0%} {steps_per_s:.0f} steps/s"
 
 
 class RunProgress:
@@ -40,7 +39,7 @@ class RunProgress:
         if self.mode == "bar":
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(bar_width=10), MofNCompleteColumn(),
                                 TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False)
             self.task = self.bar.add_task(name, total=total, info="")
             self.bar.start()

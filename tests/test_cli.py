@@ -203,3 +203,13 @@ def test_same_sweep_name_finds_earlier_runs_and_reruns_killed_ones(tmp_path):
 def test_python_dash_m_runs_the_cli(tmp_path):
     out = run_cli(["--help"], tmp_path)
     assert "sweep" in out.stdout and "train" in out.stdout
+
+
+def test_reference_results_are_never_overwritten(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    reference = tmp_path / "results" / "reference"
+    reference.mkdir(parents=True)
+    (reference / ".gradlab-reference").touch()
+    result = CliRunner().invoke(app, ["train", "name=reference", "steps=1"])
+    assert result.exit_code == 2 and "holds committed reference results" in result.stderr
+    assert [p.name for p in reference.iterdir()] == [".gradlab-reference"]
