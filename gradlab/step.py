@@ -42,5 +42,6 @@ def train_step(model, micro_batches, loss_fn, optimizer, clip, scaler, autocast,
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    scalars = torch.stack([loss, grad_norm.float(), norm_after.float(), fired.float(), skipped.float()])
+    clipped = fired & torch.isfinite(grad_norm)  # a step with inf/nan gradients is skipped or diverged, not clipped
+    scalars = torch.stack([loss, grad_norm.float(), norm_after.float(), clipped.float(), skipped.float()])
     return StepOutput(scalars, layer_norms)

@@ -21,6 +21,10 @@ class Transformer(nn.Module):
             raise cannot_consume("transformer", spec, "no sequence axis")
         if d_model < 1 or n_heads < 1 or d_model % n_heads:
             raise bad("model.d_model", d_model, f"must be a positive multiple of model.n_heads={n_heads}")
+        if not 0 <= dropout < 1:
+            raise bad("model.dropout", dropout, "must be in [0, 1)")
+        if patch < 0:
+            raise bad("model.patch", patch, "must be >= 0 (0 = one token per image row)")
         self.spec, self.patch = spec, int(patch)
         if self.patch:
             if spec.input != "image" or spec.shape[1] % self.patch or spec.shape[2] % self.patch:

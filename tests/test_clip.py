@@ -1,0 +1,146 @@
+"""Clipping strategies: the contract every mode keeps, each mode's own invariants (the
+bound holds, it matches torch's reference function, clipping twice changes nothing),
+and bad knobs failing in one line naming the key."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from gradlab.clip import REGISTRY, build_clip
+from gradlab.errors import ConfigError
+
+NORM_TYPES = [1.0, 2.0, math.inf]
+SHAPES = [(3, 4), (5,), (2, 3, 2)]  # a few parameter tensors, 29 elements
+# gradient scales: all norms and elements under the thresholds below / some over / all over
+SCALES = [0.01, 0.3, 10.0]
+MAX_NORM, CLIP_VALUE = 1.0, 0.5
+KNOBS = {"none": {}, "value": {"clip_value": CLIP_VALUE}, "norm": {"max_norm": MAX_NORM}}
+
+
+def make_params(scale: float, seed: int = 0) -> list:
+    g = torch.Generator().manual_seed(seed)
+    params = [torch.nn.Parameter(torch.randn(shape, generator=g)) for shape in SHAPES]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g) * scale
+    return params
+
+
+def copy_params(params) -> list:
+    """Detached copies carrying copies of the gradients, for torch's reference functions."""
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    for c, p in zip(copies, params):
+        c.grad = p.grad.clone()
+    return copies
+
+
+def grads(params) -> list:
+    return [p.grad.clone() for p in params]
+
+
+def total_norm(params, p: float) -> torch.Tensor:
+    return torch.nn.utils.get_total_norm([q.grad for q in params], p)
+
+
+def clip(mode: str, params, p: float):
+    """Apply the strategy as the step does: once, with the pre-clip total norm."""
+    return build_clip({"mode": mode, **KNOBS[mode]}, p)(params, total_norm(params, p))
+
+
+def assert_same(a: list, b: list) -> None:
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_every_registered_mode_has_test_knobs():
+    assert set(KNOBS) == set(REGISTRY)
+
+
+GRID = pytest.mark.parametrize("p,scale", list(itertools.product(NORM_TYPES, SCALES)))
+# torch's own function for each mode, applied to a copy of the same gradients
+TORCH = {
+    "none": lambda params, p: None,
+    "value": lambda params, p: torch.nn.utils.clip_grad_value_(params, CLIP_VALUE),
+    "norm": lambda params, p: torch.nn.utils.clip_grad_norm_(params, MAX_NORM, norm_type=p),
+}
+# a second norm clip moves gradients by ~1e-6: torch adds 1e-6 to the norm it divides by
+AGAIN_RTOL = {"none": 0.0, "value": 0.0, "norm": 1e-5}
+
+
+@GRID
+@pytest.mark.parametrize("mode", sorted(REGISTRY))
+def test_contract_of_every_mode(mode, p, scale):
+    params = make_params(scale)
+    reference = copy_params(params)
+    before, pre = grads(params), total_norm(params, p)
+    result = clip(mode, params, p)
+    assert result.norm_after.shape == () and result.fired.shape == () and result.fired.dtype == torch.bool
+    # norm_after is what the gradients now measure, and clipping never increases the norm
+    torch.testing.assert_close(result.norm_after, total_norm(params, p), rtol=1e-6, atol=0)
+    assert result.norm_after <= pre * (1 + 1e-6)
+    if not result.fired:
+        assert_same(grads(params), before)
+
+    TORCH[mode](reference, p)
+    assert_same(grads(params), grads(reference))
+
+    clipped = grads(params)
+    assert not clip(mode, params, p).fired
+    for again, once in zip(grads(params), clipped):
+        torch.testing.assert_close(again, once, rtol=AGAIN_RTOL[mode], atol=0)
+
+
+@GRID
+def test_norm_rescales_all_gradients_together_to_the_bound(p, scale):
+    params = make_params(scale)
+    before, pre = grads(params), total_norm(params, p)
+    result = clip("norm", params, p)
+    assert bool(result.fired) == bool(pre > MAX_NORM)
+    assert total_norm(params, p) <= MAX_NORM * (1 + 1e-6)
+    # one positive factor for every element: the direction is kept (Pascanu et al. eq. 5)
+    factor = min(1.0, MAX_NORM / float(pre))
+    for after, g in zip(grads(params), before):
+        torch.testing.assert_close(after, g * factor, rtol=1e-5, atol=0)
+
+
+@GRID
+def test_value_clamps_every_element(p, scale):
+    params = make_params(scale)
+    before = grads(params)
+    result = clip("value", params, p)
+    assert all(g.abs().max() <= CLIP_VALUE for g in grads(params))
+    assert bool(result.fired) == any(bool((g.abs() > CLIP_VALUE).any()) for g in before)
+
+
+@GRID
+def test_none_leaves_gradients_untouched_and_reports_the_measured_norm(p, scale):
+    params = make_params(scale)
+    before, pre = grads(params), total_norm(params, p)
+    result = build_clip({"mode": "none"}, p)(params, pre)
+    assert_same(grads(params), before)
+    assert torch.equal(result.norm_after, pre) and not result.fired
+
+
+@pytest.mark.parametrize("mode,key,value", [
+    ("norm", "max_norm", 0),
+    ("norm", "max_norm", -1),
+    ("norm", "max_norm", math.nan),
+    ("norm", "max_norm", "abc"),
+    ("norm", "max_norm", True),
+    ("value", "clip_value", 0),
+    ("value", "clip_value", -0.5),
+])
+def test_bad_knob_fails_in_one_line_naming_the_key(mode, key, value):
+    with pytest.raises(ConfigError) as err:
+        build_clip({"mode": mode, key: value}, 2.0)
+    message = str(err.value)
+    assert message.startswith(f"{key}=") and "\n" not in message
+
+
+@pytest.mark.parametrize("clip_cfg,start", [
+    ({"mode": "norm", "max_norm": 1.0, "clip_value": 0.5}, "clip.clip_value: unknown key"),
+    ({"mode": "nope"}, "clip=nope: choose from"),
+])
+def test_unknown_mode_or_key_fails_naming_it(clip_cfg, start):
+    with pytest.raises(ConfigError, match=f"^{start}"):
+        build_clip(clip_cfg, 2.0)

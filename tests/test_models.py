@@ -1,0 +1,118 @@
+"""Models: every model gives outputs of the task's shape on every task it can consume,
+trains every parameter, refuses impossible pairings at construction, and reads token
+sequences causally where it predicts every position."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from gradlab.errors import ConfigError
+from gradlab.models import REGISTRY, build_model
+from gradlab.tasks import REGISTRY as TASKS
+from gradlab.tasks import build_task
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
+# sizes that keep a forward pass instant; every other knob as in conf/model/<name>.yaml
+SHRINK = {
+    "mlp": {"hidden": [8, 8]},
+    "rnn": {"hidden_size": 8},
+    "lstm": {"hidden_size": 8, "num_layers": 2},
+    "gru": {"hidden_size": 8},
+    "transformer": {"d_model": 8, "n_heads": 2, "n_layers": 2, "d_ff": 16},
+}
+# knobs giving small specs; the specs need no data, so the torchvision tasks take part too
+TASK_KNOBS = {"adding": {"length": 6}, "copy": {"length": 3}, "temporal_order": {"length": 10},
+              "text": {"seq_len": 8}, "regression": {"features": 5}}
+IMPOSSIBLE = {("mlp", "copy"), ("mlp", "text")} | {(m, "regression") for m in ("rnn", "lstm", "gru", "transformer")}
+SEQUENCE_MODELS = ["rnn", "lstm", "gru", "transformer"]
+TOKEN_CLASS_TASKS = ["copy", "text"]
+
+
+def model_cfg(name: str, **knobs) -> dict:
+    cfg = yaml.safe_load((CONF / f"{name}.yaml").read_text())
+    cfg.pop("defaults", None)
+    return {**cfg, **SHRINK[name], **knobs}
+
+
+def spec(task: str):
+    return build_task({"name": task, **TASK_KNOBS.get(task, {})}).spec
+
+
+def inputs(spec, n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    if spec.input == "tokens":
+        return torch.randint(0, spec.vocab, (n, *spec.shape), generator=g)
+    return torch.randn(n, *spec.shape, generator=g)
+
+
+def expected_shape(spec, n: int) -> tuple:
+    return (n, spec.shape[0], spec.n_out) if spec.output == "token_classes" else (n, spec.n_out)
+
+
+def check_output(model, spec, n: int = 3) -> None:
+    """Output shape per the spec, and a gradient for every parameter."""
+    out = model(inputs(spec, n))
+    assert out.shape == expected_shape(spec, n) and out.dtype == torch.float32
+    out.square().mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_every_model_config_is_covered():
+    assert set(SHRINK) == set(REGISTRY) == {f.stem for f in CONF.glob("*.yaml")}
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_model_output_matches_task_or_pairing_is_refused(name, task):
+    s = spec(task)
+    if (name, task) in IMPOSSIBLE:
+        with pytest.raises(ConfigError, match=f"^model={name}: cannot train on a task"):
+            build_model(model_cfg(name), s)
+    else:
+        torch.manual_seed(0)
+        check_output(build_model(model_cfg(name), s), s)
+
+
+@pytest.mark.parametrize("task,patch", [("digits", 2), ("digits", 4), ("mnist", 7), ("cifar10", 4)])
+def test_transformer_on_patch_tokens(task, patch):
+    s = spec(task)
+    model = build_model(model_cfg("transformer", patch=patch), s)
+    check_output(model, s)
+    side = s.shape[1] // patch
+    assert model.position.shape[1] == side * side  # one token per patch, not per row
+
+
+@pytest.mark.parametrize("task,patch", [("copy", 2), ("text", 2), ("temporal_order", 2), ("adding", 2), ("digits", 3)])
+def test_transformer_patch_needs_an_image_whose_sides_divide_by_it(task, patch):
+    with pytest.raises(ConfigError, match=f"^model.patch={patch}: needs an image task"):
+        build_model(model_cfg("transformer", patch=patch), spec(task))
+
+
+@pytest.mark.parametrize("knobs", [
+    pytest.param({"patch": -2}, id="patch"),
+    pytest.param({"dropout": 1.5}, id="dropout"),
+    pytest.param({"d_model": 6, "n_heads": 4}, id="d_model"),
+])
+def test_transformer_bad_knob_fails_in_one_line_naming_it(knobs):
+    with pytest.raises(ConfigError, match=f"^model.{next(iter(knobs))}="):
+        build_model(model_cfg("transformer", **knobs), spec("digits"))
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("task", TOKEN_CLASS_TASKS)
+@pytest.mark.parametrize("name", SEQUENCE_MODELS)
+def test_per_position_outputs_are_causal(name, task, training):
+    """Changing tokens from position t on leaves the outputs before t unchanged, and changes the one at t."""
+    s = spec(task)
+    torch.manual_seed(0)
+    model = build_model(model_cfg(name), s).train(training)
+    x = inputs(s, 4)
+    t = s.shape[0] // 2
+    changed = x.clone()
+    changed[:, t:] = (x[:, t:] + 1) % s.vocab
+    with torch.set_grad_enabled(training):  # eval without grad: the path evaluate() takes
+        before, after = model(x), model(changed)
+    torch.testing.assert_close(after[:, :t], before[:, :t], rtol=0, atol=1e-6)
+    assert not torch.allclose(after[:, t], before[:, t], atol=1e-4)

@@ -1,0 +1,295 @@
+"""The training step and the run around it: accumulation is equivalent to one big batch,
+clipping sees unscaled fp16 gradients, divergence and exceptions end a run with a record
+instead of an exception, runs are deterministic, and finished runs are found again."""
+
+import contextlib
+import copy
+import itertools
+import json
+import math
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from gradlab.clip import build_clip
+from gradlab.config import run_id, sweep_dir
+from gradlab.models import build_model
+from gradlab.objective import loss_fn
+from gradlab.optim import build_optimizer
+from gradlab.step import SCALARS, train_step
+from gradlab.tasks import build_task
+from gradlab.tasks.regression import Regression
+from gradlab.train import COLUMNS, train
+
+# Models without batch-dependent layers, on tasks small enough for a CPU test.
+SETUPS = {
+    "mlp-digits": ({"name": "mlp", "hidden": [16], "activation": "tanh"}, {"name": "digits"}),
+    "mlp-regression": ({"name": "mlp", "hidden": [16]}, {"name": "regression", "n_samples": 32, "features": 5}),
+    "lstm-adding": ({"name": "lstm", "cell": "lstm", "hidden_size": 8}, {"name": "adding", "length": 8, "eval_size": 10}),
+}
+# Thresholds low enough that clipping fires on every step of these setups.
+CLIPS = {"none": {"mode": "none"}, "value": {"mode": "value", "clip_value": 0.01}, "norm": {"mode": "norm", "max_norm": 0.1}}
+OPTIMS = {"sgd": ({"name": "sgd"}, 0.1), "adam": ({"name": "adam"}, 1e-2)}
+SGD = OPTIMS["sgd"]
+TIMING = ["time_s", "steps_per_s", "samples_per_s"]
+FP32 = contextlib.nullcontext
+K, B = 4, 8  # micro-batches per step, samples per micro-batch
+
+
+def setup(name: str):
+    """The loaded task and a freshly initialised model of a SETUPS entry."""
+    model_cfg, task_cfg = SETUPS[name]
+    task = build_task(task_cfg)
+    task.load("cpu")
+    torch.manual_seed(0)
+    return task, build_model(model_cfg, task.spec)
+
+
+def run_steps(model, task, batches, k, clip_cfg, optim, autocast=FP32, scaler=None, p=2.0):
+    """Train a copy of `model` one optimizer step per batch, each batch split into k micro-batches."""
+    model = copy.deepcopy(model)
+    optim_cfg, lr = optim
+    optimizer = build_optimizer(optim_cfg, model.parameters(), lr)
+    clip = build_clip(clip_cfg, p)
+    scaler = scaler or torch.amp.GradScaler("cpu", enabled=False)
+    outs = [train_step(model, list(zip(x.chunk(k), y.chunk(k))), loss_fn(task.spec), optimizer, clip, scaler, autocast, p)
+            for x, y in batches]
+    return model, torch.stack([out.scalars for out in outs])
+
+
+def flat(model) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def scalar(scalars, name):
+    return scalars[:, SCALARS.index(name)]
+
+
+def record(summary: dict, conf: dict, file: str = "history.csv") -> Path:
+    return sweep_dir(conf) / summary["run_id"] / file
+
+
+def history(summary: dict, conf: dict) -> pd.DataFrame:
+    return pd.read_csv(record(summary, conf))
+
+
+# --- the step itself
+
+
+@pytest.mark.parametrize("optim", sorted(OPTIMS))
+@pytest.mark.parametrize("clip", sorted(CLIPS))
+@pytest.mark.parametrize("name", sorted(SETUPS))
+def test_k_micro_batches_equal_one_batch_of_k_times_b(name, clip, optim):
+    task, model = setup(name)
+    batches = list(itertools.islice(task.batches(K * B, seed=0), 3))
+    whole, s1 = run_steps(model, task, batches, 1, CLIPS[clip], OPTIMS[optim])
+    accumulated, sk = run_steps(model, task, batches, K, CLIPS[clip], OPTIMS[optim])
+
+    start, a, b = flat(model), flat(whole), flat(accumulated)
+    assert (a - b).norm() <= 1e-6 * a.norm()
+    assert (a - b).norm() <= 1e-5 * (a - start).norm()  # also relative to the update itself
+    torch.testing.assert_close(sk, s1, rtol=1e-5, atol=1e-7)
+    assert (scalar(s1, "clipped") == (clip != "none")).all()  # the thresholds do bite
+
+
+def test_step_is_backward_clip_update_in_that_order():
+    """One SGD step equals the textbook sequence: backward on the mean loss, clip_grad_norm_, p -= lr * g."""
+    task, model = setup("mlp-digits")
+    x, y = next(task.batches(K * B, seed=0))
+    lr, max_norm = SGD[1], CLIPS["norm"]["max_norm"]
+    stepped, scalars = run_steps(model, task, [(x, y)], K, CLIPS["norm"], SGD)
+
+    reference = copy.deepcopy(model)
+    loss = loss_fn(task.spec)(reference(x), y)
+    loss.backward()
+    pre = torch.nn.utils.clip_grad_norm_(reference.parameters(), max_norm)
+    with torch.no_grad():
+        for p in reference.parameters():
+            p -= lr * p.grad
+    loss_, pre_, post, clipped, skipped = scalars[0]
+    torch.testing.assert_close(loss_, loss.detach(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(pre_, pre, rtol=1e-5, atol=0)
+    assert pre > max_norm and clipped == 1 and skipped == 0
+    torch.testing.assert_close(post, torch.tensor(max_norm), rtol=1e-5, atol=0)
+    torch.testing.assert_close(flat(stepped), flat(reference), rtol=1e-5, atol=1e-7)
+
+
+def fp16_autocast():
+    """CPU autocast to float16 with a CPU GradScaler, or a skip where this torch lacks them."""
+    try:
+        with torch.autocast("cpu", dtype=torch.float16):
+            ok = torch.nn.Linear(2, 2)(torch.ones(1, 2)).dtype == torch.float16
+        torch.amp.GradScaler("cpu")
+    except (RuntimeError, TypeError, ValueError) as e:
+        pytest.skip(f"no CPU float16 autocast / GradScaler in this torch: {e}")
+    if not ok:
+        pytest.skip("CPU autocast does not produce float16 here")
+    return partial(torch.autocast, "cpu", dtype=torch.float16)
+
+
+@pytest.mark.parametrize("factor", [0.5, 2.0])
+def test_fp16_clips_the_unscaled_gradients(factor):
+    """Clipping happens after unscale: the measured norm is the true one, not 2**12 times it."""
+    autocast = fp16_autocast()
+    task, model = setup("mlp-digits")
+    batch = next(task.batches(K * B, seed=0))
+    _, [exact] = run_steps(model, task, [batch], K, CLIPS["none"], SGD)
+    true_norm = float(exact[SCALARS.index("grad_norm")])
+    clip_cfg = {"mode": "norm", "max_norm": factor * true_norm}
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    half, [out] = run_steps(model, task, [batch], K, clip_cfg, SGD, autocast, scaler)
+    full, _ = run_steps(model, task, [batch], K, clip_cfg, SGD)
+    _, grad_norm, post, clipped, skipped = out.tolist()
+    assert skipped == 0 and scaler.get_scale() == 2.0**12
+    assert math.isclose(grad_norm, true_norm, rel_tol=2e-2)  # fp16 forward: loose
+    assert clipped == (factor < 1)
+    assert math.isclose(post, min(true_norm, factor * true_norm), rel_tol=2e-2)
+    torch.testing.assert_close(flat(half), flat(full), rtol=0, atol=2e-3 * flat(model).abs().max().item())
+
+
+@pytest.mark.parametrize("clip", ["value", "norm"])
+def test_step_skipped_by_the_scaler_is_not_counted_as_clipped(clip):
+    def overflow(out, y):  # times the loss scale: an inf gradient, never a nan
+        return out.sum() * 1e38
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    out = train_step(model, [(torch.ones(1, 1), torch.zeros(1, 1))], overflow, optimizer,
+                     build_clip(CLIPS[clip], 2.0), scaler, FP32, 2.0)
+    _, grad_norm, _, clipped, skipped = out.scalars.tolist()
+    assert grad_norm == math.inf and skipped == 1
+    assert clipped == 0
+
+
+# --- whole runs through train(conf)
+
+RUNS = {  # small run configs (overrides)
+    "mlp-regression": ["model=mlp", "task=regression", "model.hidden=[8]", "task.n_samples=32", "task.features=5"],
+    "lstm-adding": ["model=lstm", "model.hidden_size=8", "task.length=8", "task.eval_size=50"],
+}
+
+
+def small_run(compose, name, *overrides):
+    return compose(*RUNS[name], "steps=6", "log_every=4", "eval_every=3", "layer_norms_every=2", *overrides)
+
+
+@pytest.mark.parametrize("name,clip,optim", [
+    ("mlp-regression", ["clip=norm", "max_norm=0.1"], "optim=sgd"),
+    ("lstm-adding", ["clip=value", "clip_value=0.01"], "optim=adam"),
+], ids=["mlp-norm-sgd", "lstm-value-adam"])
+def test_accumulated_run_logs_the_same_history_as_one_batch(compose, name, clip, optim):
+    """End to end, to rtol 1e-5: loss, norms, clip flags and eval loss of the two runs agree."""
+    runs = [small_run(compose, name, *clip, optim, "lr=0.01", f"accum_steps={k}", f"batch_size={b}")
+            for k, b in ((K, B), (1, K * B))]
+    accumulated, whole = (history(train(conf), conf) for conf in runs)
+    columns = ["loss", "grad_norm", "grad_norm_clipped", "clipped", "eval_loss"]
+    np.testing.assert_allclose(accumulated[columns], whole[columns], rtol=1e-5)
+    assert whole["clipped"].all()  # the threshold bites
+
+
+def test_non_finite_loss_ends_the_run_as_diverged_at_that_step(compose):
+    # The first step starts from the initial weights and is finite; its update (lr 1e30)
+    # makes every later loss overflow float32. log_every > 2: the step is not the flush's.
+    conf = small_run(compose, "mlp-regression", "optim=sgd", "lr=1e30", "clip=none", "steps=20", "log_every=10")
+    summary = train(conf)
+    assert summary["status"] == "diverged" and summary["diverged_step"] == 2
+    on_disk = json.loads(record(summary, conf, "summary.json").read_text())
+    assert on_disk["status"] == "diverged" and on_disk["diverged_step"] == 2
+    h = history(summary, conf)
+    assert h["step"].tolist() == [1, 2]  # the record stops at the bad step
+    assert math.isfinite(h["loss"][0]) and not math.isfinite(h["loss"][1])
+
+
+# torch warns whenever the scaler skips the very first optimizer step (the schedule still advances)
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)`")
+def test_fp16_overflow_is_a_skipped_step_not_divergence(compose, monkeypatch):
+    fp16_autocast()
+    # a loss scale far too high: the first steps overflow until the scaler has halved it enough
+    monkeypatch.setattr(torch.amp, "GradScaler", partial(torch.amp.GradScaler, init_scale=2.0**40))
+    conf = small_run(compose, "mlp-regression", "precision=fp16", "steps=30", "log_every=10")
+    summary = train(conf)
+    h = history(summary, conf)
+    skipped = h["scaler_skipped"] == 1
+    assert summary["status"] == "completed" and summary["steps_done"] == 30
+    assert summary["scaler_skips"] == skipped.sum() > 0 and not skipped.iloc[-1]
+    assert not np.isfinite(h["grad_norm"][skipped]).any() and np.isfinite(h["grad_norm"][~skipped]).all()
+
+
+def test_exception_in_a_run_is_recorded_as_failed(compose, monkeypatch):
+    real = Regression.batches
+
+    def two_then_boom(self, n, seed):
+        yield from itertools.islice(real(self, n, seed), 2)
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Regression, "batches", two_then_boom)
+    conf = small_run(compose, "mlp-regression", "log_every=1")
+    summary = train(conf)
+    assert summary["status"] == "failed" and summary["error"] == "RuntimeError: boom"
+    assert json.loads(record(summary, conf, "summary.json").read_text())["error"] == "RuntimeError: boom"
+    assert history(summary, conf)["step"].tolist() == [1, 2] and summary["steps_done"] == 2
+
+    monkeypatch.undo()  # a failed run is not a finished one: it runs again
+    again = train(conf)
+    assert "skipped" not in again and again["status"] == "completed"
+
+
+def test_same_seed_same_history_other_seed_other_history(compose, tmp_path):
+    conf = small_run(compose, "lstm-adding")
+    first, same = {**conf, "results_root": str(tmp_path / "a")}, {**conf, "results_root": str(tmp_path / "b")}
+    other = {**conf, "seed": 1}
+    runs = [(train(c), c) for c in (first, same, other)]
+    h1, h2, h3 = (history(*run).drop(columns=TIMING) for run in runs)
+    pd.testing.assert_frame_equal(h1, h2, check_exact=True)
+    pd.testing.assert_frame_equal(*(pd.read_csv(record(*run, "layer_norms.csv")) for run in runs[:2]), check_exact=True)
+    assert set(h1.columns) == set(COLUMNS) - set(TIMING)
+    assert not np.allclose(h1["loss"], h3["loss"])
+
+
+def test_finished_run_is_skipped_unless_forced(compose):
+    conf = small_run(compose, "mlp-regression")
+    summary = train(conf)
+    marker = record(summary, conf, "marker")
+    marker.touch()  # gone if the run directory is started afresh
+
+    skipped = train(conf)
+    assert skipped == {**summary, "skipped": True} and marker.exists()
+    forced = train({**conf, "force": True})
+    assert "skipped" not in forced and forced["status"] == "completed" and not marker.exists()
+
+
+def test_run_killed_half_way_is_run_again(compose):
+    conf = small_run(compose, "mlp-regression")
+    run_dir = sweep_dir(conf) / run_id(conf)
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("killed: true\n")
+    summary = train(conf)
+    assert "skipped" not in summary and summary["status"] == "completed"
+    assert (run_dir / "summary.json").exists() and len(history(summary, conf)) == conf["steps"]
+
+
+@pytest.mark.parametrize("clip,expected", [
+    (["clip=norm", "max_norm=1e-6"], 1.0),
+    (["clip=none"], 0.0),
+    (["clip=norm", "max_norm=1.0"], None),  # some steps over the threshold, some under
+], ids=["all", "none", "some"])
+def test_clip_fraction_is_the_share_of_clipped_steps(compose, clip, expected):
+    conf = small_run(compose, "mlp-regression", *clip, "steps=12", "batch_size=16")
+    summary = train(conf)
+    h = history(summary, conf)
+    assert summary["clip_fraction"] == round(h["clipped"].mean(), 6)
+    np.testing.assert_allclose(h["clip_fraction"], h["clipped"].cumsum() / h["step"])
+    if expected is None:
+        assert 0 < summary["clip_fraction"] < 1
+    else:
+        assert summary["clip_fraction"] == expected
+    if conf["clip"]["mode"] == "norm":
+        max_norm = conf["clip"]["max_norm"]
+        assert (h["clipped"] == (h["grad_norm"] > max_norm)).all()
+        np.testing.assert_allclose(h["grad_norm_clipped"], np.minimum(h["grad_norm"], max_norm), rtol=1e-5)
