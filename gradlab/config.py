@@ -14,7 +14,7 @@ from pathlib import Path
 from gradlab.errors import bad, positive
 
 # keys that change where or how a run is shown, not what it computes
-NOT_IDENTITY = ("name", "results_root", "progress", "force", "logger")
+NOT_IDENTITY = ("name", "results_root", "progress", "force", "wandb", "logger")
 PRECISIONS = ("fp32", "bf16", "fp16")
 REFERENCE_MARK = ".gradlab-reference"  # a results folder holding committed reference runs
 

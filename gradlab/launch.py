@@ -110,6 +110,11 @@ def train(overrides: list[str], dry_run: bool = False) -> dict | None:
     if dry_run:
         print_plan(overrides, confs, expand(overrides))
         return None
+    from gradlab.progress import offline_hint, resolve_mode
     from gradlab.train import train as run
 
-    return run(confs[0])
+    summary = run(confs[0])
+    hint = summary.get("wandb", {}).get("sync")
+    if hint and resolve_mode(confs[0]["progress"]) != "none":
+        print(offline_hint(hint.removesuffix("/wandb")))
+    return summary

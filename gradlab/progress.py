@@ -76,6 +76,10 @@ def report_skipped(mode: str, summary: dict, run_dir) -> None:
         print(f"{summary['name']}: already {describe(summary)} -> {run_dir} (--force re-runs it)", flush=True)
 
 
+def offline_hint(runs_glob: str) -> str:
+    return f"W&B runs were saved offline; upload them with: wandb sync {runs_glob}/wandb/offline-run-*"
+
+
 class SweepProgress(Callback):
     """Hydra callback: runs done / total, and how many diverged or failed."""
 
@@ -84,12 +88,14 @@ class SweepProgress(Callback):
 
         self.total = len(expand(list(config.hydra.overrides.task)))
         self.counts = {"completed": 0, "diverged": 0, "failed": 0, "skipped": 0}
+        self.offline = False
         self.quiet = resolve_mode(config.progress) == "none"
 
     def on_job_end(self, config, job_return, **kwargs) -> None:
         summary = job_return._return_value  # .return_value re-raises a job's exception
         status = summary.get("status", "failed") if isinstance(summary, dict) else "failed"
         self.counts["skipped" if isinstance(summary, dict) and summary.get("skipped") else status] += 1
+        self.offline |= isinstance(summary, dict) and summary.get("wandb", {}).get("mode") == "offline"
         if not self.quiet:
             done = sum(self.counts.values())
             print(f"[sweep {done}/{self.total}] {self.counts['diverged']} diverged, {self.counts['failed']} failed",
@@ -99,3 +105,5 @@ class SweepProgress(Callback):
         if not self.quiet:
             counts = ", ".join(f"{n} {k}" for k, n in self.counts.items() if n)
             print(f"sweep finished: {self.total} runs ({counts}) -> {config.hydra.sweep.dir}", flush=True)
+            if self.offline:
+                print(offline_hint(f"{config.hydra.sweep.dir}/*"), flush=True)

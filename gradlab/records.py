@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 SUMMARY = "summary.json"
@@ -57,4 +58,22 @@ def finish(run_dir: Path, summary: dict, history, layer_norms) -> None:
     _atomic_write(run_dir / "history.csv", lambda p: history.to_csv(p, index=False))
     if layer_norms is not None:
         _atomic_write(run_dir / "layer_norms.csv", lambda p: layer_norms.to_csv(p, index=False))
+    _write_summary(run_dir, summary)
+
+
+def _write_summary(run_dir: Path, summary: dict) -> None:
     _atomic_write(run_dir / SUMMARY, lambda p: p.write_text(json.dumps(summary, indent=2, default=str)))
+
+
+def salvage(run_dir: Path, summary: dict) -> None:
+    """After a failed write: drop the partial series and W&B files, keep the summary if it fits.
+
+    If even that cannot be written, the folder stays incomplete and the run is re-run next time.
+    """
+    shutil.rmtree(run_dir / "wandb", ignore_errors=True)
+    for partial in run_dir.glob(".*.tmp"):
+        partial.unlink(missing_ok=True)
+    try:
+        _write_summary(run_dir, summary)
+    except OSError as e:
+        print(f"warning: could not record {run_dir.name} ({e.strerror}); it will be re-run", file=sys.stderr)

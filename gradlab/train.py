@@ -27,6 +27,7 @@ from gradlab.optim import build_optimizer, lr_factor
 from gradlab.progress import RunProgress, report_skipped
 from gradlab.step import SCALARS, train_step
 from gradlab.tasks import build_task
+from gradlab.tracking import Tracker, resolve_mode
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -49,6 +50,7 @@ def build(conf: dict) -> Run:
     clip = build_clip(conf["clip"], norm_type(conf["norm_type"]))
     optimizer = build_optimizer(conf["optim"], model.parameters(), conf["lr"])
     lr_factor(conf["optim"], conf["steps"])
+    resolve_mode(conf["logger"]["wandb"]["mode"])
     task.prepare()
     return Run(device, task, model, clip, optimizer)
 
@@ -71,17 +73,25 @@ def train(cfg) -> dict:
                "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     history, layers = [], []
     start = time.perf_counter()
+    tracker = Tracker(conf, run_dir)
     try:
-        summary.update(_loop(conf, run, history, layers, progress))
+        tracker.start()
+        summary.update(_loop(conf, run, history, layers, progress, tracker))
     except Exception as e:  # recorded, not raised: the sweep goes on
-        summary.update(status="failed", error=f"{type(e).__name__}: {e}".splitlines()[0])
+        summary.update(status="failed", error=_one_line(e))
     finally:
         import pandas as pd
 
         summary.update(_figures(history), wall_time_s=round(time.perf_counter() - start, 3),
-                       finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        records.finish(run_dir, summary, pd.DataFrame(history, columns=COLUMNS),
-                       pd.DataFrame(layers, columns=["step", "layer", "grad_norm"]) if layers else None)
+                       finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                       wandb={"mode": tracker.mode, "sync": tracker.sync_hint()})
+        try:
+            tracker.finish(summary)
+            records.finish(run_dir, summary, pd.DataFrame(history, columns=COLUMNS),
+                           pd.DataFrame(layers, columns=["step", "layer", "grad_norm"]) if layers else None)
+        except OSError as e:  # e.g. disk full: record the failure in the space the partial files held
+            summary.update(status="failed", error=_one_line(e))
+            records.salvage(run_dir, summary)
         progress.close(summary, run_dir)
     return summary
 
@@ -90,7 +100,11 @@ COLUMNS = ["step", *SCALARS, "clip_coef", "clip_fraction", "lr", "eval_loss", "e
            "time_s", "steps_per_s", "samples_per_s"]
 
 
-def _loop(conf: dict, run: Run, history: list, layers: list, progress: RunProgress) -> dict:
+def _one_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {e}".splitlines()[0]
+
+
+def _loop(conf: dict, run: Run, history: list, layers: list, progress: RunProgress, tracker: Tracker) -> dict:
     device, task, model, clip, optimizer = run
     steps, k = conf["steps"], conf["accum_steps"]
     task.load(device)
@@ -103,7 +117,7 @@ def _loop(conf: dict, run: Run, history: list, layers: list, progress: RunProgre
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(conf["optim"], steps))
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     p = norm_type(conf["norm_type"])
-    log = _Log(conf, names, history, layers, progress, samples_per_step=conf["batch_size"] * k)
+    log = _Log(conf, names, history, layers, progress, tracker, samples_per_step=conf["batch_size"] * k)
 
     model.train()
     for step in range(1, steps + 1):
@@ -125,8 +139,8 @@ def _loop(conf: dict, run: Run, history: list, layers: list, progress: RunProgre
 class _Log:
     """Device metrics of the steps since the last flush; the host reads them all at once."""
 
-    def __init__(self, conf, names, history, layers, progress, samples_per_step):
-        self.names, self.history, self.layers, self.progress = names, history, layers, progress
+    def __init__(self, conf, names, history, layers, progress, tracker, samples_per_step):
+        self.names, self.history, self.layers, self.progress, self.tracker = names, history, layers, progress, tracker
         self.samples_per_step = samples_per_step
         self.grads_may_overflow = conf["precision"] == "fp16"  # the scaler skips those steps
         self.pending, self.clipped, self.start = [], 0.0, time.perf_counter()
@@ -136,7 +150,13 @@ class _Log:
         self.pending.append((step, scalars, lr, layer_norms, metrics))
 
     def flush(self) -> int | None:
-        """Move pending metrics into the history; return the first non-finite step, if any."""
+        """Move pending metrics into the history and the tracker; return the first non-finite step, if any."""
+        rows, layers = len(self.history), len(self.layers)
+        diverged_at = self._read()
+        self.tracker.log(self.history[rows:], self.layers[layers:])
+        return diverged_at
+
+    def _read(self) -> int | None:
         values = torch.stack([s for _, s, *_ in self.pending]).cpu().tolist()
         now = time.perf_counter()
         rate = len(self.pending) / max(now - self.last, 1e-9)

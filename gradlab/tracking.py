@@ -1,0 +1,169 @@
+"""Weights & Biases logging: one W&B run per gradlab run, comparable in the dashboard.
+
+- group = the sweep, job_type = the model, name = the run's readable name, tags = model,
+  task and clip mode, config = the resolved configuration flattened to dotted keys
+  (`clip.mode`, `max_norm`, `model.hidden_size`, ...), the same keys as config.yaml.
+- One point per log interval on the `step` axis (the optimizer step): interval means of
+  loss and pre-/post-clip gradient norms, the interval's largest norm, clip coefficient
+  and fraction, lr, scaler skips, throughput; eval metrics, per-layer norms
+  (`layers/...`) and a histogram of recent gradient norms when they are due.
+- The summary is the run record's summary: status, final and best figures.
+- The W&B files live in the run's own folder (`<run>/wandb/`), so `wandb sync` of a
+  sweep's folders uploads every run.
+
+Modes: `auto` is online with credentials and offline without; an online run whose
+server cannot be reached at start falls back to offline. Logging never fails a run,
+except a local write error (disk full), which is the run's own failure.
+"""
+
+from __future__ import annotations
+
+import math
+import netrc
+import os
+import sys
+from urllib.parse import urlsplit
+
+from gradlab.config import NOT_IDENTITY, clip_label, display_name
+from gradlab.errors import ConfigError, bad
+
+MODES = ("auto", "online", "offline", "disabled")
+ALIASES = {"off": "disabled", False: "disabled", "false": "disabled"}
+
+
+def has_credentials() -> bool:
+    """A W&B API key in the environment or in the netrc file for the configured host."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def resolve_mode(requested) -> str:
+    """online | offline | disabled, from the configured mode; ConfigError where impossible."""
+    mode = ALIASES.get(requested, requested)
+    if mode not in MODES:
+        raise bad("logger.wandb.mode", requested, f"choose from {', '.join(MODES)} (or wandb=off)")
+    if mode == "auto":
+        return "online" if has_credentials() else "offline"
+    if mode == "online" and not has_credentials():
+        raise ConfigError("logger.wandb.mode=online: no W&B credentials; run `wandb login` or set WANDB_API_KEY "
+                          "(or use wandb=offline and `wandb sync` later)")
+    return mode
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"clip": {"mode": "norm"}} -> {"clip.mode": "norm"}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def run_config(conf: dict) -> dict:
+    """The W&B config of a run: what determines its numbers, flattened, plus its sweep."""
+    kept = {k: v for k, v in conf.items() if k not in NOT_IDENTITY}
+    return {**flatten(kept), "name": conf["name"]}
+
+
+def _interval(rows: list) -> dict:
+    """One W&B point summarising the history rows of one log interval."""
+    def mean(key):
+        values = [r[key] for r in rows if math.isfinite(r[key])]
+        return sum(values) / len(values) if values else float("nan")
+
+    last = rows[-1]
+    point = {"step": last["step"], "train/loss": mean("loss"), "grad/norm": mean("grad_norm"),
+             "grad/norm_clipped": mean("grad_norm_clipped"), "grad/norm_max": max(r["grad_norm"] for r in rows),
+             "clip/coef": mean("clip_coef"), "clip/fraction": last["clip_fraction"],
+             "clip/fraction_interval": sum(r["clipped"] for r in rows) / len(rows),
+             "lr": last["lr"], "scaler/skipped": sum(r["scaler_skipped"] for r in rows),
+             "perf/steps_per_s": last["steps_per_s"], "perf/samples_per_s": last["samples_per_s"]}
+    for r in rows:
+        if "eval_loss" in r:
+            point.update({"eval/loss": r["eval_loss"], "eval/acc": r["eval_acc"]})
+    return point
+
+
+class Tracker:
+    """The W&B side of one run. Every method is a no-op when W&B is disabled."""
+
+    def __init__(self, conf: dict, run_dir):
+        self.settings = conf["logger"]["wandb"]
+        self.mode = resolve_mode(self.settings["mode"])
+        self.conf, self.run_dir, self.run = conf, run_dir, None
+        self.recent_norms: list = []  # pre-clip norms since the last histogram
+        self.next_histogram = self.settings["histogram_every"]
+        self.warned = False
+
+    def start(self) -> None:
+        if self.mode == "disabled":
+            return
+        import wandb
+
+        def init(mode):
+            return wandb.init(
+                project=self.settings["project"], entity=self.settings["entity"], dir=self.run_dir,
+                group=self.conf["name"], job_type=self.conf["model"]["name"], name=display_name(self.conf),
+                tags=[self.conf["model"]["name"], self.conf["task"]["name"], self.conf["clip"]["mode"]],
+                config=run_config(self.conf), mode=mode, reinit="finish_previous",
+                settings=wandb.Settings(silent=True, console="off", disable_git=True, save_code=False,
+                                        x_disable_stats=True, init_timeout=self.settings["init_timeout"]))
+
+        try:
+            self.run = init(self.mode)
+        except wandb.errors.CommError as e:  # server unreachable: keep everything locally
+            self._warn(f"W&B server unreachable ({str(e).splitlines()[0]}); logging offline")
+            self.mode = "offline"
+            self.run = init("offline")
+        self.run.define_metric("step")
+        self.run.define_metric("*", step_metric="step")
+
+    def log(self, rows: list, layer_rows: list) -> None:
+        """One log call for the rows of one interval (history dicts) and its per-layer norms."""
+        if self.run is None or not rows:
+            return
+        point = _interval(rows)
+        point.update({f"layers/{name}": value for _, name, value in layer_rows})
+        self.recent_norms += [r["grad_norm"] for r in rows if math.isfinite(r["grad_norm"])]
+        if self.next_histogram and rows[-1]["step"] >= self.next_histogram and self.recent_norms:
+            import wandb
+
+            point["grad/norm_histogram"] = wandb.Histogram(self.recent_norms)
+            self.recent_norms = []
+            self.next_histogram += self.settings["histogram_every"]
+        self._guard(self.run.log, point)
+
+    def finish(self, summary: dict) -> None:
+        if self.run is None:
+            return
+        figures = {k: v for k, v in flatten(summary).items() if v is not None}
+        figures["clip"] = clip_label(self.conf)
+        self._guard(self.run.summary.update, figures)
+        self._guard(self.run.finish, exit_code=0 if summary["status"] != "failed" else 1)
+        self.run = None
+
+    def sync_hint(self) -> str | None:
+        """Where this run's offline W&B files are, for `wandb sync`."""
+        return None if self.mode != "offline" else os.fspath(self.run_dir / "wandb")
+
+    def _guard(self, call, *args, **kwargs) -> None:
+        """W&B trouble never fails the run; a local write error (OSError: disk full) does."""
+        try:
+            call(*args, **kwargs)
+        except OSError:
+            raise
+        except Exception as e:  # wandb raises its own error types, varying by version
+            self._warn(f"W&B logging failed ({type(e).__name__}: {e}); the local record goes on")
+            self.run = None
+
+    def _warn(self, message: str) -> None:
+        if not self.warned:
+            print(f"warning: {message}", file=sys.stderr, flush=True)
+            self.warned = True

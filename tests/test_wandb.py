@@ -1,0 +1,151 @@
+"""W&B logging, checked in the files wandb itself wrote (offline runs, no network, no mock)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from gradlab.cli import app
+from gradlab.tracking import flatten
+from wandb_records import read_run, wandb_files
+
+SMALL = ["steps=12", "log_every=4", "eval_every=8", "layer_norms_every=4", "logger.wandb.histogram_every=8",
+         "model.hidden_size=16", "task.length=10"]
+
+
+@pytest.fixture
+def no_credentials():
+    """The environment conftest's autouse fixture leaves: no W&B credentials, as on a fresh machine."""
+    return dict(os.environ)
+
+
+def gradlab(args, cwd, env, check=True):
+    out = subprocess.run([sys.executable, "-m", "gradlab", *args], cwd=cwd, env=env, capture_output=True,
+                         text=True, timeout=600)
+    if check:
+        assert out.returncode == 0, out.stderr
+    return out
+
+
+def run_dirs(root: Path) -> list[Path]:
+    return sorted(p.parent for p in root.glob("results/*/*/summary.json"))
+
+
+def test_sweep_leaves_one_complete_offline_wandb_run_per_job(tmp_path, no_credentials):
+    out = gradlab(["sweep", "model=lstm", "clip=none,norm", "max_norm=1,5", "seed=0,1", *SMALL], tmp_path,
+                  no_credentials)
+    runs = run_dirs(tmp_path)
+    assert len(runs) == 8
+    assert "wandb sync" in out.stdout  # auto without credentials: offline, and says how to upload
+    assert not (tmp_path / "wandb").exists()  # nothing outside the sweep's folder
+    for run_dir in runs:
+        (log,) = wandb_files(run_dir)  # the W&B files live inside the run's own folder
+        wb = read_run(log)
+        local = json.loads((run_dir / "summary.json").read_text())
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        history = pd.read_csv(run_dir / "history.csv")
+
+        assert wb["run"].run_group == run_dir.parent.name  # group = the sweep
+        assert wb["run"].job_type == "lstm"
+        assert wb["run"].display_name == local["name"]
+        assert list(wb["run"].tags) == ["lstm", "adding", config["clip"]["mode"]]
+        assert wb["run"].project == "gradlab"
+        flat = flatten(config)
+        for key in ("clip.mode", "max_norm", "accum_steps", "seed", "lr", "model.hidden_size", "task.length"):
+            assert wb["config"][key] == flat[key], key
+
+        assert any(m.name == "step" for m in wb["metrics"])
+        assert any(m.glob_name == "*" and m.step_metric == "step" for m in wb["metrics"])
+        points = wb["history"]
+        assert [p["step"] for p in points] == [4, 8, 12]  # one point per log interval
+        for point, (start, end) in zip(points, [(1, 4), (5, 8), (9, 12)]):
+            interval = history[(history["step"] >= start) & (history["step"] <= end)]
+            assert point["train/loss"] == pytest.approx(interval["loss"].mean(), rel=1e-6)
+            assert point["grad/norm"] == pytest.approx(interval["grad_norm"].mean(), rel=1e-6)
+            assert point["grad/norm_clipped"] == pytest.approx(interval["grad_norm_clipped"].mean(), rel=1e-6)
+            assert point["grad/norm_max"] == pytest.approx(interval["grad_norm"].max(), rel=1e-6)
+            assert point["clip/fraction"] == pytest.approx(interval["clip_fraction"].iloc[-1], rel=1e-6)
+            for key in ("clip/coef", "lr", "scaler/skipped", "perf/steps_per_s", "perf/samples_per_s"):
+                assert key in point, key
+            assert any(k.startswith("layers/rnn.") for k in point)  # every 4 steps
+        assert [p["step"] for p in points if "eval/loss" in p] == [8, 12]
+        assert [p["step"] for p in points if "grad/norm_histogram" in p] == [8]
+
+        assert wb["summary"]["status"] == "completed"
+        assert wb["summary"]["train_loss_final"] == pytest.approx(local["train_loss_final"])
+        assert wb["summary"]["clip_fraction"] == pytest.approx(local["clip_fraction"])
+        assert wb["exit_code"] == 0
+
+
+@pytest.mark.parametrize("switch", ["wandb=off", "logger.wandb.mode=disabled"])
+def test_disabled_writes_no_wandb_files(tmp_path, no_credentials, switch):
+    gradlab(["train", "model=mlp", "steps=3", switch], tmp_path, no_credentials)
+    (run_dir,) = run_dirs(tmp_path)
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+    assert not list(tmp_path.rglob("wandb"))
+
+
+def test_online_without_credentials_fails_at_setup(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["train", "wandb=online"])
+    assert result.exit_code == 2
+    assert "wandb login" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "results").exists()
+
+
+def test_bad_mode_fails_at_setup(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["train", "logger.wandb.mode=sometimes"])
+    assert result.exit_code == 2
+    assert "logger.wandb.mode=sometimes: choose from auto, online, offline, disabled" in result.stderr
+
+
+def test_unreachable_server_falls_back_to_offline(tmp_path, no_credentials):
+    env = {**no_credentials, "WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"}
+    out = gradlab(["train", "model=mlp", "steps=8", "log_every=4", "wandb=online",
+                   "logger.wandb.init_timeout=2"], tmp_path, env)
+    assert out.stderr.count("W&B server unreachable") == 1
+    (run_dir,) = run_dirs(tmp_path)
+    local = json.loads((run_dir / "summary.json").read_text())
+    assert local["status"] == "completed" and local["wandb"]["mode"] == "offline"
+    (log,) = wandb_files(run_dir)
+    assert [p["step"] for p in read_run(log)["history"]] == [4, 8]
+
+
+def test_diverged_run_is_a_finished_wandb_run_with_its_status(tmp_path, no_credentials):
+    gradlab(["train", "experiment=seed004", "optim=sgd", "lr=1e30", "clip=none", "wandb=offline"], tmp_path,
+            no_credentials)
+    (run_dir,) = run_dirs(tmp_path)
+    local = json.loads((run_dir / "summary.json").read_text())
+    assert local["status"] == "diverged"
+    (log,) = wandb_files(run_dir)
+    wb = read_run(log)
+    assert wb["summary"]["status"] == "diverged"
+    assert wb["summary"]["diverged_step"] == local["diverged_step"]
+    assert wb["exit_code"] == 0
+
+
+def test_disk_full_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path, no_credentials):
+    """A real small filesystem: the series do not fit, the failure is recorded, the next run still runs."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        out = gradlab(["sweep", "model=mlp", "steps=2000", "seed=0,1", f"results_root={disk}", "wandb=offline"],
+                      tmp_path, no_credentials)
+        summaries = [json.loads(p.read_text()) for p in disk.glob("*/*/summary.json")]
+        assert [s["status"] for s in summaries] == ["failed", "failed"]
+        assert all("No space left on device" in s["error"] for s in summaries)
+        assert "2 failed" in out.stdout
+    finally:
+        subprocess.run(["umount", str(disk)])
