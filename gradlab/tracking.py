@@ -91,6 +91,16 @@ def _interval(rows: list) -> dict:
     return point
 
 
+def _init(settings: dict, mode: str, **run):
+    """wandb.init with gradlab's settings: quiet, no console capture, no system-metrics sampling."""
+    import wandb
+
+    return wandb.init(project=settings["project"], entity=settings["entity"], mode=mode, reinit="finish_previous",
+                      settings=wandb.Settings(silent=True, console="off", disable_git=True, save_code=False,
+                                              x_disable_stats=True, init_timeout=settings["init_timeout"]),
+                      **run)
+
+
 class Tracker:
     """The W&B side of one run. Every method is a no-op when W&B is disabled."""
 
@@ -107,21 +117,15 @@ class Tracker:
             return
         import wandb
 
-        def init(mode):
-            return wandb.init(
-                project=self.settings["project"], entity=self.settings["entity"], dir=self.run_dir,
-                group=self.conf["name"], job_type=self.conf["model"]["name"], name=display_name(self.conf),
-                tags=[self.conf["model"]["name"], self.conf["task"]["name"], self.conf["clip"]["mode"]],
-                config=run_config(self.conf), mode=mode, reinit="finish_previous",
-                settings=wandb.Settings(silent=True, console="off", disable_git=True, save_code=False,
-                                        x_disable_stats=True, init_timeout=self.settings["init_timeout"]))
-
+        conf = self.conf
+        run = dict(dir=self.run_dir, group=conf["name"], job_type=conf["model"]["name"], name=display_name(conf),
+                   tags=[conf["model"]["name"], conf["task"]["name"], conf["clip"]["mode"]], config=run_config(conf))
         try:
-            self.run = init(self.mode)
+            self.run = _init(self.settings, self.mode, **run)
         except wandb.errors.CommError as e:  # server unreachable: keep everything locally
             self._warn(f"W&B server unreachable ({str(e).splitlines()[0]}); logging offline")
             self.mode = "offline"
-            self.run = init("offline")
+            self.run = _init(self.settings, self.mode, **run)
         self.run.define_metric("step")
         self.run.define_metric("*", step_metric="step")
 
@@ -167,3 +171,18 @@ class Tracker:
         if not self.warned:
             print(f"warning: {message}", file=sys.stderr, flush=True)
             self.warned = True
+
+
+def log_report(group: str, tables: dict, images: dict, settings: dict, out_dir) -> str | None:
+    """Log comparison tables (name -> DataFrame) and plots (name -> PNG path) as one W&B run of
+    job_type `report` in the sweep's group; returns its offline folder, if offline."""
+    mode = resolve_mode(settings["mode"])
+    if mode == "disabled":
+        return None
+    import wandb
+
+    run = _init(settings, mode, dir=out_dir, group=group, job_type="report", name=f"{group}-report")
+    run.log({**{name: wandb.Table(dataframe=df) for name, df in tables.items()},
+             **{name: wandb.Image(str(path)) for name, path in images.items()}})
+    run.finish()
+    return os.fspath(out_dir) if mode == "offline" else None

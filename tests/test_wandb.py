@@ -149,3 +149,17 @@ def test_disk_full_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path, no_cred
         assert "2 failed" in out.stdout
     finally:
         subprocess.run(["umount", str(disk)])
+
+
+def test_report_hook_logs_tables_as_a_report_run(tmp_path):
+    """The hook `gradlab compare --wandb` uses: a run of job_type `report` in the sweep's group."""
+    from gradlab.tracking import log_report
+
+    table = pd.DataFrame({"clip": ["none", "norm1"], "eval_loss": [0.2, 0.01]})
+    settings = {"mode": "offline", "project": "gradlab", "entity": None, "init_timeout": 30}
+    assert log_report("my-sweep", {"comparison": table}, {}, settings, tmp_path) == os.fspath(tmp_path)
+    (log,) = wandb_files(tmp_path)
+    wb = read_run(log)
+    assert wb["run"].job_type == "report" and wb["run"].run_group == "my-sweep"
+    (point,) = wb["history"]
+    assert point["comparison"]["_type"] == "table-file" and point["comparison"]["nrows"] == 2
