@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gradlab.launch import compose_all, options
+from gradlab.launch import options
 from gradlab.sweep import GROUPS, expand
 from gradlab.tasks import build_task
 from gradlab.train import build
