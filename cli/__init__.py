@@ -84,5 +84,91 @@ def list_options():
             typer.echo(f"  {key.strip():<36} {comment.strip()}")
 
 
+Paths = Annotated[list[str], typer.Argument(help="Sweep folders or results roots holding run records.")]
+By = Annotated[str, typer.Option("--by", help="Comma-separated config keys to group by (default: the keys that vary).")]
+Metric = Annotated[str, typer.Option("--metric", help="Summary figure to sort by, e.g. eval_loss, train_loss_best.")]
+Out = Annotated[str, typer.Option("--out", help="Folder for the output files (default: the first path).")]
+
+
+def _comparison(paths, by, metric, target=None):
+    from gradlab import compare
+
+    runs = compare.load_runs(paths)
+    return runs, compare.compare(runs, by.split(",") if by else None, metric, target)
+
+
+@app.command(rich_help_panel="Results")
+def compare(
+    paths: Paths,
+    by: By = "",
+    metric: Metric = "eval_loss",
+    target: Annotated[float, typer.Option("--target", help="Steps until the metric reaches this value.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="md, csv, latex or all.")] = "all",
+    out: Out = "",
+    wandb: Annotated[bool, typer.Option("--wandb", help="Also log the table and plots as a W&B run of job_type report.")] = False,
+):
+    """Comparison table of the runs under PATHS: gradlab compare results/<sweep>"""
+    from pathlib import Path
+
+    from gradlab import compare as cmp
+
+    formats = ["md", "csv", "latex"] if fmt == "all" else [fmt]
+    with user_errors():
+        if any(f not in ("md", "csv", "latex") for f in formats):
+            raise cmp.ConfigError(f"--format {fmt}: choose from md, csv, latex, all")
+        runs, comparison = _comparison(paths, by, metric, target)
+        cells = cmp.readable(comparison)
+        _print_table(cmp.readable(comparison, intervals=False), comparison.metric)
+        written = cmp.write(comparison, cells, Path(out or paths[0]), formats)
+        if wandb:
+            _report(runs, comparison, cells, Path(out or paths[0]))
+    typer.echo("wrote " + ", ".join(map(str, written)))
+
+
+@app.command(rich_help_panel="Results")
+def plot(paths: Paths, by: By = "", metric: Metric = "eval_loss", out: Out = ""):
+    """PNG curves (loss, grad norm before/after clipping, clip fraction) and the threshold chart."""
+    from pathlib import Path
+
+    from gradlab.plots import plot as draw
+
+    with user_errors():
+        runs, comparison = _comparison(paths, by, metric)
+        target = Path(out or paths[0])
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            written = draw(comparison, runs, target)
+        except OSError as e:
+            from gradlab.errors import ConfigError
+
+            raise ConfigError(f"--out {target}: cannot write there ({e.strerror or e})") from None
+    typer.echo("wrote " + ", ".join(map(str, written)))
+
+
+def _print_table(cells, metric: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"sorted by {metric}: mean ± std over completed runs; * = best")
+    for column in cells.columns:
+        table.add_column(column, no_wrap=True)
+    for row in cells.itertuples(index=False):
+        table.add_row(*map(str, row))
+    Console().print(table)
+
+
+def _report(runs, comparison, cells, out) -> None:
+    from gradlab.config import plain
+    from gradlab.launch import compose_all
+    from gradlab.plots import plot as draw
+    from gradlab.tracking import log_report
+
+    settings = plain(compose_all([[]])[0])["logger"]["wandb"]
+    group = runs["sweep"].iloc[0] if runs["sweep"].nunique() == 1 else "compare"
+    images = {p.stem: p for p in draw(comparison, runs, out)}
+    where = log_report(group, {"comparison": cells}, images, settings, out)
+    typer.echo(f"logged the comparison to W&B (group {group})" + (f"; offline files in {where}/wandb" if where else ""))
+
+
 def main():
     app()

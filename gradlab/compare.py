@@ -1,0 +1,251 @@
+"""Run records -> comparison tables: which clipping, which threshold?
+
+One row per run (flattened config + summary), grouped by the configuration keys that
+vary across runs (seeds are aggregated over), from local files alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import pandas as pd
+
+from gradlab.config import NOT_IDENTITY
+from gradlab.errors import ConfigError
+from gradlab.tracking import flatten
+
+# summary figures that can be compared; a smaller value is better unless listed in HIGHER_IS_BETTER
+METRICS = ("eval_loss_final", "eval_loss_best", "eval_acc_final", "eval_acc_best", "train_loss_final",
+           "train_loss_best", "grad_norm_mean", "grad_norm_max", "clip_fraction", "steps_per_s")
+HIGHER_IS_BETTER = ("eval_acc_final", "eval_acc_best", "steps_per_s")
+# the history column a metric's target is checked against
+SERIES = {"eval_loss": "eval_loss", "eval_acc": "eval_acc", "train_loss": "loss"}
+SHOWN = ("eval_loss_final", "eval_acc_final", "train_loss_final", "train_loss_best")  # as mean ± std
+PRIORITY = ("model.name", "task.name", "clip.mode")  # preferred grouping keys, in this order
+
+
+def load_runs(paths: list) -> pd.DataFrame:
+    """Every finished run record under `paths`, one row each; corrupt records are skipped with a warning."""
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    rows = []
+    for root in map(Path, paths):
+        if not root.exists():
+            raise ConfigError(f"{root}: no such file or folder")
+        found = sorted(root.rglob("summary.json")) if root.is_dir() else []
+        if not found:
+            raise ConfigError(f"{root}: no run records (summary.json) found")
+        for path in found:
+            try:
+                summary = json.loads(path.read_text())
+                config = yaml.load((path.parent / "config.yaml").read_text(), Loader=loader)
+                config = {k: v for k, v in config.items() if k not in NOT_IDENTITY}
+                rows.append({**flatten(config), **flatten(summary), "path": str(path.parent)})
+            except (OSError, ValueError, AttributeError, yaml.YAMLError) as e:
+                print(f"warning: skipping {path.parent}: unreadable record ({type(e).__name__})", file=sys.stderr)
+    if not rows:
+        raise ConfigError(f"{', '.join(map(str, paths))}: no readable run records")
+    frame = pd.DataFrame(rows)
+    for column in frame.columns:  # lists (e.g. model.hidden) become hashable labels
+        if frame[column].map(lambda v: isinstance(v, list)).any():
+            frame[column] = frame[column].map(lambda v: str(v) if isinstance(v, list) else v)
+    return frame
+
+
+def config_keys(runs: pd.DataFrame) -> list[str]:
+    """Columns that come from the configuration (not the summary)."""
+    summary_keys = {"status", "run_id", "name", "sweep", "config_hash", "device", "started", "finished", "path",
+                    "steps_done", "wall_time_s", "scaler_skips", "diverged_step", "error", "skipped", *METRICS}
+    return [c for c in runs.columns if c not in summary_keys and not c.startswith(("versions.", "wandb."))]
+
+
+def _knob_copies(keys: list[str]) -> set:
+    """Top-level knobs that a clip mode reads through its own clip.<knob> (max_norm, clip_value, ...)."""
+    return {k.split(".", 1)[1] for k in keys if k.startswith("clip.")}
+
+
+def effective_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Runs that differ only in a knob their clip mode ignores (clip=none at max_norm 1 and 5) are one run."""
+    keys = config_keys(runs)
+    effective = [k for k in keys if k not in _knob_copies(keys)]
+    return runs.loc[runs[effective].astype(str).drop_duplicates().index]
+
+
+def grouping_keys(runs: pd.DataFrame) -> list[str]:
+    """The configuration keys that tell runs apart, seeds aside, without redundancy.
+
+    A top-level knob that a clip mode reads (max_norm -> clip.max_norm) is grouped by its
+    clip.* copy, which is empty where the mode ignores it: so `clip=none` with several
+    max_norm values is one group, not several fake ones. A key that splits runs exactly
+    as the keys already chosen (model.cell beside model.name) adds nothing and is left out.
+    """
+    keys = [k for k in config_keys(runs) if k != "seed"]
+    keys = [k for k in keys if k not in _knob_copies(keys)]
+    varying = [k for k in keys if runs[k].nunique(dropna=False) > 1]
+    ordered = [k for k in PRIORITY if k in varying] + sorted(k for k in varying if k not in PRIORITY)
+    chosen: list[str] = []
+    for key in ordered:
+        if _combinations(runs, chosen + [key]) > _combinations(runs, chosen):
+            chosen.append(key)
+    return chosen
+
+
+def _combinations(runs: pd.DataFrame, keys: list) -> int:
+    return len(runs[keys].astype(str).drop_duplicates()) if keys else 1
+
+
+def resolve_metric(runs: pd.DataFrame, metric: str) -> str:
+    """`eval_loss` means eval_loss_final; anything else must be a known summary figure present in the runs."""
+    name = metric if metric in METRICS else f"{metric}_final"
+    available = [m for m in METRICS if m in runs.columns and runs[m].notna().any()]
+    if name not in available:
+        raise ConfigError(f"--metric {metric}: not in these runs; choose from {', '.join(available)}")
+    return name
+
+
+def check_keys(runs: pd.DataFrame, by: list[str]) -> None:
+    unknown = [k for k in by if k not in runs.columns]
+    if unknown:
+        valid = ", ".join(k for k in config_keys(runs) if runs[k].nunique(dropna=False) > 1) or "(none vary)"
+        raise ConfigError(f"--by {','.join(unknown)}: no such key; keys that vary here: {valid}")
+
+
+def steps_to_target(path: str, metric: str, target: float) -> float:
+    """First optimizer step at which the metric's series reaches target (nan: never)."""
+    column = SERIES[metric.rsplit("_", 1)[0]]
+    history = pd.read_csv(Path(path) / "history.csv", usecols=["step", column]).dropna()
+    values = history[column].rolling(10, min_periods=1).mean() if column == "loss" else history[column]
+    reached = values >= target if metric in HIGHER_IS_BETTER else values <= target
+    return float(history["step"][reached].iloc[0]) if reached.any() else math.nan
+
+
+def _interval(values: pd.Series) -> float:
+    """Half-width of the 95% t-interval of the mean (n >= 3), else nan."""
+    values = values.dropna()
+    if len(values) < 3:
+        return math.nan
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
+
+
+class Comparison(NamedTuple):
+    table: pd.DataFrame  # one row per group, best first, raw numbers
+    metric: str          # the summary figure it is sorted by
+    by: list             # the grouping keys
+
+
+def compare(runs: pd.DataFrame, by: list[str] | None = None, metric: str = "eval_loss",
+            target: float | None = None) -> Comparison:
+    """Group runs, aggregate over seeds, sort by metric and mark the best group.
+
+    Means and spreads are over completed runs; diverged and failed runs are counted.
+    """
+    metric = resolve_metric(runs, metric)
+    runs = effective_runs(runs)
+    by = by if by is not None else grouping_keys(runs)
+    check_keys(runs, by)
+    if target is not None and metric.rsplit("_", 1)[0] not in SERIES:
+        raise ConfigError(f"--target needs a loss or accuracy metric, not {metric}")
+    runs = runs.copy()
+    if target is not None:
+        runs["steps_to_target"] = [steps_to_target(p, metric, target) if s == "completed" else math.nan
+                                   for p, s in zip(runs["path"], runs["status"])]
+    rows = []
+    for labels, group in runs.groupby(by, dropna=False, sort=False) if by else [((), runs)]:
+        done = group[group["status"] == "completed"]
+        labels = labels if isinstance(labels, tuple) else (labels,)
+        row = {key: _label(value) for key, value in zip(by, labels)}
+        row.update(runs=len(group), completed=len(done), diverged=int((group["status"] == "diverged").sum()),
+                   failed=int((group["status"] == "failed").sum()))
+        for m in [m for m in METRICS if m in runs.columns]:
+            row[f"{m}_mean"] = done[m].mean()
+            row[f"{m}_std"] = done[m].std(ddof=1) if len(done) > 1 else math.nan
+            row[f"{m}_ci95"] = _interval(done[m])
+        row["grad_norm_max_max"] = done["grad_norm_max"].max() if "grad_norm_max" in done else math.nan
+        if target is not None:
+            reached = done["steps_to_target"].dropna()
+            row["steps_to_target_mean"] = reached.mean() if len(reached) else math.nan
+            row["reached_target"] = f"{len(reached)}/{len(group)}"
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table = table.sort_values(f"{metric}_mean", ascending=metric not in HIGHER_IS_BETTER, na_position="last")
+    table.insert(0, "best", [""] * len(table))
+    if table[f"{metric}_mean"].notna().any():
+        table.iloc[0, 0] = "*"
+    return Comparison(table.reset_index(drop=True), metric, by)
+
+
+def _label(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _fmt(mean: float, std: float = math.nan, ci: float = math.nan) -> str:
+    if mean is None or math.isnan(mean):
+        return "-"
+    text = f"{mean:.4g}"
+    if not math.isnan(std):
+        text += f" ± {std:.2g}"
+    if not math.isnan(ci):
+        text += f" [±{ci:.2g}]"
+    return text
+
+
+def readable(comparison: Comparison, intervals: bool = True) -> pd.DataFrame:
+    """The table as text cells: mean ± std [± 95% interval] of each figure, counts, steps to target."""
+    table, metric, by = comparison
+    shown = [metric] + [m for m in SHOWN if m != metric and f"{m}_mean" in table and table[f"{m}_mean"].notna().any()]
+    out = table[["best", *by, "runs", "completed", "diverged", "failed"]].copy()
+    for m in shown:
+        ci = table[f"{m}_ci95"] if intervals else [math.nan] * len(table)
+        out[m] = [_fmt(a, b, c) for a, b, c in zip(table[f"{m}_mean"], table[f"{m}_std"], ci)]
+    if "steps_to_target_mean" in table:
+        out["steps_to_target"] = [("never" if math.isnan(s) else f"{s:.0f}") + f" ({r})"
+                                  for s, r in zip(table["steps_to_target_mean"], table["reached_target"])]
+    out["grad_norm_mean"] = [_fmt(v) for v in table["grad_norm_mean_mean"]]
+    out["grad_norm_max"] = [_fmt(v) for v in table["grad_norm_max_max"]]
+    out["clip_fraction"] = [_fmt(v) for v in table["clip_fraction_mean"]]
+    out["steps_per_s"] = [_fmt(v) for v in table["steps_per_s_mean"]]
+    return out
+
+
+def caption(metric: str) -> str:
+    return (f"Sorted by {metric}; * = best. Figures: mean ± std over completed runs "
+            f"[± half-width of the 95% t-interval when n >= 3]; diverged and failed runs are counted, not averaged.")
+
+
+def to_markdown(cells: pd.DataFrame) -> str:
+    header = "| " + " | ".join(cells.columns) + " |"
+    rule = "|" + "|".join("---" for _ in cells.columns) + "|"
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in cells.itertuples(index=False)]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def to_latex(cells: pd.DataFrame) -> str:
+    return cells.to_latex(index=False, escape=True)
+
+
+def write(comparison: Comparison, cells: pd.DataFrame, out: Path, formats: list[str]) -> list[Path]:
+    """comparison.md / .csv (raw numbers) / .tex beside the runs."""
+    table = comparison.table
+    writers = {"md": lambda p: p.write_text(f"{caption(comparison.metric)}\n\n{to_markdown(cells)}"),
+               "csv": lambda p: table.to_csv(p, index=False),
+               "latex": lambda p: p.write_text(to_latex(cells))}
+    suffix = {"md": "md", "csv": "csv", "latex": "tex"}
+    written = []
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for fmt in formats:
+            path = out / f"comparison.{suffix[fmt]}"
+            writers[fmt](path)
+            written.append(path)
+    except OSError as e:
+        raise ConfigError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+    return written
