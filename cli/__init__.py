@@ -154,7 +154,8 @@ def _print_table(cells, metric: str) -> None:
         table.add_column(column, no_wrap=True)
     for row in cells.itertuples(index=False):
         table.add_row(*map(str, row))
-    Console().print(table)
+    needed = sum(max(len(str(c)), *(len(str(v)) for v in cells[c])) + 3 for c in cells.columns) + 1
+    Console(width=max(Console().width, needed)).print(table)  # wide tables scroll rather than truncate
 
 
 def _report(runs, comparison, cells, out) -> None:
