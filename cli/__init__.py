@@ -111,11 +111,12 @@ def compare(
     from pathlib import Path
 
     from gradlab import compare as cmp
+    from gradlab.errors import ConfigError
 
     formats = ["md", "csv", "latex"] if fmt == "all" else [fmt]
     with user_errors():
         if any(f not in ("md", "csv", "latex") for f in formats):
-            raise cmp.ConfigError(f"--format {fmt}: choose from md, csv, latex, all")
+            raise ConfigError(f"--format {fmt}: choose from md, csv, latex, all")
         runs, comparison = _comparison(paths, by, metric, target)
         cells = cmp.readable(comparison)
         _print_table(cmp.readable(comparison, intervals=False), comparison.metric)
@@ -130,6 +131,7 @@ def plot(paths: Paths, by: By = "", metric: Metric = "eval_loss", out: Out = "")
     """PNG curves (loss, grad norm before/after clipping, clip fraction) and the threshold chart."""
     from pathlib import Path
 
+    from gradlab.errors import ConfigError
     from gradlab.plots import plot as draw
 
     with user_errors():
@@ -139,8 +141,6 @@ def plot(paths: Paths, by: By = "", metric: Metric = "eval_loss", out: Out = "")
             target.mkdir(parents=True, exist_ok=True)
             written = draw(comparison, runs, target)
         except OSError as e:
-            from gradlab.errors import ConfigError
-
             raise ConfigError(f"--out {target}: cannot write there ({e.strerror or e})") from None
     typer.echo("wrote " + ", ".join(map(str, written)))
 

@@ -65,8 +65,17 @@ def config_keys(runs: pd.DataFrame) -> list[str]:
 
 
 def _knob_copies(keys: list[str]) -> set:
-    """Top-level knobs that a clip mode reads through its own clip.<knob> (max_norm, clip_value, ...)."""
-    return {k.split(".", 1)[1] for k in keys if k.startswith("clip.")}
+    """Top-level knobs that a clip mode reads through its own clip.<knob> (max_norm, clip_value, ...):
+    those of every clip mode gradlab has (conf/clip/*.yaml), and any other clip.* key in the records."""
+    from importlib import resources
+
+    import yaml
+
+    knobs = {k.split(".", 1)[1] for k in keys if k.startswith("clip.")}
+    for f in resources.files("gradlab.conf").joinpath("clip").iterdir():
+        if f.name.endswith(".yaml"):
+            knobs |= set(yaml.safe_load(f.read_text())) - {"mode"}
+    return knobs
 
 
 def effective_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -115,10 +124,23 @@ def check_keys(runs: pd.DataFrame, by: list[str]) -> None:
         raise ConfigError(f"--by {','.join(unknown)}: no such key; keys that vary here: {valid}")
 
 
+def read_history(run_dir: str, columns: list) -> pd.DataFrame | None:
+    """The run's per-step series (float columns), or None where it has none (failed before a step, salvaged)."""
+    try:
+        history = pd.read_csv(Path(run_dir) / "history.csv", usecols=["step", *columns])
+    except (OSError, ValueError):
+        return None
+    return history.astype(float) if len(history) else None
+
+
 def steps_to_target(path: str, metric: str, target: float) -> float:
     """First optimizer step at which the metric's series reaches target (nan: never)."""
     column = SERIES[metric.rsplit("_", 1)[0]]
-    history = pd.read_csv(Path(path) / "history.csv", usecols=["step", column]).dropna()
+    history = read_history(path, [column])
+    if history is None:
+        print(f"warning: {path}: no readable history.csv; counted as not reaching the target", file=sys.stderr)
+        return math.nan
+    history = history.dropna()
     values = history[column].rolling(10, min_periods=1).mean() if column == "loss" else history[column]
     reached = values >= target if metric in HIGHER_IS_BETTER else values <= target
     return float(history["step"][reached].iloc[0]) if reached.any() else math.nan
@@ -209,10 +231,11 @@ def readable(comparison: Comparison, intervals: bool = True) -> pd.DataFrame:
     if "steps_to_target_mean" in table:
         out["steps_to_target"] = [("never" if math.isnan(s) else f"{s:.0f}") + f" ({r})"
                                   for s, r in zip(table["steps_to_target_mean"], table["reached_target"])]
-    out["grad_norm_mean"] = [_fmt(v) for v in table["grad_norm_mean_mean"]]
-    out["grad_norm_max"] = [_fmt(v) for v in table["grad_norm_max_max"]]
-    out["clip_fraction"] = [_fmt(v) for v in table["clip_fraction_mean"]]
-    out["steps_per_s"] = [_fmt(v) for v in table["steps_per_s_mean"]]
+    plain = {"grad_norm_mean": "grad_norm_mean_mean", "grad_norm_max": "grad_norm_max_max",
+             "clip_fraction": "clip_fraction_mean", "steps_per_s": "steps_per_s_mean"}
+    for name, column in plain.items():
+        if name not in out:  # the sort metric keeps its mean ± std
+            out[name] = [_fmt(v) for v in table[column]]
     return out
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from gradlab.compare import HIGHER_IS_BETTER, Comparison, _label, effective_runs
+from gradlab.compare import HIGHER_IS_BETTER, Comparison, _label, effective_runs, read_history
 
 SMOOTH = 10  # steps of the rolling mean applied to per-step series
 SERIES = ("loss", "grad_norm", "grad_norm_clipped", "clip_fraction")
@@ -29,12 +29,18 @@ def group_name(row, by: list) -> str:
 
 
 def _histories(runs: pd.DataFrame, by: list) -> pd.DataFrame:
-    """Per-step series of every run, smoothed, with its group's name."""
+    """Per-step series of every run that has any, smoothed, with its group's name."""
     frames = []
     for _, run in runs.iterrows():
-        history = pd.read_csv(Path(run["path"]) / "history.csv", usecols=["step", *SERIES])
+        history = read_history(run["path"], list(SERIES))
+        if history is None:
+            continue
         smooth = history[["loss", "grad_norm", "grad_norm_clipped"]].rolling(SMOOTH, min_periods=1).mean()
         frames.append(history.assign(**smooth, group=group_name(run, by), path=run["path"]))
+    if not frames:
+        from gradlab.errors import ConfigError
+
+        raise ConfigError("none of these runs has a history to plot (all failed before their first step)")
     return pd.concat(frames, ignore_index=True)
 
 
