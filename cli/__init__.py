@@ -171,5 +171,40 @@ def _report(runs, comparison, cells, out) -> None:
     typer.echo(f"logged the comparison to W&B (group {group})" + (f"; offline files in {where}/wandb" if where else ""))
 
 
+@app.command(context_settings=OVERRIDES, rich_help_panel="Results")
+def reproduce(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="A study (see --list), or all.")] = "",
+    scale: Annotated[str, typer.Option("--scale", help="smoke (seconds), quick (CPU minutes) or full (paper sizes, GPU).")] = "quick",
+    list_studies: Annotated[bool, typer.Option("--list", help="List the studies and their claims.")] = False,
+    results_root: Annotated[str, typer.Option("--results-root", help="Where the studies' runs and reports go.")] = "results",
+    publish: Annotated[bool, typer.Option("--publish", help="Also copy each report into results/reference/.")] = False,
+    quiet: Quiet = False,
+):
+    """Run a published threshold recommendation as a study and report whether it holds.
+
+    Extra overrides go to every sweep of the study, e.g. `gradlab reproduce lstm-adding device=cuda wandb=off`."""
+    from gradlab.errors import ConfigError
+    from gradlab.experiments import STUDIES, study
+
+    if list_studies or not name:
+        for key in STUDIES:
+            typer.echo(f"{key:<24} {study(key).CLAIM}")
+        return
+    from pathlib import Path
+
+    from gradlab.experiments.study import SCALES, publish_report, run_study
+
+    with user_errors():
+        if scale not in SCALES:
+            raise ConfigError(f"--scale {scale}: choose from {', '.join(SCALES)}")
+        modules = [study(key) for key in (STUDIES if name == "all" else [name])]
+        for module in modules:
+            report = run_study(module, scale, Path(results_root), [*ctx.args, *_flags(quiet, False)])
+            typer.echo(f"{module.NAME}: report -> {report}")
+            if publish:
+                typer.echo(f"{module.NAME}: published -> {publish_report(report)}")
+
+
 def main():
     app()

@@ -4,7 +4,22 @@ the commands that run it."""
 
 from __future__ import annotations
 
+import importlib
 from importlib import resources
+
+# study name (gradlab reproduce NAME) -> module in experiments/
+STUDIES = {
+    "lstm-adding": "lstm_adding",
+}
+
+
+def study(name: str):
+    """The module of a reproducible study; ConfigError for an unknown name."""
+    from gradlab.errors import bad
+
+    if name not in STUDIES:
+        raise bad("study", name, f"choose from {', '.join(STUDIES)} or all")
+    return importlib.import_module(f"gradlab.experiments.{STUDIES[name]}")
 
 
 def header(text: str) -> list[str]:
