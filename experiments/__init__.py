@@ -9,7 +9,15 @@ from importlib import resources
 
 # study name (gradlab reproduce NAME) -> module in experiments/
 STUDIES = {
+    "pascanu-threshold-rule": "pascanu_threshold_rule",
     "lstm-adding": "lstm_adding",
+    "mlp-digits": "mlp_digits",
+    "seed-004": "seed_004",
+    "lstm-copy": "lstm_copy",
+    "transformer-lm": "transformer_lm",
+    "accumulation": "accumulation",
+    "fp16-unscale": "fp16_unscale",
+    "zhang-lr-clip": "zhang_lr_clip",
 }
 
 

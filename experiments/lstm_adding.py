@@ -19,7 +19,7 @@ def arms_of(base: list) -> list:
 
 
 def run(lab, size) -> list:
-    from gradlab.experiments.study import arms, reached
+    from gradlab.experiments.study import arms, growth, outcomes, reached
 
     verdict, gaps = [], {}
     for length in size["lengths"]:
@@ -29,23 +29,16 @@ def run(lab, size) -> list:
         table = lab.table(f"T{length}", runs, note=f"Adding problem, T={length}; solved = eval MSE <= {TARGET}.",
                           metric="eval_loss", target=TARGET, by=["clip.mode", "clip.max_norm", "clip.clip_value"])
         arm = arms(table)
-        facts = ", ".join(f"{name} {r['reached_target']}" + (f" ({r['diverged']} diverged)" if r["diverged"] else "")
-                          for name, r in arm.items())
         claimed = [arm["norm1"], arm["norm5"]]
         holds = all(reached(r) >= max(reached(arm["none"]), 0.5) and r["diverged"] == 0 for r in claimed)
         if not any(reached(r) for r in arm.values()):
-            outcome = "no arm solves the task at this scale: inconclusive."
+            outcome = "No arm solves the task at this scale: inconclusive."
         elif holds:
             outcome = "Norm 1 and 5 solve at least as often as no clipping and never diverge: the claim holds here."
         else:
             outcome = "Norm 1 or 5 solves less often than no clipping, or diverges: the claim does not hold here."
-        verdict.append(f"T={length}: seeds solved (MSE <= {TARGET}): {facts}. {outcome}")
+        verdict.append(f"T={length}: seeds solved (MSE <= {TARGET}): {outcomes(arm)}. {outcome}")
         gaps[length] = max(reached(r) for r in claimed) - reached(arm["none"])
     if len(gaps) > 1:
-        short, long = min(gaps), max(gaps)
-        grows = gaps[long] > gaps[short]
-        verdict.append(f"Advantage of the best of norm 1/5 over no clipping (share of seeds solved): "
-                       f"{gaps[short]:+.2f} at T={short}, {gaps[long]:+.2f} at T={long}: "
-                       + ("clipping matters more at the longer sequence." if grows else
-                          "no sign here that clipping matters more as T grows."))
+        verdict.append(growth(gaps, "the better of norm 1 and 5"))
     return verdict

@@ -87,13 +87,15 @@ def write_report(study, lab: Lab, verdict: list[str], wall_s: float) -> Path:
 
 
 def arms(comparison: Comparison) -> dict:
-    """Table rows by arm label (`none`, `norm1`, `value0.5`, ...; with other grouping values appended)."""
+    """Table rows by arm label: the clip mode with its knob values (`none`, `norm1`, `value0.5`),
+    then `key=value` for the other grouping keys (`norm1 lr=0.001`, `accum_steps=4 mistake=-`)."""
     table, _, by = comparison
     labelled = {}
     for _, r in table.iterrows():
-        knobs = [r[k] for k in by if k.startswith("clip.") and k != "clip.mode" and r[k] != "-"]
-        others = [f"{k.split('.')[-1]}={r[k]}" for k in by if not k.startswith("clip.") and r[k] != "-"]
-        labelled[" ".join([r["clip.mode"] + "".join(knobs), *others])] = r
+        clip = [r["clip.mode"] + "".join(r[k] for k in by if k.startswith("clip.") and k != "clip.mode" and r[k] != "-")
+                ] if "clip.mode" in by else []
+        others = [f"{k.split('.')[-1]}={r[k]}" for k in by if not k.startswith("clip.")]
+        labelled[" ".join(clip + others)] = r
     return labelled
 
 
@@ -121,3 +123,27 @@ def publish_report(report: Path) -> Path:
     runs = load_runs([scale_dir])
     runs.drop(columns=["path"]).to_csv(target / "runs.csv", index=False)  # every run's config and summary
     return target
+
+
+def within_noise(candidate: pd.Series, rows, figure: str) -> bool:
+    """Is candidate's mean of a (lower-is-better) figure within noise of the best row's?
+
+    Noise: the largest seed std among the rows, and at least 0.5% of the best value."""
+    best = min(r[f"{figure}_mean"] for r in rows)
+    stds = [r[f"{figure}_std"] for r in rows if r[f"{figure}_std"] == r[f"{figure}_std"]]  # nan: one seed
+    return candidate[f"{figure}_mean"] <= best + max(max(stds, default=0.0), 0.005 * abs(best))
+
+
+def outcomes(arm: dict, extra=lambda r: "") -> str:
+    """`none 2/3, norm1 3/3 (1 diverged), ...`: seeds reaching the target per arm."""
+    return ", ".join(f"{name} {r['reached_target']}{extra(r)}" + (f" ({r['diverged']} diverged)" if r["diverged"] else "")
+                     for name, r in arm.items())
+
+
+def growth(gaps: dict, subject: str) -> str:
+    """The verdict line on whether clipping's advantage grows with the sequence length T."""
+    short, long = min(gaps), max(gaps)
+    return (f"Advantage of {subject} over no clipping (share of seeds reaching the target): "
+            f"{gaps[short]:+.2f} at T={short}, {gaps[long]:+.2f} at T={long}: "
+            + ("clipping matters more at the longer sequence." if gaps[long] > gaps[short] else
+               "no sign here that clipping matters more as T grows."))

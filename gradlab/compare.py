@@ -20,7 +20,7 @@ from gradlab.tracking import flatten
 
 # summary figures that can be compared; a smaller value is better unless listed in HIGHER_IS_BETTER
 METRICS = ("eval_loss_final", "eval_loss_best", "eval_acc_final", "eval_acc_best", "train_loss_final",
-           "train_loss_best", "grad_norm_mean", "grad_norm_max", "clip_fraction", "steps_per_s")
+           "train_loss_best", "grad_norm_mean", "grad_norm_max", "clip_fraction", "loss_spikes", "scaler_skips", "steps_per_s")
 HIGHER_IS_BETTER = ("eval_acc_final", "eval_acc_best", "steps_per_s")
 # the history column a metric's target is checked against
 SERIES = {"eval_loss": "eval_loss", "eval_acc": "eval_acc", "train_loss": "loss"}
@@ -60,7 +60,7 @@ def load_runs(paths: list) -> pd.DataFrame:
 def config_keys(runs: pd.DataFrame) -> list[str]:
     """Columns that come from the configuration (not the summary)."""
     summary_keys = {"status", "run_id", "name", "sweep", "config_hash", "device", "started", "finished", "path",
-                    "steps_done", "wall_time_s", "scaler_skips", "diverged_step", "error", "skipped", *METRICS}
+                    "steps_done", "wall_time_s", "diverged_step", "error", "skipped", *METRICS}
     return [c for c in runs.columns if c not in summary_keys and not c.startswith(("versions.", "wandb."))]
 
 

@@ -44,7 +44,7 @@ def check_knobs(conf: dict) -> None:
     """Top-level knobs; the group-specific ones are checked by the classes they configure."""
     for key in ("steps", "batch_size", "accum_steps", "log_every"):
         _positive_int(conf, key)
-    for key in ("eval_every", "layer_norms_every"):
+    for key in ("eval_every", "layer_norms_every", "smoothness_every"):
         if isinstance(conf[key], bool) or not isinstance(conf[key], int) or conf[key] < 0:
             raise bad(key, conf[key], "must be an integer >= 0 (0 = off)")
     if positive("lr", conf["lr"], "must be a finite number > 0") == math.inf:
@@ -54,6 +54,22 @@ def check_knobs(conf: dict) -> None:
         raise bad("precision", conf["precision"], f"choose from {', '.join(PRECISIONS)}")
     if not isinstance(conf["seed"], int) or isinstance(conf["seed"], bool):
         raise bad("seed", conf["seed"], "must be an integer")
+    check_mistake(conf)
+
+
+def check_mistake(conf: dict) -> None:
+    """A study-only mistake must be one gradlab knows, in a setting where it can happen."""
+    from gradlab.step import MISTAKES
+
+    mistake = conf["mistake"]
+    if mistake is None:
+        return
+    if mistake not in MISTAKES:
+        raise bad("mistake", mistake, f"choose from {', '.join(MISTAKES)} (or null)")
+    if mistake == "clip_scaled" and conf["precision"] != "fp16":
+        raise bad("mistake", mistake, "only happens with precision=fp16")
+    if mistake != "clip_scaled" and conf["accum_steps"] < 2:
+        raise bad("mistake", mistake, "only happens with accum_steps >= 2")
 
 
 def resolve_device(name: str):

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 
 # columns of StepOutput.scalars, in order
-SCALARS = ("loss", "grad_norm", "grad_norm_clipped", "clipped", "scaler_skipped")
+SCALARS = ("loss", "grad_norm", "grad_norm_clipped", "clipped", "scaler_skipped", "smoothness")
 
 
 class StepOutput(NamedTuple):
@@ -21,27 +21,51 @@ class StepOutput(NamedTuple):
     layer_norms: torch.Tensor  # pre-clip p-norm of each parameter's gradient
 
 
-def train_step(model, micro_batches, loss_fn, optimizer, clip, scaler, autocast, norm_type: float) -> StepOutput:
-    """Accumulate gradients over `micro_batches`, clip once, take one optimizer step."""
+MISTAKES = ("clip_each_micro_batch", "no_loss_division", "clip_scaled")  # study-only, see train_step
+
+
+def train_step(model, micro_batches, loss_fn, optimizer, clip, scaler, autocast, norm_type: float,
+               mistake: str | None = None, probe=None) -> StepOutput:
+    """Accumulate gradients over `micro_batches`, clip once, take one optimizer step.
+
+    `mistake` reproduces a classic error for the studies that measure it (None = correct):
+    clip_each_micro_batch clips the running sum after every micro-batch; no_loss_division
+    skips loss / k (the threshold becomes k times looser); clip_scaled measures and clips
+    fp16 gradients before unscaling them. `probe(params)`, if given, sees the unclipped
+    gradients and returns a 0-d diagnostic (or None).
+    """
     total_samples = sum(len(x) for x, _ in micro_batches)
     loss = torch.zeros((), device=micro_batches[0][0].device)
-    for x, y in micro_batches:
+    fired_early = torch.zeros((), dtype=torch.bool, device=loss.device)
+    for i, (x, y) in enumerate(micro_batches):
         with autocast():
             # loss / k, by sample count so that a shorter micro-batch weighs less
             part = loss_fn(model(x), y) * (len(x) / total_samples)
-        scaler.scale(part).backward()
+        scaler.scale(part * (len(micro_batches) if mistake == "no_loss_division" else 1)).backward()
         loss += part.detach().float()
+        if mistake == "clip_each_micro_batch" and i < len(micro_batches) - 1:
+            params, _, running_norm = _measured(model, norm_type)
+            fired_early |= clip(params, running_norm).fired
 
-    scaler.unscale_(optimizer)  # true gradients from here on (no-op unless fp16)
-    params = [p for p in model.parameters() if p.grad is not None]
-    layer_norms = torch.stack(torch._foreach_norm([p.grad for p in params], norm_type))
-    grad_norm = torch.linalg.vector_norm(layer_norms, norm_type)
+    if mistake != "clip_scaled":
+        scaler.unscale_(optimizer)  # true gradients from here on (no-op unless fp16)
+    params, layer_norms, grad_norm = _measured(model, norm_type)
+    diagnostic = probe(params) if probe else None
     norm_after, fired = clip(params, grad_norm)
     # with fp16 the scaler skips the update exactly when some gradient is inf/nan
     skipped = ~torch.isfinite(grad_norm) if scaler.is_enabled() else torch.zeros_like(fired)
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    clipped = fired & torch.isfinite(grad_norm)  # a step with inf/nan gradients is skipped or diverged, not clipped
-    scalars = torch.stack([loss, grad_norm.float(), norm_after.float(), clipped.float(), skipped.float()])
+    clipped = (fired | fired_early) & torch.isfinite(grad_norm)  # inf/nan steps are skipped or diverged
+    nan = torch.full((), float("nan"), device=loss.device)
+    scalars = torch.stack([loss, grad_norm.float(), norm_after.float(), clipped.float(), skipped.float(),
+                           nan if diagnostic is None else diagnostic.float()])
     return StepOutput(scalars, layer_norms)
+
+
+def _measured(model, norm_type: float):
+    """The parameters with gradients, each gradient's p-norm, and their total p-norm."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    layer_norms = torch.stack(torch._foreach_norm([p.grad for p in params], norm_type))
+    return params, layer_norms, torch.linalg.vector_norm(layer_norms, norm_type)

@@ -21,6 +21,7 @@ from gradlab import records
 from gradlab.clip import build_clip
 from gradlab.config import (check_knobs, check_writable, display_name, identity, norm_type, plain,
                             resolve_device, run_id, sweep_dir)
+from gradlab.diagnostics import Smoothness
 from gradlab.models import build_model
 from gradlab.objective import evaluate, loss_fn
 from gradlab.optim import build_optimizer, lr_factor
@@ -117,13 +118,15 @@ def _loop(conf: dict, run: Run, history: list, layers: list, progress: RunProgre
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(conf["optim"], steps))
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     p = norm_type(conf["norm_type"])
+    probe = Smoothness(conf["smoothness_every"]) if conf["smoothness_every"] else None
     log = _Log(conf, names, history, layers, progress, tracker, samples_per_step=conf["batch_size"] * k)
 
     model.train()
     for step in range(1, steps + 1):
         x, y = next(stream)
         lr = optimizer.param_groups[0]["lr"]
-        out = train_step(model, list(zip(x.chunk(k), y.chunk(k))), objective, optimizer, clip, scaler, autocast, p)
+        out = train_step(model, list(zip(x.chunk(k), y.chunk(k))), objective, optimizer, clip, scaler, autocast, p,
+                         conf["mistake"], probe)
         scheduler.step()
         layer_norms = out.layer_norms if conf["layer_norms_every"] and step % conf["layer_norms_every"] == 0 else None
         at_eval = step == steps or (conf["eval_every"] and step % conf["eval_every"] == 0)
@@ -181,6 +184,9 @@ class _Log:
         return None
 
 
+SPIKE_FACTOR, SPIKE_WINDOW = 1.5, 50  # a loss spike: a step above 1.5x the median of the previous 50 steps
+
+
 def _figures(history: list) -> dict:
     """Final and best figures of a run's history (finite values only)."""
     import pandas as pd
@@ -190,6 +196,7 @@ def _figures(history: list) -> dict:
         return {"steps_done": 0}
     finite = h[h["loss"].map(math.isfinite)]
     smooth = finite["loss"].rolling(10, min_periods=1).mean()
+    trailing_median = finite["loss"].rolling(SPIKE_WINDOW).median().shift(1)
     ev = h.dropna(subset=["eval_loss"])
     figures = {
         "steps_done": int(h["step"].iloc[-1]),
@@ -198,6 +205,7 @@ def _figures(history: list) -> dict:
         "grad_norm_mean": _num(finite["grad_norm"].mean()),
         "grad_norm_max": _num(finite["grad_norm"].max()),
         "clip_fraction": _num(h["clipped"].mean()),
+        "loss_spikes": int((finite["loss"] > SPIKE_FACTOR * trailing_median).sum()),
         "scaler_skips": int(h["scaler_skipped"].sum()),
         "steps_per_s": _num(h["step"].iloc[-1] / h["time_s"].iloc[-1]) if h["time_s"].notna().any() else None,
     }
