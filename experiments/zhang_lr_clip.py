@@ -12,7 +12,7 @@ SCALES = {
 }
 
 
-def smoothness_pairs(paths) -> "pd.DataFrame":
+def smoothness_pairs(paths):
     """(grad_norm, smoothness) at every step where a smoothness estimate was taken."""
     import pandas as pd
 
