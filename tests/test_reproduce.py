@@ -49,7 +49,7 @@ def test_verdict_follows_the_records_and_finished_runs_are_reused(tmp_path):
     reproduce(["seed-004", "--scale", "smoke", "wandb=off", "-q"], tmp_path)
     report = tmp_path / "results" / "seed-004" / "smoke" / "report.md"
     before = verdict(report)
-    assert before[-1].endswith("the claim holds.")
+    assert before[-1].endswith("it neither helps nor hurts, as claimed.")
     summaries = sorted(report.parent.glob("*/*/summary.json"))
     written = [p.stat().st_mtime_ns for p in summaries]
     clipped = next(p for p in summaries if "norm" in p.parent.name)
@@ -61,7 +61,7 @@ def test_verdict_follows_the_records_and_finished_runs_are_reused(tmp_path):
     after = verdict(report)
     assert [p.stat().st_mtime_ns for p in summaries if p != clipped] == [
         t for p, t in zip(summaries, written) if p != clipped]  # no run was trained again
-    assert "norm 1.0 9.000" in after[0] and after[-1].endswith("the claim does not hold.")
+    assert "norm 1.0 9.000" in after[0] and after[-1].endswith("it does change the outcome, against the claim.")
 
 
 def test_unknown_study_and_scale_are_one_line(tmp_path, monkeypatch):
