@@ -19,7 +19,7 @@ def arms_of(base: list) -> list:
 
 
 def run(lab, size) -> list:
-    from gradlab.experiments.study import arms, growth, outcomes, reached
+    from gradlab.experiments.study import arms, growth, judge, outcomes, reached
 
     verdict, gaps = [], {}
     for length in size["lengths"]:
@@ -30,14 +30,8 @@ def run(lab, size) -> list:
                           metric="eval_loss", target=TARGET, by=["clip.mode", "clip.max_norm", "clip.clip_value"])
         arm = arms(table)
         claimed = [arm["norm1"], arm["norm5"]]
-        holds = all(reached(r) >= max(reached(arm["none"]), 0.5) and r["diverged"] == 0 for r in claimed)
-        if not any(reached(r) for r in arm.values()):
-            outcome = "No arm solves the task at this scale: inconclusive."
-        elif holds:
-            outcome = "Norm 1 and 5 solve at least as often as no clipping and never diverge: the claim holds here."
-        else:
-            outcome = "Norm 1 or 5 solves less often than no clipping, or diverges: the claim does not hold here."
-        verdict.append(f"T={length}: seeds solved (MSE <= {TARGET}): {outcomes(arm)}. {outcome}")
+        verdict.append(f"T={length}: seeds solved (MSE <= {TARGET}): {outcomes(arm)}. "
+                       + judge(arm, claimed, "Norm 1 and norm 5"))
         gaps[length] = max(reached(r) for r in claimed) - reached(arm["none"])
     if len(gaps) > 1:
         verdict.append(growth(gaps, "the better of norm 1 and 5"))

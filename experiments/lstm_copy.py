@@ -16,7 +16,7 @@ SCALES = {
 
 def run(lab, size) -> list:
     from gradlab.experiments.lstm_adding import arms_of
-    from gradlab.experiments.study import arms, outcomes, reached
+    from gradlab.experiments.study import arms, judge, outcomes
 
     length = size["length"]
     baseline = 10 * math.log(8) / (length + 20)  # memoryless: blanks right, the 10 symbols uniform over 8
@@ -30,11 +30,5 @@ def run(lab, size) -> list:
                            f"target = half of it, {target:.4f}.")
     arm = arms(table)
     facts = outcomes(arm, lambda r: f" (final CE {r['eval_loss_final_mean']:.4f})")
-    claimed = [arm["norm1"], arm["norm5"], arm["value1"]]
-    if not any(reached(r) for r in arm.values()):
-        outcome = "No arm beats the baseline clearly at this scale: inconclusive."
-    elif all(reached(r) >= reached(arm["none"]) and r["diverged"] == 0 for r in claimed):
-        outcome = "Norm 1, norm 5 and value 1 do at least as well as no clipping and never diverge: the claim holds."
-    else:
-        outcome = "Some of norm 1, norm 5 and value 1 do worse than no clipping or diverge: the claim does not hold."
+    outcome = judge(arm, [arm["norm1"], arm["norm5"], arm["value1"]], "Norm 1, norm 5 and value 1")
     return [f"Seeds reaching CE <= {target:.4f}: {facts}.", outcome]

@@ -15,7 +15,7 @@ SUCCESS = 0.99  # held-out accuracy: under 1% error
 
 
 def run(lab, size) -> list:
-    from gradlab.experiments.study import arms, growth, outcomes, reached
+    from gradlab.experiments.study import arms, growth, judge, outcomes, reached
 
     verdict, gaps = [], {}
     for length in size["lengths"]:
@@ -32,13 +32,8 @@ def run(lab, size) -> list:
                                f"gradient norm {average:.3g}, so 0.5x-10x = {', '.join(f'{m * average:.3g}' for m in MULTIPLES)}.")
         arm = arms(table)
         rule = [arm[f"norm{float(f'{m * average:.3g}'):g}"] for m in MULTIPLES]
-        if not any(reached(r) for r in arm.values()):
-            outcome = "no arm reaches 1% error at this scale: inconclusive."
-        elif all(reached(r) >= reached(arm["none"]) and r["diverged"] == 0 for r in rule):
-            outcome = "every threshold from 0.5x to 10x the average norm succeeds at least as often as no clipping."
-        else:
-            outcome = "some threshold in 0.5x-10x the average norm succeeds less often than no clipping, or diverges."
-        verdict.append(f"T={length}: seeds under 1% error: {outcomes(arm)}; {outcome}")
+        verdict.append(f"T={length}: seeds under 1% error: {outcomes(arm)}. "
+                       + judge(arm, rule, "All thresholds from 0.5x to 10x the average norm"))
         gaps[length] = max(reached(r) for r in rule) - reached(arm["none"])
     if len(gaps) > 1:
         verdict.append(growth(gaps, "the best threshold of the rule"))

@@ -134,6 +134,16 @@ def within_noise(candidate: pd.Series, rows, figure: str) -> bool:
     return candidate[f"{figure}_mean"] <= best + max(max(stds, default=0.0), 0.005 * abs(best))
 
 
+def judge(arm: dict, claimed: list, what: str) -> str:
+    """Inconclusive when no arm reaches the target; otherwise, does every claimed arm reach it in
+    a majority of seeds, at least as often as no clipping, without diverging?"""
+    if not any(reached(r) for r in arm.values()):
+        return "No arm reaches the target at this scale: inconclusive."
+    if all(reached(r) >= max(reached(arm["none"]), 0.5) and r["diverged"] == 0 for r in claimed):
+        return f"{what} reach the target in most seeds, at least as often as no clipping, and never diverge: the claim holds here."
+    return f"{what} reach the target less often than no clipping or in few seeds, or diverge: the claim does not hold here."
+
+
 def outcomes(arm: dict, extra=lambda r: "") -> str:
     """`none 2/3, norm1 3/3 (1 diverged), ...`: seeds reaching the target per arm."""
     return ", ".join(f"{name} {r['reached_target']}{extra(r)}" + (f" ({r['diverged']} diverged)" if r["diverged"] else "")

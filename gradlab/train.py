@@ -48,7 +48,7 @@ def build(conf: dict) -> Run:
     task = build_task(conf["task"])
     torch.manual_seed(conf["seed"])
     model = build_model(conf["model"], task.spec).to(device)
-    clip = build_clip(conf["clip"], norm_type(conf["norm_type"]))
+    clip = build_clip(conf["clip"], norm_type(conf["norm_type"]), model)
     optimizer = build_optimizer(conf["optim"], model.parameters(), conf["lr"])
     lr_factor(conf["optim"], conf["steps"])
     resolve_mode(conf["logger"]["wandb"]["mode"])

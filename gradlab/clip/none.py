@@ -2,14 +2,14 @@
 
 import torch
 
-from gradlab.clip import ClipResult
+from gradlab.clip import ClipResult, unchanged
 
 
 class NoClip:
     """The unclipped baseline."""
 
-    def __init__(self, norm_type: float):
+    def __init__(self, norm_type: float, model=None):
         pass
 
     def __call__(self, params, total_norm: torch.Tensor) -> ClipResult:
-        return ClipResult(total_norm, torch.zeros((), dtype=torch.bool, device=total_norm.device))
+        return unchanged(total_norm)

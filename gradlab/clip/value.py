@@ -13,7 +13,7 @@ from gradlab.errors import positive
 class ClipByValue:
     """Elementwise clipping at `clip_value` (> 0); the norm after it is measured again."""
 
-    def __init__(self, clip_value: float, norm_type: float):
+    def __init__(self, clip_value: float, norm_type: float, model=None):
         self.clip_value = positive("clip_value", clip_value, "must be a number > 0 (clip=none turns clipping off)")
         self.norm_type = norm_type
 

@@ -1,0 +1,41 @@
+"""`clip=norm_per_layer`: clip each parameter tensor's gradient norm separately at max_norm.
+
+clip=norm's rule (Pascanu et al. 2013, sec. 3.2) applied to every tensor on its own:
+if ||g_l|| > max_norm then g_l <- max_norm g_l / ||g_l||, with the p-norm of norm_type
+and torch's factor (see gradlab.clip.norm.clip_coef). A layer with an exploding gradient
+is tamed without shrinking the others, at the price of changing the overall direction.
+
+`last_fired` (bool device tensor) says, after each call, which tensors were clipped: one
+entry per parameter passed that has a gradient, in the order given. The step passes
+exactly those, in model.parameters() order, so it lines up with the per-layer norms the
+step records (StepOutput.layer_norms), for per-layer clip fractions.
+
+Non-finite gradients: a tensor whose norm is inf/nan is left as it is, the others are
+clipped as usual; the fp16 scaler skips such a step, an fp32 run ends as diverged.
+"""
+
+import torch
+
+from gradlab.clip import ClipResult, unchanged
+from gradlab.clip.norm import clip_coef
+from gradlab.errors import positive
+
+
+class ClipNormPerLayer:
+    """Per-tensor norm clipping at `max_norm` (> 0); see the module docstring for `last_fired`."""
+
+    def __init__(self, max_norm: float, norm_type: float, model=None):
+        self.max_norm = positive("max_norm", max_norm, "must be a number > 0 (clip=none turns clipping off)")
+        self.norm_type = norm_type
+        self.last_fired = torch.zeros(0, dtype=torch.bool)
+
+    def __call__(self, params, total_norm: torch.Tensor) -> ClipResult:
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            self.last_fired = torch.zeros(0, dtype=torch.bool, device=total_norm.device)
+            return unchanged(total_norm)
+        coefs = clip_coef(torch.stack(torch._foreach_norm(grads, self.norm_type)), self.max_norm)
+        torch._foreach_mul_(grads, list(coefs.unbind()))
+        self.last_fired = coefs < 1
+        after = torch.nn.utils.get_total_norm(grads, self.norm_type, foreach=True)
+        return ClipResult(after, self.last_fired.any())
