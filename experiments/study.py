@@ -31,14 +31,16 @@ class Lab:
         self.sections: list[tuple[str, str, Comparison]] = []  # (label, note, comparison)
 
     def sweep(self, label: str, *arms: list[str]) -> pd.DataFrame:
-        """Run each arm (a list of overrides, comma lists allowed) into one sweep folder; return its runs."""
+        """Run each arm (a list of overrides, comma lists allowed) into one sweep folder; return its
+        runs (only these: runs of other settings that the folder may hold are left out)."""
         from gradlab import launch
 
+        runs = []
         for arm in arms:
             overrides = [*arm, *self.extra, f"name={label}", f"results_root={self.dir}"]
             self.commands.append("gradlab sweep " + " ".join(shlex.quote(o) for o in overrides))
-            launch.sweep(overrides)
-        return load_runs([self.dir / label])
+            runs += launch.sweep(overrides)
+        return load_runs(list(dict.fromkeys(runs)))
 
     def table(self, label: str, runs: pd.DataFrame, note: str = "", **options) -> Comparison:
         """Compare `runs` (options as for gradlab compare), keep the table and plots for the report."""

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from gradlab.config import NOT_IDENTITY
+from gradlab.config import NOT_IDENTITY, clip_knobs
 from gradlab.errors import ConfigError
 from gradlab.tracking import flatten
 
@@ -65,17 +65,9 @@ def config_keys(runs: pd.DataFrame) -> list[str]:
 
 
 def _knob_copies(keys: list[str]) -> set:
-    """Top-level knobs that a clip mode reads through its own clip.<knob> (max_norm, clip_value, ...):
-    those of every clip mode gradlab has (conf/clip/*.yaml), and any other clip.* key in the records."""
-    from importlib import resources
-
-    import yaml
-
-    knobs = {k.split(".", 1)[1] for k in keys if k.startswith("clip.")}
-    for f in resources.files("gradlab.conf").joinpath("clip").iterdir():
-        if f.name.endswith(".yaml"):
-            knobs |= set(yaml.safe_load(f.read_text())) - {"mode"}
-    return knobs
+    """Top-level knobs that a clip mode reads through its own clip.<knob>: those of every clip mode
+    gradlab has, and any other clip.* key in the records."""
+    return clip_knobs() | {k.split(".", 1)[1] for k in keys if k.startswith("clip.")}
 
 
 def effective_runs(runs: pd.DataFrame) -> pd.DataFrame:

@@ -5,6 +5,7 @@ Everything here runs before a run directory exists, so bad input leaves nothing 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -112,17 +113,34 @@ def check_writable(conf: dict) -> None:
         raise bad("results_root", conf["results_root"], f"cannot write {path} ({e.strerror or e})") from None
 
 
+@functools.lru_cache(maxsize=None)
+def clip_knobs() -> frozenset:
+    """Top-level knobs that clip modes read through their own `clip.<knob>` (max_norm, clip_value, ...)."""
+    from importlib import resources
+
+    import yaml
+
+    knobs = set()
+    for f in resources.files("gradlab.conf").joinpath("clip").iterdir():
+        if f.name.endswith(".yaml"):
+            knobs |= set(yaml.safe_load(f.read_text())) - {"mode"}
+    return frozenset(knobs)
+
+
 def identity(conf: dict) -> str:
-    """Short hash of everything that determines a run's numbers."""
-    kept = {k: v for k, v in conf.items() if k not in NOT_IDENTITY}
+    """Short hash of everything that determines a run's numbers.
+
+    A clip knob counts through its copy under `clip`, so a knob the chosen mode ignores
+    (max_norm under clip=none) does not make a new run."""
+    kept = {k: v for k, v in conf.items() if k not in NOT_IDENTITY and k not in clip_knobs()}
     return hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def clip_label(conf: dict) -> str:
-    """`none`, `norm5`, `value0.5`, `norm1-p1`: the clip mode and the values of its knobs."""
+    """`none`, `norm5`, `value0.5`, `autoclip10`, `norm1-p1`: the clip mode and its first knob's value."""
     clip = conf["clip"]
-    label = clip["mode"] + "-".join(f"{v:g}" if isinstance(v, (int, float)) else str(v)
-                                    for k, v in clip.items() if k != "mode")
+    first = next((v for k, v in clip.items() if k != "mode"), None)
+    label = clip["mode"] + (f"{first:g}" if isinstance(first, (int, float)) and not isinstance(first, bool) else "")
     p = norm_type(conf["norm_type"])
     return label if p == 2 else f"{label}-p{p:g}"
 

@@ -94,15 +94,19 @@ def print_plan(overrides: list[str], confs: list[dict], jobs: list[list[str]]) -
         print(f"  {i:>3}  {run_id(conf):<44} {status:<18} {shown}")
 
 
-def sweep(overrides: list[str], dry_run: bool = False) -> None:
+def sweep(overrides: list[str], dry_run: bool = False) -> list:
+    """Run (or, dry, list) the sweep; returns the folders of its runs."""
+    from gradlab.config import run_id, sweep_dir
+
     overrides, confs = plan(overrides, multirun=True)
     if dry_run:
         print_plan(overrides, confs, expand(overrides))
-        return
-    from gradlab.app import main
+    else:
+        from gradlab.app import main
 
-    sys.argv = ["gradlab", "--multirun", *overrides]
-    main()
+        sys.argv = ["gradlab", "--multirun", *overrides]
+        main()
+    return list(dict.fromkeys(sweep_dir(conf) / run_id(conf) for conf in confs))
 
 
 def train(overrides: list[str], dry_run: bool = False) -> dict | None:

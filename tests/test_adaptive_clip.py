@@ -9,11 +9,13 @@ import collections
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from gradlab.clip import build_clip
 from gradlab.clip.autoclip import AutoClip
+from gradlab.config import sweep_dir
 from gradlab.errors import ConfigError
 from gradlab.sweep import expand
 from gradlab.train import build, train
@@ -49,7 +51,7 @@ def set_grads(params, seed, scale) -> None:
     g = torch.Generator().manual_seed(1000 + seed)
     factor = 1.0 if isinstance(scale, str) else scale
     for p in params[:-1]:
-        p.grad = torch.randn(p.shape, generator=g) * torch.exp(torch.randn(p.shape, generator=g)) * factor
+        p.grad = (torch.randn(p.shape, generator=g) * torch.exp(torch.randn(p.shape, generator=g)) * factor).to(p.device)
     if isinstance(scale, str):
         params[2].grad[1, 0, 1] = float(scale)
 
@@ -160,12 +162,19 @@ def ref_per_layer(grads, max_norm, p):
     return out, fired
 
 
-REFERENCES = {
-    "autoclip": lambda k: RefAutoClip(k["clip_percentile"], k["autoclip_window"]),
-    "zclip": lambda k: RefZClip(**k),
-    "agc": lambda k: lambda w, g, p: ref_agc(w, g, k["agc_lambda"], k["agc_eps"]),
-    "norm_per_layer": lambda k: lambda w, g, p: (lambda out, fired: (out, any(fired)))(*ref_per_layer(g, k["max_norm"], p)),
-}
+def reference_of(mode: str, knobs: dict):
+    """`mode`'s reference as one callable: (weights, grads, p) -> (clipped grads, fired)."""
+    if mode == "autoclip":
+        return RefAutoClip(knobs["clip_percentile"], knobs["autoclip_window"])
+    if mode == "zclip":
+        return RefZClip(**knobs)
+    if mode == "agc":
+        return lambda weights, grads, p: ref_agc(weights, grads, knobs["agc_lambda"], knobs["agc_eps"])
+
+    def per_layer(weights, grads, p):
+        out, fired = ref_per_layer(grads, knobs["max_norm"], p)
+        return out, any(fired)
+    return per_layer
 
 
 # --- each mode against its reference, step after step
@@ -187,10 +196,10 @@ CASES = [
 
 @pytest.mark.parametrize("mode,knobs,p", CASES, ids=[f"{m}-{i}" for i, (m, _, _) in enumerate(CASES)])
 def test_mode_matches_its_reference_step_after_step(mode, knobs, p, monkeypatch):
-    if knobs.pop("grow", False):
+    if knobs.get("grow"):
         monkeypatch.setattr(AutoClip, "CAPACITY", 2)
-    knobs = {**KNOBS[mode], **knobs}
-    clip, reference, params = strategy(mode, p, **knobs), REFERENCES[mode](knobs), make_params()
+    knobs = {**KNOBS[mode], **{k: v for k, v in knobs.items() if k != "grow"}}
+    clip, reference, params = strategy(mode, p, **knobs), reference_of(mode, knobs), make_params()
     weights = as_numpy(params)
     for step, scale in enumerate(STEPS):
         set_grads(params, step, scale)
@@ -215,18 +224,34 @@ def test_mode_matches_its_reference_step_after_step(mode, knobs, p, monkeypatch)
         if step == SPIKE and mode in STATEFUL and knobs.get("clip_percentile") != 100:  # a huge spike is clipped
             assert result.fired and float(result.norm_after) < pre / 10
     if mode == "autoclip":
-        n = clip.state_dict()["count"].item()
-        history = clip.state_dict()["history"]
-        assert n == len([s for s in STEPS if not isinstance(s, str)])
-        np.testing.assert_allclose(sorted(history[torch.isfinite(history)].tolist()), sorted(reference.history), rtol=1e-6)
+        state = clip.state_dict()
+        recorded = state["history"][torch.isfinite(state["history"])]
+        assert state["count"] == len([s for s in STEPS if not isinstance(s, str)])
+        np.testing.assert_allclose(sorted(recorded.tolist()), sorted(reference.history), rtol=1e-6)
     if mode == "zclip":
         state = clip.state_dict()
-        assert state["count"].item() == reference.count
-        np.testing.assert_allclose([state["mean"].item(), state["var"].item()], [reference.mean, reference.var], rtol=1e-4)
+        assert state["count"] == reference.count
+        np.testing.assert_allclose([float(state["mean"]), float(state["var"])], [reference.mean, reference.var], rtol=1e-4)
 
 
 def assert_same_state(a: dict, b: dict) -> None:
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host-device syncs only show on CUDA")
+@pytest.mark.parametrize("mode", MODES)
+def test_no_host_sync_on_cuda(mode):
+    params = [torch.nn.Parameter(p.detach().cuda()) for p in make_params()]
+    clip = strategy(mode)
+    for step, scale in enumerate(STEPS):
+        set_grads(params, step, scale)
+        total = torch.nn.utils.get_total_norm([q.grad for q in params if q.grad is not None], 2.0)
+        torch.cuda.set_sync_debug_mode("error" if step else "default")  # the first call moves the state over
+        try:
+            result = clip(params, total)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert result.norm_after.is_cuda and result.fired.is_cuda
 
 
 # --- AGC on real models: which slice is a unit, which layer is left alone
@@ -311,8 +336,9 @@ def test_agc_needs_the_model_to_exclude_the_final_layer():
     ("autoclip", {}), ("autoclip", {"autoclip_window": 4}), ("autoclip", {"grow": True}), ("zclip", {}),
 ], ids=["autoclip", "autoclip-window", "autoclip-growing", "zclip"])
 def test_state_round_trips_and_the_run_continues_identically(mode, knobs, monkeypatch):
-    if knobs.pop("grow", False):
+    if knobs.get("grow"):
         monkeypatch.setattr(AutoClip, "CAPACITY", 4)
+    knobs = {k: v for k, v in knobs.items() if k != "grow"}
     params, first = make_params(), strategy(mode, **knobs)
     for step in range(6):
         set_grads(params, step, 1 + step % 3)
@@ -353,6 +379,8 @@ def test_yaml_composes_builds_and_trains(compose, mode):
     build(conf)
     summary = train(conf)
     assert summary["status"] == "completed" and summary["steps_done"] == 5, summary.get("error")
+    h = pd.read_csv(sweep_dir(conf) / summary["run_id"] / "history.csv")
+    assert len(h) == 5 and (h["grad_norm_clipped"] <= h["grad_norm"] * (1 + 1e-6)).all()
 
 
 @pytest.mark.parametrize("mode,knob,values", [

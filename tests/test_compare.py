@@ -54,9 +54,11 @@ def history(evals: list, accs: list, loss=None) -> pd.DataFrame:
 def write_records(sweep: Path, specs: list) -> Path:
     """Finished run records as gradlab writes them: real resolved configs, the given summaries and series."""
     confs = [plain(c) for c in compose_all([overrides for overrides, _, _ in specs])]
-    for conf, (_, figures, series) in zip(confs, specs):
+    for i, (conf, (_, figures, series)) in enumerate(zip(confs, specs)):
         conf.update(name=sweep.name, results_root=str(sweep.parent))
-        run_dir = sweep / run_id(conf)
+        # numbered: records that differ only in a knob their mode ignores (clip=none at two max_norm)
+        # are one run today, but folders written by older versions can still hold such twins
+        run_dir = sweep / f"{run_id(conf)}-{i}"
         run_dir.mkdir(parents=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(conf, sort_keys=False))
         series.to_csv(run_dir / "history.csv", index=False)

@@ -2,8 +2,9 @@
 
 Seetharaman, Wichern, Pardo & Le Roux 2020, "AutoClip: Adaptive Gradient Clipping for
 Source Separation Networks" (MLSP 2020): record every step's total gradient norm (before
-clipping); clip the step's gradients, as clip=norm does, at the clip_percentile-th
-percentile of all norms recorded so far, the current one included.
+clipping; p = norm_type, the paper's is 2); clip the step's gradients, as clip=norm
+does, at the clip_percentile-th percentile of all norms recorded so far, the current one
+included.
 
 - Percentile: linear interpolation between the two nearest ranks, the default of
   numpy.percentile and torch.quantile (what the paper's code calls, np.percentile).
@@ -41,13 +42,13 @@ class AutoClip(TensorState):
         # history: recorded norms (+inf = empty slot); count: norms recorded so far
         self.state = {"history": torch.full((w or self.CAPACITY,), torch.inf),
                       "count": torch.zeros((), dtype=torch.long)}
-        self.calls = 0  # host-side bound on count: when to grow the unbounded history
+        self._calls = 0  # host-side bound on count: when to grow the unbounded history
 
     def __call__(self, params, total_norm: torch.Tensor) -> ClipResult:
         s = self.on(total_norm.device)
-        if self.window == 0 and self.calls >= len(s["history"]):
+        if self.window == 0 and self._calls >= len(s["history"]):
             s["history"] = torch.cat([s["history"], torch.full_like(s["history"], torch.inf)])
-        self.calls += 1
+        self._calls += 1
         history, count = s["history"], s["count"]
         finite = torch.isfinite(total_norm)
         slot = (count % len(history)).view(1)
@@ -67,4 +68,4 @@ class AutoClip(TensorState):
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.calls = int(self.state["count"])  # the one read of the state, at load time only
+        self._calls = int(self.state["count"])  # the one read of the state, at load time only

@@ -55,13 +55,13 @@ class ZClip(TensorState):
         std = var.sqrt()
         z = (g - mean) / (std + EPS)
         spike = finite & ~warm & (z > self.z)
-        spike_norm = torch.where(spike, mean + self.z * std / (z / self.z), g)  # g', what the EMA sees
-        result = rescale_(params, total_norm, torch.where(spike, spike_norm, torch.inf).clamp(max=self.max_norm))
+        seen = torch.where(spike, mean + self.z * std / (z / self.z), g)  # g': the norm after z-clipping
+        result = rescale_(params, total_norm, torch.where(spike, seen, torch.inf).clamp(max=self.max_norm))
         k = (count + 1).float()  # warm-up: running mean and population variance of the first norms
         warm_mean = mean + (g - mean) / k
         warm_var = var + ((g - mean) * (g - warm_mean) - var) / k
-        ema_mean = a * mean + (1 - a) * spike_norm
-        ema_var = a * var + (1 - a) * (spike_norm - ema_mean) ** 2
+        ema_mean = a * mean + (1 - a) * seen
+        ema_var = a * var + (1 - a) * (seen - ema_mean) ** 2
         mean.copy_(torch.where(finite, torch.where(warm, warm_mean, ema_mean), mean))
         var.copy_(torch.where(finite, torch.where(warm, warm_var, ema_var), var))
         count += finite
