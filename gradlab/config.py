@@ -18,6 +18,8 @@ from gradlab.errors import bad, positive
 NOT_IDENTITY = ("name", "results_root", "progress", "force", "wandb", "logger")
 PRECISIONS = ("fp32", "bf16", "fp16")
 REFERENCE_MARK = ".gradlab-reference"  # a results folder holding committed reference runs
+# options whose knobs change nothing while the option is off: switch -> its knobs
+SWITCHED = {"skip_spikes": ("spike_metric", "spike_sigma", "spike_window", "spike_min_history")}
 
 
 def plain(cfg) -> dict:
@@ -131,8 +133,13 @@ def identity(conf: dict) -> str:
     """Short hash of everything that determines a run's numbers.
 
     A clip knob counts through its copy under `clip`, so a knob the chosen mode ignores
-    (max_norm under clip=none) does not make a new run."""
-    kept = {k: v for k, v in conf.items() if k not in NOT_IDENTITY and k not in clip_knobs()}
+    (max_norm under clip=none) does not make a new run; nor do an option and its knobs while
+    the option is off (skip_spikes=false), so adding such an option keeps old runs valid."""
+    ignored = {*NOT_IDENTITY, *clip_knobs()}
+    for switch, knobs in SWITCHED.items():
+        if not conf.get(switch):
+            ignored |= {switch, *knobs}
+    kept = {k: v for k, v in conf.items() if k not in ignored}
     return hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 
 # columns of StepOutput.scalars, in order
-SCALARS = ("loss", "grad_norm", "grad_norm_clipped", "clipped", "scaler_skipped", "smoothness")
+SCALARS = ("loss", "grad_norm", "grad_norm_clipped", "clipped", "scaler_skipped", "smoothness", "spike_skipped")
 
 
 class StepOutput(NamedTuple):
@@ -25,14 +25,15 @@ MISTAKES = ("clip_each_micro_batch", "no_loss_division", "clip_scaled")  # study
 
 
 def train_step(model, micro_batches, loss_fn, optimizer, clip, scaler, autocast, norm_type: float,
-               mistake: str | None = None, probe=None) -> StepOutput:
+               mistake: str | None = None, probe=None, spike_guard=None) -> StepOutput:
     """Accumulate gradients over `micro_batches`, clip once, take one optimizer step.
 
     `mistake` reproduces a classic error for the studies that measure it (None = correct):
     clip_each_micro_batch clips the running sum after every micro-batch; no_loss_division
     skips loss / k (the threshold becomes k times looser); clip_scaled measures and clips
     fp16 gradients before unscaling them. `probe(params)`, if given, sees the unclipped
-    gradients and returns a 0-d diagnostic (or None).
+    gradients and returns a 0-d diagnostic (or None). `spike_guard` (skip_spikes=true) may skip
+    the clip and the update of a spiking step.
     """
     total_samples = sum(len(x) for x, _ in micro_batches)
     loss = torch.zeros((), device=micro_batches[0][0].device)
@@ -51,16 +52,21 @@ def train_step(model, micro_batches, loss_fn, optimizer, clip, scaler, autocast,
         scaler.unscale_(optimizer)  # true gradients from here on (no-op unless fp16)
     params, layer_norms, grad_norm = _measured(model, norm_type)
     diagnostic = probe(params) if probe else None
-    norm_after, fired = clip(params, grad_norm)
+    spike = spike_guard is not None and spike_guard.is_spike(loss, grad_norm)  # a host sync, only when asked
+    if spike:
+        norm_after, fired = grad_norm, torch.zeros((), dtype=torch.bool, device=loss.device)
+    else:
+        norm_after, fired = clip(params, grad_norm)
+        scaler.step(optimizer)
     # with fp16 the scaler skips the update exactly when some gradient is inf/nan
     skipped = ~torch.isfinite(grad_norm) if scaler.is_enabled() else torch.zeros_like(fired)
-    scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     clipped = (fired | fired_early) & torch.isfinite(grad_norm)  # inf/nan steps are skipped or diverged
     nan = torch.full((), float("nan"), device=loss.device)
     scalars = torch.stack([loss, grad_norm.float(), norm_after.float(), clipped.float(), skipped.float(),
-                           nan if diagnostic is None else diagnostic.float()])
+                           nan if diagnostic is None else diagnostic.float(),
+                           torch.full((), float(spike), device=loss.device)])  # a fill kernel: no copy, no sync
     return StepOutput(scalars, layer_norms)
 
 

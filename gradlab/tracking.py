@@ -84,6 +84,7 @@ def _interval(rows: list) -> dict:
              "clip/coef": mean("clip_coef"), "clip/fraction": last["clip_fraction"],
              "clip/fraction_interval": sum(r["clipped"] for r in rows) / len(rows),
              "lr": last["lr"], "scaler/skipped": sum(r["scaler_skipped"] for r in rows),
+             "spikes/skipped": sum(r["spike_skipped"] for r in rows),
              "perf/steps_per_s": last["steps_per_s"], "perf/samples_per_s": last["samples_per_s"]}
     for r in rows:
         if "eval_loss" in r:
@@ -134,7 +135,10 @@ class Tracker:
         if self.run is None or not rows:
             return
         point = _interval(rows)
-        point.update({f"layers/{name}": value for _, name, value in layer_rows})
+        for _, name, norm, ratio, share in layer_rows:
+            point.update({f"layers/{name}": norm, f"update_ratio/{name}": ratio})
+            if math.isfinite(share):
+                point[f"layer_clip_fraction/{name}"] = share
         self.recent_norms += [r["grad_norm"] for r in rows if math.isfinite(r["grad_norm"])]
         if self.next_histogram and rows[-1]["step"] >= self.next_histogram and self.recent_norms:
             import wandb

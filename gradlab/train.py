@@ -22,6 +22,7 @@ from gradlab.clip import build_clip
 from gradlab.config import (check_knobs, check_writable, display_name, identity, norm_type, plain,
                             resolve_device, run_id, sweep_dir)
 from gradlab.diagnostics import Smoothness
+from gradlab.spikes import SpikeGuard
 from gradlab.models import build_model
 from gradlab.objective import evaluate, loss_fn
 from gradlab.optim import build_optimizer, lr_factor
@@ -39,6 +40,7 @@ class Run(NamedTuple):
     model: torch.nn.Module
     clip: object
     optimizer: torch.optim.Optimizer
+    spike_guard: SpikeGuard | None  # skip_spikes=true
 
 
 def build(conf: dict) -> Run:
@@ -52,8 +54,10 @@ def build(conf: dict) -> Run:
     optimizer = build_optimizer(conf["optim"], model.parameters(), conf["lr"])
     lr_factor(conf["optim"], conf["steps"])
     resolve_mode(conf["logger"]["wandb"]["mode"])
+    guard = (SpikeGuard(conf["spike_sigma"], conf["spike_window"], conf["spike_min_history"], conf["spike_metric"])
+             if conf["skip_spikes"] else None)
     task.prepare()
-    return Run(device, task, model, clip, optimizer)
+    return Run(device, task, model, clip, optimizer, guard)
 
 
 def train(cfg) -> dict:
@@ -89,7 +93,7 @@ def train(cfg) -> dict:
         try:
             tracker.finish(summary)
             records.finish(run_dir, summary, pd.DataFrame(history, columns=COLUMNS),
-                           pd.DataFrame(layers, columns=["step", "layer", "grad_norm"]) if layers else None)
+                           pd.DataFrame(layers, columns=LAYER_COLUMNS) if layers else None)
         except OSError as e:  # e.g. disk full: record the failure in the space the partial files held
             summary.update(status="failed", error=_one_line(e))
             records.salvage(run_dir, summary)
@@ -97,6 +101,7 @@ def train(cfg) -> dict:
     return summary
 
 
+LAYER_COLUMNS = ["step", "layer", "grad_norm", "update_ratio", "clip_fraction"]
 COLUMNS = ["step", *SCALARS, "clip_coef", "clip_fraction", "lr", "eval_loss", "eval_acc",
            "time_s", "steps_per_s", "samples_per_s"]
 
@@ -106,7 +111,7 @@ def _one_line(e: Exception) -> str:
 
 
 def _loop(conf: dict, run: Run, history: list, layers: list, progress: RunProgress, tracker: Tracker) -> dict:
-    device, task, model, clip, optimizer = run
+    device, task, model, clip, optimizer, guard = run
     steps, k = conf["steps"], conf["accum_steps"]
     task.load(device)
     stream = task.batches(conf["batch_size"] * k, conf["seed"])
@@ -119,24 +124,40 @@ def _loop(conf: dict, run: Run, history: list, layers: list, progress: RunProgre
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     p = norm_type(conf["norm_type"])
     probe = Smoothness(conf["smoothness_every"]) if conf["smoothness_every"] else None
+    per_layer_fired = torch.zeros(len(names), device=device) if hasattr(clip, "last_fired") else None
     log = _Log(conf, names, history, layers, progress, tracker, samples_per_step=conf["batch_size"] * k)
 
     model.train()
     for step in range(1, steps + 1):
         x, y = next(stream)
         lr = optimizer.param_groups[0]["lr"]
+        at_layers = conf["layer_norms_every"] and step % conf["layer_norms_every"] == 0
+        before = [w.detach().clone() for w in model.parameters() if w.requires_grad] if at_layers else None
         out = train_step(model, list(zip(x.chunk(k), y.chunk(k))), objective, optimizer, clip, scaler, autocast, p,
-                         conf["mistake"], probe)
+                         conf["mistake"], probe, guard)
         scheduler.step()
-        layer_norms = out.layer_norms if conf["layer_norms_every"] and step % conf["layer_norms_every"] == 0 else None
+        if per_layer_fired is not None:  # a step skipped as a spike was not clipped
+            per_layer_fired += clip.last_fired * (1 - out.scalars[SCALARS.index("spike_skipped")])
+        layers_now = _layer_figures(model, before, out.layer_norms, per_layer_fired, step) if at_layers else None
         at_eval = step == steps or (conf["eval_every"] and step % conf["eval_every"] == 0)
         metrics = evaluate(model, eval_set, task.spec, autocast) if at_eval else None
-        log.add(step, out.scalars, lr, layer_norms, metrics)
+        log.add(step, out.scalars, lr, layers_now, metrics)
         if step % conf["log_every"] == 0 or step == steps:
             diverged_at = log.flush()  # the one host-device sync of the interval
             if diverged_at:
                 return {"status": "diverged", "diverged_step": diverged_at}
     return {"status": "completed"}
+
+
+def _layer_figures(model, before, grad_norms, fired, step: int) -> torch.Tensor:
+    """Per parameter tensor (rows: LAYER_COLUMNS[2:]): pre-clip gradient norm, update-to-weight
+    norm ratio of this step, and the share of steps so far that clipped it (nan unless the clip
+    mode works per layer). Stays on the device."""
+    after = [w.detach() for w in model.parameters() if w.requires_grad]
+    moved = torch.stack(torch._foreach_norm(torch._foreach_sub(after, before)))
+    ratio = moved / torch.stack(torch._foreach_norm(before)).clamp(min=1e-12)
+    share = fired / step if fired is not None else torch.full_like(ratio, float("nan"))
+    return torch.stack([grad_norms.float(), ratio.float(), share.float()])
 
 
 class _Log:
@@ -164,7 +185,7 @@ class _Log:
         now = time.perf_counter()
         rate = len(self.pending) / max(now - self.last, 1e-9)
         self.last = now
-        for (step, _, lr, layer_norms, metrics), row_values in zip(self.pending, values):
+        for (step, _, lr, layer_figures, metrics), row_values in zip(self.pending, values):
             row = dict(zip(SCALARS, row_values), step=step, lr=lr)
             self.clipped += row["clipped"]
             pre, post = row["grad_norm"], row["grad_norm_clipped"]
@@ -173,8 +194,8 @@ class _Log:
                        steps_per_s=rate, samples_per_s=rate * self.samples_per_step)
             if metrics is not None:
                 row.update(eval_loss=metrics[0].item(), eval_acc=metrics[1].item())
-            if layer_norms is not None:
-                self.layers += [(step, n, v) for n, v in zip(self.names, layer_norms.tolist())]
+            if layer_figures is not None:
+                self.layers += [(step, n, *v) for n, v in zip(self.names, layer_figures.T.tolist())]
             self.history.append(row)
             if not math.isfinite(row["loss"]) or not (math.isfinite(pre) or self.grads_may_overflow):
                 self.pending = []
@@ -205,6 +226,7 @@ def _figures(history: list) -> dict:
         "grad_norm_mean": _num(finite["grad_norm"].mean()),
         "grad_norm_max": _num(finite["grad_norm"].max()),
         "clip_fraction": _num(h["clipped"].mean()),
+        "spike_skips": int(h["spike_skipped"].sum()),
         "loss_spikes": int((finite["loss"] > SPIKE_FACTOR * trailing_median).sum()),
         "scaler_skips": int(h["scaler_skipped"].sum()),
         "steps_per_s": _num(h["step"].iloc[-1] / h["time_s"].iloc[-1]) if h["time_s"].notna().any() else None,

@@ -110,7 +110,7 @@ def test_step_is_backward_clip_update_in_that_order():
     with torch.no_grad():
         for p in reference.parameters():
             p -= lr * p.grad
-    loss_, pre_, post, clipped, skipped, _ = scalars[0]
+    loss_, pre_, post, clipped, skipped, *_ = scalars[0]
     torch.testing.assert_close(loss_, loss.detach(), rtol=1e-6, atol=0)
     torch.testing.assert_close(pre_, pre, rtol=1e-5, atol=0)
     assert pre > max_norm and clipped == 1 and skipped == 0
@@ -144,7 +144,7 @@ def test_fp16_clips_the_unscaled_gradients(factor):
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
     half, [out] = run_steps(model, task, [batch], K, clip_cfg, SGD, autocast, scaler)
     full, _ = run_steps(model, task, [batch], K, clip_cfg, SGD)
-    _, grad_norm, post, clipped, skipped, _ = out.tolist()
+    _, grad_norm, post, clipped, skipped, *_ = out.tolist()
     assert skipped == 0 and scaler.get_scale() == 2.0**12
     assert math.isclose(grad_norm, true_norm, rel_tol=2e-2)  # fp16 forward: loose
     assert clipped == (factor < 1)
@@ -162,7 +162,7 @@ def test_step_skipped_by_the_scaler_is_not_counted_as_clipped(clip):
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
     out = train_step(model, [(torch.ones(1, 1), torch.zeros(1, 1))], overflow, optimizer,
                      build_clip(CLIPS[clip], 2.0), scaler, FP32, 2.0)
-    _, grad_norm, _, clipped, skipped, _ = out.scalars.tolist()
+    _, grad_norm, _, clipped, skipped, *_ = out.scalars.tolist()
     assert grad_norm == math.inf and skipped == 1
     assert clipped == 0
 

@@ -29,7 +29,7 @@ diverged.
 
 import torch
 
-from gradlab.clip import ClipResult, unchanged
+from gradlab.clip import ClipResult
 from gradlab.errors import bad, positive
 
 
@@ -60,11 +60,12 @@ class AdaptiveGradClip:
 
     def __call__(self, params, total_norm: torch.Tensor) -> ClipResult:
         params = [p for p in params if p.grad is not None]
-        clipped = [self._clip_units_(p) for p in params if not any(p is q for q in self.final)]
-        if not clipped:
-            return unchanged(total_norm)
+        no = torch.zeros((), dtype=torch.bool, device=total_norm.device)
+        # per tensor, in the order given: were any of its units clipped (the final layer never is)
+        self.last_fired = torch.stack([no if any(p is q for q in self.final) else self._clip_units_(p)
+                                       for p in params]) if params else no.reshape(0)
         after = torch.nn.utils.get_total_norm([p.grad for p in params], self.norm_type, foreach=True)
-        return ClipResult(after, torch.stack(clipped).any())
+        return ClipResult(after, self.last_fired.any())
 
     @torch.no_grad()
     def _clip_units_(self, p: torch.Tensor) -> torch.Tensor:
