@@ -18,6 +18,7 @@ STUDIES = {
     "accumulation": "accumulation",
     "fp16-unscale": "fp16_unscale",
     "zhang-lr-clip": "zhang_lr_clip",
+    "adaptive-vs-fixed": "adaptive_vs_fixed",
 }
 
 
