@@ -31,7 +31,8 @@ def run(lab, scale) -> list:
              ("lm", transformer_lm, "lm", transformer_lm.SCALES[scale]["lr"])]
     for label, study, section, lr in tasks:
         threshold, base = best_fixed(lab, study, section)
-        base = [o for o in base if not o.startswith(("clip=", "max_norm=", "clip_value=", "lr=", "name=", "results_root="))]
+        base = [o for o in base if o not in lab.extra and not o.startswith(
+            ("clip=", "max_norm=", "clip_value=", "lr=", "name=", "results_root="))]
         lrs = f"lr={lr:g},{HIGH_LR * lr:g}"
         runs = lab.sweep(label, [*base, lrs, "clip=none"], [*base, lrs, "clip=norm", f"max_norm={threshold:g}"],
                          *[[*base, lrs, f"clip={mode}"] for mode in ADAPTIVE])

@@ -29,7 +29,7 @@ def test_list_names_every_study():
     result = CliRunner().invoke(app, ["reproduce", "--list"])
     assert result.exit_code == 0
     assert [line.split()[0] for line in result.output.splitlines()] == list(STUDIES)
-    assert len(STUDIES) == 9
+    assert len(STUDIES) == 10
 
 
 def test_every_study_runs_and_reports_at_smoke_scale(tmp_path):
