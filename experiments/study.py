@@ -152,8 +152,10 @@ def outcomes(arm: dict, extra=lambda r: "") -> str:
                      for name, r in arm.items())
 
 
-def growth(gaps: dict, subject: str) -> str:
+def growth(gaps: dict, subject: str, measurable: bool) -> str:
     """The verdict line on whether clipping's advantage grows with the sequence length T."""
+    if not measurable:
+        return "Whether clipping matters more as T grows cannot be told: no arm reached the target."
     short, long = min(gaps), max(gaps)
     return (f"Advantage of {subject} over no clipping (share of seeds reaching the target): "
             f"{gaps[short]:+.2f} at T={short}, {gaps[long]:+.2f} at T={long}: "
