@@ -19,7 +19,8 @@ def best_fixed(lab, study, section: str) -> tuple:
     comparison = next(c for label, _, c in source.sections if label == section)
     norms = {name: r for name, r in arms(comparison).items() if name.startswith("norm")}
     name = min(norms, key=lambda n: norms[n]["eval_loss_final_mean"])
-    return float(norms[name]["clip.max_norm"]), source.commands[0].split()[2:]
+    command = next(c for c in source.commands if f" name={section} " in f"{c} ")
+    return float(norms[name]["clip.max_norm"]), command.split()[2:]
 
 
 def run(lab, scale) -> list:
