@@ -130,10 +130,10 @@ def publish_report(report: Path) -> Path:
 def within_noise(candidate: pd.Series, rows, figure: str) -> bool:
     """Is candidate's mean of a (lower-is-better) figure within noise of the best row's?
 
-    Noise: the largest seed std among the rows, and at least 0.5% of the best value."""
-    best = min(r[f"{figure}_mean"] for r in rows)
-    stds = [r[f"{figure}_std"] for r in rows if r[f"{figure}_std"] == r[f"{figure}_std"]]  # nan: one seed
-    return candidate[f"{figure}_mean"] <= best + max(max(stds, default=0.0), 0.005 * abs(best))
+    Noise: twice the best row's seed std, and at least 0.5% of its value."""
+    best = min(rows, key=lambda r: r[f"{figure}_mean"])
+    spread = best[f"{figure}_std"] if best[f"{figure}_std"] == best[f"{figure}_std"] else 0.0  # nan: one seed
+    return candidate[f"{figure}_mean"] <= best[f"{figure}_mean"] + max(2 * spread, 0.005 * abs(best[f"{figure}_mean"]))
 
 
 def judge(arm: dict, claimed: list, what: str) -> str:
