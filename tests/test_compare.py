@@ -393,3 +393,15 @@ def test_real_sweep_compared_and_plotted_end_to_end(tmp_path):
         assert row["steps_to_target_mean"] == pytest.approx(np.mean(steps) if steps else math.nan, nan_ok=True)
     assert_png(sweep / "curves.png", CURVES)
     assert_png(sweep / "threshold.png", THRESHOLD)
+
+
+def test_adaptive_modes_group_by_their_own_knobs(tmp_path):
+    """Adaptive modes are compared like the others: their knobs become columns, none stays one row."""
+    sweep = write_records(tmp_path / "adaptive", [
+        spec(f"clip={clip} seed={seed}", [0.5]) for clip in (
+            "autoclip clip_percentile=5", "autoclip clip_percentile=10", "none max_norm=1", "none max_norm=5")
+        for seed in (0, 1)])
+    comparison = cmp.compare(cmp.load_runs([sweep]))
+    assert comparison.by == ["clip.mode", "clip.clip_percentile"]
+    groups = {tuple(r[comparison.by]): r["runs"] for _, r in comparison.table.iterrows()}
+    assert groups == {("autoclip", "5"): 2, ("autoclip", "10"): 2, ("none", "-"): 2}
