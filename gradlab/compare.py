@@ -33,7 +33,7 @@ def load_runs(paths: list) -> pd.DataFrame:
     import yaml
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    rows = []
+    rows, from_config = [], set()
     for root in map(Path, paths):
         if not root.exists():
             raise ConfigError(f"{root}: no such file or folder")
@@ -44,8 +44,9 @@ def load_runs(paths: list) -> pd.DataFrame:
             try:
                 summary = json.loads(path.read_text())
                 config = yaml.load((path.parent / "config.yaml").read_text(), Loader=loader)
-                config = {k: v for k, v in config.items() if k not in NOT_IDENTITY}
-                rows.append({**flatten(config), **flatten(summary), "path": str(path.parent)})
+                config = flatten({k: v for k, v in config.items() if k not in NOT_IDENTITY})
+                rows.append({**config, **flatten(summary), "path": str(path.parent)})
+                from_config |= set(config)
             except (OSError, ValueError, AttributeError, yaml.YAMLError) as e:
                 print(f"warning: skipping {path.parent}: unreadable record ({type(e).__name__})", file=sys.stderr)
     if not rows:
@@ -54,14 +55,13 @@ def load_runs(paths: list) -> pd.DataFrame:
     for column in frame.columns:  # lists (e.g. model.hidden) become hashable labels
         if frame[column].map(lambda v: isinstance(v, list)).any():
             frame[column] = frame[column].map(lambda v: str(v) if isinstance(v, list) else v)
+    frame.attrs["config_keys"] = from_config  # pandas carries attrs through copies and selections
     return frame
 
 
 def config_keys(runs: pd.DataFrame) -> list[str]:
-    """Columns that come from the configuration (not the summary)."""
-    summary_keys = {"status", "run_id", "name", "sweep", "config_hash", "device", "started", "finished", "path",
-                    "steps_done", "wall_time_s", "diverged_step", "error", "skipped", *METRICS}
-    return [c for c in runs.columns if c not in summary_keys and not c.startswith(("versions.", "wandb."))]
+    """Columns that come from the records' config.yaml (as load_runs noted), not their summaries."""
+    return [c for c in runs.columns if c in runs.attrs["config_keys"]]
 
 
 def _knob_copies(keys: list[str]) -> set:

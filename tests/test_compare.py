@@ -405,3 +405,10 @@ def test_adaptive_modes_group_by_their_own_knobs(tmp_path):
     assert comparison.by == ["clip.mode", "clip.clip_percentile"]
     groups = {tuple(r[comparison.by]): r["runs"] for _, r in comparison.table.iterrows()}
     assert groups == {("autoclip", "5"): 2, ("autoclip", "10"): 2, ("none", "-"): 2}
+
+
+def test_summary_figures_never_become_grouping_keys(tmp_path):
+    """Only config.yaml keys group runs: a summary figure that varies (spike_skips) is not one."""
+    sweep = write_records(tmp_path / "figures", [
+        spec(f"clip=norm max_norm={m} seed={s}", [0.5], spike_skips=s) for m in (1, 5) for s in (0, 1)])
+    assert cmp.compare(cmp.load_runs([sweep])).by == ["clip.max_norm"]
