@@ -24,14 +24,18 @@ Force = Annotated[bool, typer.Option("--force", help="Re-run runs that already f
 
 @contextmanager
 def user_errors():
-    """Bad input ends in one line on stderr and exit code 2, never a traceback."""
-    from gradlab.errors import ConfigError
+    """Bad input ends in one line on stderr and exit code 2, never a traceback; a sweep whose
+    launcher broke down, in one line and exit code 1."""
+    from gradlab.errors import ConfigError, LaunchError
 
     try:
         yield
     except ConfigError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+    except LaunchError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
 
 
 def _flags(quiet: bool, force: bool) -> list[str]:

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from gradlab.errors import bad, positive
 
-# keys that change where or how a run is shown, not what it computes
-NOT_IDENTITY = ("name", "results_root", "progress", "force", "wandb", "logger")
+# keys that change where, how or on how many processes a run is made or shown, not what it computes
+# (a data-parallel run computes the single-process run on the same batch: tests/test_distributed.py)
+NOT_IDENTITY = ("name", "results_root", "progress", "force", "wandb", "logger", "workers", "devices", "save_model")
 PRECISIONS = ("fp32", "bf16", "fp16")
 REFERENCE_MARK = ".gradlab-reference"  # a results folder holding committed reference runs
 # options whose knobs change nothing while the option is off: switch -> its knobs
@@ -26,9 +27,7 @@ def plain(cfg) -> dict:
     """The resolved config as plain Python containers, without Hydra's own node."""
     from omegaconf import OmegaConf
 
-    conf = OmegaConf.to_container(cfg, resolve=True)
-    conf.pop("hydra", None)
-    return conf
+    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
 
 
 def _positive_int(conf: dict, key: str) -> None:
@@ -45,7 +44,7 @@ def norm_type(value) -> float:
 
 def check_knobs(conf: dict) -> None:
     """Top-level knobs; the group-specific ones are checked by the classes they configure."""
-    for key in ("steps", "batch_size", "accum_steps", "log_every"):
+    for key in ("steps", "batch_size", "accum_steps", "log_every", "devices"):
         _positive_int(conf, key)
     for key in ("eval_every", "layer_norms_every", "smoothness_every"):
         if isinstance(conf[key], bool) or not isinstance(conf[key], int) or conf[key] < 0:
@@ -57,6 +56,8 @@ def check_knobs(conf: dict) -> None:
         raise bad("precision", conf["precision"], f"choose from {', '.join(PRECISIONS)}")
     if not isinstance(conf["seed"], int) or isinstance(conf["seed"], bool):
         raise bad("seed", conf["seed"], "must be an integer")
+    if conf["workers"] != "auto":
+        _positive_int(conf, "workers")
     check_mistake(conf)
 
 

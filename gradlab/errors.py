@@ -1,8 +1,12 @@
-"""The one exception type that reaches the user as a single line."""
+"""The exception types that reach the user as a single line."""
 
 
 class ConfigError(ValueError):
     """Bad configuration, found at setup: the message names the key, the value and what is allowed."""
+
+
+class LaunchError(RuntimeError):
+    """A launcher stopped before every run of a sweep had ended (e.g. a worker process was killed)."""
 
 
 def bad(key: str, value, allowed: str) -> ConfigError:

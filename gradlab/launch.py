@@ -8,10 +8,13 @@ and leaves no run folder behind.
 from __future__ import annotations
 
 import difflib
+import os
+import shutil
 import sys
 from importlib import resources
+from typing import NamedTuple
 
-from gradlab.errors import ConfigError, bad
+from gradlab.errors import ConfigError, LaunchError, bad
 from gradlab.sweep import GROUPS, default_name, expand, key_of
 
 
@@ -41,7 +44,7 @@ def _hydra_error(e: Exception) -> ConfigError:
 
 
 def compose_all(jobs: list[list[str]]) -> list:
-    """The composed config of every job; unknown keys or options raise ConfigError."""
+    """The composed config of every job, Hydra's node included; unknown keys or options raise ConfigError."""
     from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -53,14 +56,20 @@ def compose_all(jobs: list[list[str]]) -> list:
             for override in job:
                 _check_override(override, known)
             try:
-                configs.append(compose("config", overrides=job))
+                configs.append(compose("config", overrides=job, return_hydra_config=True))
             except (HydraException, OmegaConfBaseException) as e:
                 raise _hydra_error(e) from None
     return configs
 
 
-def plan(overrides: list[str], multirun: bool) -> tuple[list[str], list[dict]]:
-    """Full overrides (sweep name added) and, per job, its resolved config; all checked."""
+class Plan(NamedTuple):
+    overrides: list[str]  # as given, the sweep's name added
+    confs: list[dict]     # per job, its resolved config
+    launcher: str         # Hydra's launcher plugin: basic, joblib, submitit_slurm, submitit_local
+
+
+def plan(overrides: list[str], multirun: bool) -> Plan:
+    """Every job composed and checked, before anything is written."""
     from hydra.errors import HydraException
 
     if not any(key_of(o) == "name" for o in overrides):
@@ -75,50 +84,120 @@ def plan(overrides: list[str], multirun: bool) -> tuple[list[str], list[dict]]:
     from gradlab.config import check_writable, plain
     from gradlab.train import build
 
-    confs = [plain(cfg) for cfg in compose_all(jobs)]
+    composed = compose_all(jobs)
+    confs = [plain(cfg) for cfg in composed]
     for conf in confs:
         build(conf)
         check_writable(conf)
-    return overrides, confs
+    return Plan(overrides, confs, composed[0].hydra.runtime.choices["hydra/launcher"])
 
 
-def print_plan(overrides: list[str], confs: list[dict], jobs: list[list[str]]) -> None:
+def _done(conf: dict) -> dict | None:
     from gradlab import records
     from gradlab.config import identity, run_id, sweep_dir
 
+    return None if conf["force"] else records.finished(sweep_dir(conf) / run_id(conf), identity(conf))
+
+
+def print_plan(p: Plan, settings: list[str] = ()) -> None:
+    from gradlab.config import run_id, sweep_dir
+
+    confs = p.confs
     print(f"sweep {confs[0]['name']}: {len(confs)} run(s) -> {sweep_dir(confs[0])}")
-    for i, (conf, job) in enumerate(zip(confs, jobs)):
-        done = records.finished(sweep_dir(conf) / run_id(conf), identity(conf))
-        status = f"done ({done['status']})" if done and not conf["force"] else "to run"
+    if settings:
+        print(f"launcher: {p.launcher} ({' '.join(settings)})")
+    for i, (conf, job) in enumerate(zip(confs, expand(p.overrides))):
+        done = _done(conf)
+        status = f"done ({done['status']})" if done else "to run"
         shown = " ".join(o for o in job if key_of(o) != "name")
         print(f"  {i:>3}  {run_id(conf):<44} {status:<18} {shown}")
+
+
+def _launch_overrides(p: Plan, to_run: int) -> list[str]:
+    """The launcher's settings, checked: `workers=auto` made a number; a cluster launcher needs its cluster."""
+    from gradlab import parallel
+
+    if any(conf["devices"] != 1 for conf in p.confs):
+        raise bad("devices", next(c["devices"] for c in p.confs if c["devices"] != 1),
+                  "a data-parallel run is started by `gradlab train` (one run); a sweep's runs take one process each")
+    if p.launcher == "submitit_slurm" and not shutil.which("sbatch"):
+        raise ConfigError("launcher=slurm: no `sbatch` on this machine (SLURM is not installed here); "
+                          "launcher=slurm_local runs the same code path on this machine")
+    workers = p.confs[0]["workers"]
+    if workers == "auto" and p.launcher in parallel.PARALLEL:
+        workers = parallel.default_workers(p.launcher, to_run)
+    parallel.check_workers(workers)
+    warning = parallel.crowding(workers, p.confs[0]["device"] != "cpu" and parallel.gpus() > 0)
+    if warning and p.launcher == "joblib" and p.confs[0]["progress"] != "none":
+        print(warning, file=sys.stderr)
+    return [f"workers={workers}"]
 
 
 def sweep(overrides: list[str], dry_run: bool = False) -> list:
     """Run (or, dry, list) the sweep; returns the folders of its runs."""
     from gradlab.config import run_id, sweep_dir
 
-    overrides, confs = plan(overrides, multirun=True)
+    p = plan(overrides, multirun=True)
+    runs = list(dict.fromkeys(sweep_dir(conf) / run_id(conf) for conf in p.confs))
+    done_before = {sweep_dir(conf) / run_id(conf) for conf in p.confs if _done(conf)}
+    settings = _launch_overrides(p, len(runs) - len(done_before))
     if dry_run:
-        print_plan(overrides, confs, expand(overrides))
-    else:
-        from gradlab.app import main
+        print_plan(p, settings)
+        return runs
 
-        sys.argv = ["gradlab", "--multirun", *overrides]
+    from gradlab.app import main
+
+    sys.argv = ["gradlab", "--multirun", *p.overrides, *settings]
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # a launcher's failure is raised here, not printed as a traceback
+    try:
         main()
-    return list(dict.fromkeys(sweep_dir(conf) / run_id(conf) for conf in confs))
+    except Exception as e:
+        _report(p, done_before)
+        first = next((line for line in str(e).splitlines() if line.strip()), "")
+        raise LaunchError(f"the {p.launcher} launcher stopped ({type(e).__name__}: {first}); finished runs are "
+                          "kept, and running the same command again makes the rest") from None
+    _report(p, done_before)
+    return runs
+
+
+def _report(p: Plan, done_before: set) -> None:
+    """The sweep's outcome, read from its records: the same under every launcher. A job whose
+    run had finished before, or was made by an earlier job of the sweep, counts as skipped."""
+    from gradlab import records
+    from gradlab.config import run_id, sweep_dir
+    from gradlab.progress import offline_hint, resolve_mode
+
+    counts, seen, offline = {"completed": 0, "diverged": 0, "failed": 0, "skipped": 0, "unfinished": 0}, set(), False
+    for run in (sweep_dir(conf) / run_id(conf) for conf in p.confs):
+        summary = records.read_summary(run) or {"status": "unfinished"}
+        counts["skipped" if run in done_before | seen else summary["status"]] += 1
+        seen.add(run)
+        offline |= summary.get("wandb", {}).get("mode") == "offline"
+    if resolve_mode(p.confs[0]["progress"]) != "none":
+        folder = sweep_dir(p.confs[0])
+        shown = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+        print(f"sweep finished: {len(p.confs)} runs ({shown}) -> {folder}", flush=True)
+        if offline:
+            print(offline_hint(f"{folder}/*"), flush=True)
 
 
 def train(overrides: list[str], dry_run: bool = False) -> dict | None:
-    overrides, confs = plan(overrides, multirun=False)
+    p = plan(overrides, multirun=False)
+    conf = p.confs[0]
     if dry_run:
-        print_plan(overrides, confs, expand(overrides))
+        print_plan(p)
         return None
+    from gradlab import distributed, records
+    from gradlab.config import run_id, sweep_dir
     from gradlab.progress import offline_hint, resolve_mode
     from gradlab.train import train as run
 
-    summary = run(confs[0])
+    if conf["devices"] > 1 and distributed.world().size == 1:  # start the run's processes; rank 0 reports
+        distributed.check(conf, conf["devices"])
+        distributed.spawn(conf["devices"], p.overrides)
+        return records.read_summary(sweep_dir(conf) / run_id(conf)) or {"status": "failed"}
+    summary = run(conf)
     hint = summary.get("wandb", {}).get("sync")
-    if hint and resolve_mode(confs[0]["progress"]) != "none":
+    if hint and resolve_mode(conf["progress"]) != "none" and distributed.world().rank == 0:
         print(offline_hint(hint.removesuffix("/wandb")))
     return summary

@@ -6,6 +6,7 @@ progress=bar|lines force one; progress=none (`--quiet`) prints nothing.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -81,29 +82,24 @@ def offline_hint(runs_glob: str) -> str:
 
 
 class SweepProgress(Callback):
-    """Hydra callback: runs done / total, and how many diverged or failed."""
+    """Hydra callback: runs done / total, and how many diverged or failed, as each run of an
+    in-process sweep ends. Under a parallel launcher the runs end in other processes, and each
+    prints its own line; `gradlab sweep` sums up from the records at the end either way."""
 
     def on_multirun_start(self, config, **kwargs) -> None:
         from gradlab.sweep import expand
 
         self.total = len(expand(list(config.hydra.overrides.task)))
         self.counts = {"completed": 0, "diverged": 0, "failed": 0, "skipped": 0}
-        self.offline = False
         self.quiet = resolve_mode(config.progress) == "none"
+        self.pid = os.getpid()
 
     def on_job_end(self, config, job_return, **kwargs) -> None:
+        if self.quiet or os.getpid() != self.pid:
+            return
         summary = job_return._return_value  # .return_value re-raises a job's exception
         status = summary.get("status", "failed") if isinstance(summary, dict) else "failed"
         self.counts["skipped" if isinstance(summary, dict) and summary.get("skipped") else status] += 1
-        self.offline |= isinstance(summary, dict) and summary.get("wandb", {}).get("mode") == "offline"
-        if not self.quiet:
-            done = sum(self.counts.values())
-            print(f"[sweep {done}/{self.total}] {self.counts['diverged']} diverged, {self.counts['failed']} failed",
-                  flush=True)
-
-    def on_multirun_end(self, config, **kwargs) -> None:
-        if not self.quiet:
-            counts = ", ".join(f"{n} {k}" for k, n in self.counts.items() if n)
-            print(f"sweep finished: {self.total} runs ({counts}) -> {config.hydra.sweep.dir}", flush=True)
-            if self.offline:
-                print(offline_hint(f"{config.hydra.sweep.dir}/*"), flush=True)
+        done = sum(self.counts.values())
+        print(f"[sweep {done}/{self.total}] {self.counts['diverged']} diverged, {self.counts['failed']} failed",
+              flush=True)

@@ -8,9 +8,11 @@ Everything returned stays on the device: the host reads it at log intervals only
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import NamedTuple
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 # columns of StepOutput.scalars, in order
 SCALARS = ("loss", "grad_norm", "grad_norm_clipped", "clipped", "scaler_skipped", "smoothness", "spike_skipped")
@@ -38,16 +40,22 @@ def train_step(model, micro_batches, loss_fn, optimizer, clip, scaler, autocast,
     total_samples = sum(len(x) for x, _ in micro_batches)
     loss = torch.zeros((), device=micro_batches[0][0].device)
     fired_early = torch.zeros((), dtype=torch.bool, device=loss.device)
+    ddp = isinstance(model, DistributedDataParallel)
     for i, (x, y) in enumerate(micro_batches):
-        with autocast():
-            # loss / k, by sample count so that a shorter micro-batch weighs less
-            part = loss_fn(model(x), y) * (len(x) / total_samples)
-        scaler.scale(part * (len(micro_batches) if mistake == "no_loss_division" else 1)).backward()
+        last = i == len(micro_batches) - 1
+        with model.no_sync() if ddp and not last else nullcontext():  # DDP: all-reduce on the last only
+            with autocast():
+                # loss / k, by sample count so that a shorter micro-batch weighs less
+                part = loss_fn(model(x), y) * (len(x) / total_samples)
+            scaler.scale(part * (len(micro_batches) if mistake == "no_loss_division" else 1)).backward()
         loss += part.detach().float()
-        if mistake == "clip_each_micro_batch" and i < len(micro_batches) - 1:
+        if mistake == "clip_each_micro_batch" and not last:
             params, _, running_norm = _measured(model, norm_type)
             fired_early |= clip(params, running_norm).fired
 
+    if ddp:  # the loss of the whole batch, as the gradient already is
+        torch.distributed.all_reduce(loss)
+        loss /= torch.distributed.get_world_size()
     if mistake != "clip_scaled":
         scaler.unscale_(optimizer)  # true gradients from here on (no-op unless fp16)
     params, layer_norms, grad_norm = _measured(model, norm_type)

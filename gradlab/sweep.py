@@ -6,8 +6,9 @@ import hashlib
 import re
 
 # overrides that change where or how runs are shown, not which runs there are
-PRESENTATION = ("name", "results_root", "progress", "force", "device", "wandb", "logger")
-GROUPS = ("experiment", "model", "task", "clip", "optim")
+PRESENTATION = ("name", "results_root", "progress", "force", "device", "wandb", "logger", "launcher", "workers",
+                "devices", "save_model")
+GROUPS = ("experiment", "model", "task", "clip", "optim", "launcher")
 
 
 def expand(overrides: list[str]) -> list[list[str]]:

@@ -105,9 +105,9 @@ def _init(settings: dict, mode: str, **run):
 class Tracker:
     """The W&B side of one run. Every method is a no-op when W&B is disabled."""
 
-    def __init__(self, conf: dict, run_dir):
+    def __init__(self, conf: dict, run_dir, enabled: bool = True):
         self.settings = conf["logger"]["wandb"]
-        self.mode = resolve_mode(self.settings["mode"])
+        self.mode = resolve_mode(self.settings["mode"]) if enabled else "disabled"
         self.conf, self.run_dir, self.run = conf, run_dir, None
         self.recent_norms: list = []  # pre-clip norms since the last histogram
         self.next_histogram = self.settings["histogram_every"]

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 
 import gradlab
-from gradlab import records
+from gradlab import distributed, parallel, records
 from gradlab.clip import build_clip
 from gradlab.config import (check_knobs, check_writable, display_name, identity, norm_type, plain,
                             resolve_device, run_id, sweep_dir)
@@ -63,42 +63,62 @@ def build(conf: dict) -> Run:
 def train(cfg) -> dict:
     """Run (or find already finished) the run described by cfg; return its summary."""
     conf = cfg if isinstance(cfg, dict) else plain(cfg)
+    with distributed.joined(conf) as world:
+        return _train(conf, world)
+
+
+def _train(conf: dict, world: distributed.World) -> dict:
+    lead = world.rank == 0  # writes the record and logs; every rank trains
     run_dir = sweep_dir(conf) / run_id(conf)
     done = None if conf.get("force") else records.finished(run_dir, identity(conf))
+    distributed.barrier(world)  # every rank has looked before rank 0 starts the record afresh
     if done:
-        report_skipped(conf["progress"], done, run_dir)
+        if lead:
+            report_skipped(conf["progress"], done, run_dir)
         return {**done, "skipped": True}
+    workers = 1 if conf["workers"] == "auto" else conf["workers"]
+    parallel.share_cores(workers * world.local_size)
+    if workers > 1 and conf["device"] == "auto" and parallel.gpus():
+        parallel.pin_gpu(sweep_dir(conf), workers)
     run = build(conf)
     check_writable(conf)
-    records.begin(run_dir, conf)
-    progress = RunProgress(conf["progress"], display_name(conf), conf["steps"])
+    if lead:
+        records.begin(run_dir, conf)
+    progress = RunProgress(conf["progress"] if lead else "none", display_name(conf), conf["steps"])
     summary = {"status": "interrupted", "run_id": run_dir.name, "name": display_name(conf),
                "sweep": conf["name"], "config_hash": identity(conf), "seed": conf["seed"],
-               "device": _device_name(run.device), "versions": _versions(),
+               "device": _device_name(run.device), "processes": world.size, "versions": _versions(),
                "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     history, layers = [], []
     start = time.perf_counter()
-    tracker = Tracker(conf, run_dir)
+    tracker = Tracker(conf, run_dir, enabled=lead)
     try:
         tracker.start()
-        summary.update(_loop(conf, run, history, layers, progress, tracker))
+        summary.update(_loop(conf, run, world, history, layers, progress, tracker))
     except Exception as e:  # recorded, not raised: the sweep goes on
         summary.update(status="failed", error=_one_line(e))
     finally:
-        import pandas as pd
-
         summary.update(_figures(history), wall_time_s=round(time.perf_counter() - start, 3),
                        finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                        wandb={"mode": tracker.mode, "sync": tracker.sync_hint()})
-        try:
-            tracker.finish(summary)
-            records.finish(run_dir, summary, pd.DataFrame(history, columns=COLUMNS),
-                           pd.DataFrame(layers, columns=LAYER_COLUMNS) if layers else None)
-        except OSError as e:  # e.g. disk full: record the failure in the space the partial files held
-            summary.update(status="failed", error=_one_line(e))
-            records.salvage(run_dir, summary)
+        if lead:
+            _record(conf, run, run_dir, summary, tracker, history, layers)
         progress.close(summary, run_dir)
     return summary
+
+
+def _record(conf, run, run_dir, summary, tracker, history, layers) -> None:
+    import pandas as pd
+
+    try:
+        tracker.finish(summary)
+        if conf["save_model"]:
+            torch.save(run.model.state_dict(), run_dir / "model.pt")
+        records.finish(run_dir, summary, pd.DataFrame(history, columns=COLUMNS),
+                       pd.DataFrame(layers, columns=LAYER_COLUMNS) if layers else None)
+    except OSError as e:  # e.g. disk full: record the failure in the space the partial files held
+        summary.update(status="failed", error=_one_line(e))
+        records.salvage(run_dir, summary)
 
 
 LAYER_COLUMNS = ["step", "layer", "grad_norm", "update_ratio", "clip_fraction"]
@@ -110,8 +130,10 @@ def _one_line(e: Exception) -> str:
     return f"{type(e).__name__}: {e}".splitlines()[0]
 
 
-def _loop(conf: dict, run: Run, history: list, layers: list, progress: RunProgress, tracker: Tracker) -> dict:
+def _loop(conf: dict, run: Run, world: distributed.World, history: list, layers: list, progress: RunProgress,
+          tracker: Tracker) -> dict:
     device, task, model, clip, optimizer, guard = run
+    net = distributed.wrap(model, world.size)  # what trains; `model` is measured and evaluated
     steps, k = conf["steps"], conf["accum_steps"]
     task.load(device)
     stream = task.batches(conf["batch_size"] * k, conf["seed"])
@@ -133,8 +155,8 @@ def _loop(conf: dict, run: Run, history: list, layers: list, progress: RunProgre
         lr = optimizer.param_groups[0]["lr"]
         at_layers = conf["layer_norms_every"] and step % conf["layer_norms_every"] == 0
         before = [w.detach().clone() for w in model.parameters() if w.requires_grad] if at_layers else None
-        out = train_step(model, list(zip(x.chunk(k), y.chunk(k))), objective, optimizer, clip, scaler, autocast, p,
-                         conf["mistake"], probe, guard)
+        micro_batches = distributed.shard(list(zip(x.chunk(k), y.chunk(k))), world)
+        out = train_step(net, micro_batches, objective, optimizer, clip, scaler, autocast, p, conf["mistake"], probe, guard)
         scheduler.step()
         if per_layer_fired is not None:  # a step skipped as a spike was not clipped
             per_layer_fired += clip.last_fired * (1 - out.scalars[SCALARS.index("spike_skipped")])

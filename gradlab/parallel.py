@@ -1,0 +1,94 @@
+"""Runs that share one machine: the parallel runs of a sweep, and the ranks of a data-parallel run.
+
+Every run takes an even share of the CPU cores as its torch threads, so that runs started
+together do not fight over the cores. Under launcher=local on a machine with GPUs, each
+worker process also takes a GPU of its own: the first free slot of the sweep, held by a file
+lock for as long as the process lives, so two runs in flight never share a GPU unless there
+are more workers than GPUs (then slot i uses GPU i mod the GPU count, and the sweep warns).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from gradlab.errors import bad
+
+# Hydra launcher plugin -> how many of a sweep's runs it starts at once by default
+PARALLEL = {"joblib": "one per GPU, else one per CPU core", "submitit_local": "all of them"}
+_held: dict[str, tuple] = {}  # sweep -> (the open, locked slot file of this process, its slot)
+
+
+def cores() -> int:
+    """CPU cores this process may use (its affinity: a SLURM allocation, a taskset)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def default_workers(launcher: str, runs: int) -> int:
+    """Runs at once for `workers=auto`: never more than the runs to make."""
+    if launcher == "submitit_local":
+        return max(1, runs)
+    return max(1, min(gpus() or cores(), runs))
+
+
+def check_workers(workers) -> int:
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise bad("workers", workers, "must be an integer >= 1, or auto (under launcher=local)")
+    return workers
+
+
+def crowding(workers: int, use_gpu: bool) -> str | None:
+    """A warning when more runs go at once than the machine has GPUs (or, without GPUs, cores)."""
+    have, what = (gpus(), "GPU") if use_gpu else (cores(), "CPU core")
+    if workers > have:
+        return (f"warning: workers={workers} > {have} {what}(s): runs will share them "
+                f"(fine for small models; set workers={have} for one each)")
+    return None
+
+
+def share_cores(processes: int) -> None:
+    """Give this process its share of the cores as torch threads."""
+    import torch
+
+    torch.set_num_threads(max(1, cores() // processes))
+
+
+def claim_slot(sweep, workers: int) -> int:
+    """This process's slot in `sweep` (0 .. workers-1): the first one no live process holds.
+    Claimed once and held, by a lock on a file, until the process exits."""
+    key = str(Path(sweep).resolve())
+    if key not in _held:
+        folder = Path(tempfile.gettempdir()) / f"gradlab-slots-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+        folder.mkdir(exist_ok=True)
+        while key not in _held:
+            for slot in range(workers):
+                f = open(folder / str(slot), "w")
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # held by a live process
+                    f.close()
+                    continue
+                _held[key] = f, slot
+                break
+            else:
+                time.sleep(0.1)  # every slot taken: a worker of an earlier sweep has not exited yet
+    return _held[key][1]
+
+
+def pin_gpu(sweep, workers: int) -> int:
+    """Make the GPU of this process's slot its current device, for the rest of the process; its index."""
+    import torch
+
+    index = claim_slot(sweep, workers) % gpus()
+    torch.cuda.set_device(index)
+    return index
