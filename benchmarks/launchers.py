@@ -1,42 +1,17 @@
-"""Wall time of one 8-run sweep under the basic launcher vs launcher=local (joblib).
+"""Wall time of one 8-run sweep (4 norm thresholds x 2 seeds) with the basic launcher vs launcher=local.
 
-    python benchmarks/launchers.py [REPEATS] [-- EXTRA OVERRIDES]
+    python benchmarks/launchers.py [MODEL] [STEPS] [REPEATS]     (default: lstm 300 3)
 
-The sweep is the main job's LSTM on the adding problem, 4 norm thresholds x 2 seeds,
-started as a user starts it (`gradlab sweep`, a fresh process and results folder each
-time), W&B offline. The two launchers alternate; medians over the repeats.
+Each sweep is a fresh `gradlab sweep` process writing to a fresh folder, W&B offline; the
+launchers alternate; medians over the repeats. `gradlab bench --only sweep` is the 16-run version.
 """
 
-import statistics
-import subprocess
 import sys
-import tempfile
-import time
 
-SWEEP = ["sweep", "model=lstm", "clip=norm", "max_norm=0.5,1,2,5", "seed=0,1", "steps=300", "progress=none"]
-LAUNCHERS = {"basic": [], "local": ["launcher=local"]}
+from gradlab.bench import sweep_throughput
 
-
-def wall_time(args: list[str]) -> float:
-    with tempfile.TemporaryDirectory() as root:
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "gradlab", *args, f"results_root={root}"], check=True)
-        return time.perf_counter() - start
-
-
-def main(repeats: int, extra: list[str]) -> None:
-    times = {name: [] for name in LAUNCHERS}
-    for _ in range(repeats):
-        for name, launcher in LAUNCHERS.items():
-            times[name].append(wall_time([*SWEEP, *launcher, *extra]))
-    basic = statistics.median(times["basic"])
-    print(f"8-run sweep ({' '.join(SWEEP[1:] + extra)}), median of {repeats}:")
-    for name, values in times.items():
-        median = statistics.median(values)
-        print(f"  {name:<6} {median:7.1f} s   {basic / median:4.2f}x   (runs: {', '.join(f'{v:.1f}' for v in values)})")
-
-
-if __name__ == "__main__":
-    args = sys.argv[1:]
-    extra = args[args.index("--") + 1:] if "--" in args else []
-    main(int(args[0]) if args and args[0] != "--" else 3, extra)
+model, steps, repeats = (sys.argv[1:] + ["lstm", "300", "3"][len(sys.argv) - 1:])[:3]
+result = sweep_throughput(model, int(steps), int(repeats), seeds=2)
+print(f"8-run sweep, model={model}, {steps} steps per run, median of {repeats}:")
+for name, seconds in result["seconds"].items():
+    print(f"  {name:<10} {seconds:7.1f} s   {result['vs_sequential'][name]:4.2f}x")

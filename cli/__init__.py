@@ -210,5 +210,35 @@ def reproduce(
                 typer.echo(f"{module.NAME}: published -> {publish_report(report)}")
 
 
+def _names(value: str, allowed: tuple, option: str) -> list[str]:
+    from gradlab.errors import ConfigError
+
+    names = [v for v in value.split(",") if v]
+    unknown = [v for v in names if v not in allowed]
+    if unknown or not names:
+        raise ConfigError(f"{option} {value}: choose from {', '.join(allowed)} (comma-separated)")
+    return names
+
+
+@app.command()
+def bench(
+    only: Annotated[str, typer.Option("--only", help="Sections, comma-separated: loop, clip, sweep, fixed.")] = "loop,clip,sweep,fixed",
+    models: Annotated[str, typer.Option("--models", help="Models, comma-separated: mlp, lstm, transformer.")] = "mlp,lstm,transformer",
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps per timing of loop and clip.")] = 200,
+    sweep_steps: Annotated[int, typer.Option("--sweep-steps", min=1, help="Steps of each run of the sweep section.")] = 100,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timings per measurement; medians are reported.")] = 3,
+    out: Annotated[str, typer.Option("--out", help="JSON file for the results.")] = "results/bench.json",
+):
+    """How fast gradlab is here: its loop vs plain PyTorch, clip mode costs, sweep throughput, fixed cost."""
+    from gradlab import bench as measure
+
+    with user_errors():
+        sections = _names(only, measure.SECTIONS, "--only")
+        chosen = _names(models, measure.MODELS, "--models")
+    report = measure.run(sections, chosen, steps, repeats, sweep_steps)
+    measure.write(report, out)
+    typer.echo(f"\nresults -> {out}")
+
+
 def main():
     app()

@@ -22,6 +22,11 @@ def build_optimizer(optim_cfg: dict, params, lr: float) -> torch.optim.Optimizer
     return OPTIMIZERS[name](params, lr=lr, **kwargs)
 
 
+def constant_lr(optim_cfg: dict) -> bool:
+    """The lr never changes: no warm-up, constant schedule."""
+    return optim_cfg.get("schedule", "constant") == "constant" and not int(optim_cfg.get("warmup_steps", 0))
+
+
 def lr_factor(optim_cfg: dict, steps: int):
     """Multiplier of the base lr at each optimizer step: linear warm-up, then constant or cosine to 0."""
     schedule, warmup = optim_cfg.get("schedule", "constant"), int(optim_cfg.get("warmup_steps", 0))

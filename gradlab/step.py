@@ -8,14 +8,17 @@ Everything returned stays on the device: the host reads it at log intervals only
 
 from __future__ import annotations
 
+import functools
+import math
 from contextlib import nullcontext
 from typing import NamedTuple
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-# columns of StepOutput.scalars, in order
-SCALARS = ("loss", "grad_norm", "grad_norm_clipped", "clipped", "scaler_skipped", "smoothness", "spike_skipped")
+# columns of StepOutput.scalars, in order; `read` turns a row of them into what the history records
+SCALARS = ("loss", "grad_norm", "grad_norm_clipped", "fired", "smoothness", "spike_skipped")
+RECORDED = ("loss", "grad_norm", "grad_norm_clipped", "clipped", "scaler_skipped", "smoothness", "spike_skipped")
 
 
 class StepOutput(NamedTuple):
@@ -38,48 +41,66 @@ def train_step(model, micro_batches, loss_fn, optimizer, clip, scaler, autocast,
     the clip and the update of a spiking step.
     """
     total_samples = sum(len(x) for x, _ in micro_batches)
-    loss = torch.zeros((), device=micro_batches[0][0].device)
-    fired_early = torch.zeros((), dtype=torch.bool, device=loss.device)
+    loss, fired_early = None, False
     ddp = isinstance(model, DistributedDataParallel)
     for i, (x, y) in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         with model.no_sync() if ddp and not last else nullcontext():  # DDP: all-reduce on the last only
             with autocast():
-                # loss / k, by sample count so that a shorter micro-batch weighs less
-                part = loss_fn(model(x), y) * (len(x) / total_samples)
-            scaler.scale(part * (len(micro_batches) if mistake == "no_loss_division" else 1)).backward()
-        loss += part.detach().float()
+                part = loss_fn(model(x), y)
+                if len(x) != total_samples:  # loss / k, by sample count: a shorter micro-batch weighs less
+                    part = part * (len(x) / total_samples)
+            scaler.scale(part * len(micro_batches) if mistake == "no_loss_division" else part).backward()
+        loss = part.detach().float() if loss is None else loss + part.detach().float()
         if mistake == "clip_each_micro_batch" and not last:
-            params, _, running_norm = _measured(model, norm_type)
-            fired_early |= clip(params, running_norm).fired
+            params, _, running_norm = _measured(optimizer, norm_type)
+            fired_early = clip(params, running_norm).fired | fired_early
 
     if ddp:  # the loss of the whole batch, as the gradient already is
         torch.distributed.all_reduce(loss)
         loss /= torch.distributed.get_world_size()
     if mistake != "clip_scaled":
         scaler.unscale_(optimizer)  # true gradients from here on (no-op unless fp16)
-    params, layer_norms, grad_norm = _measured(model, norm_type)
+    params, layer_norms, grad_norm = _measured(optimizer, norm_type)
     diagnostic = probe(params) if probe else None
     spike = spike_guard is not None and spike_guard.is_spike(loss, grad_norm)  # a host sync, only when asked
     if spike:
-        norm_after, fired = grad_norm, torch.zeros((), dtype=torch.bool, device=loss.device)
+        norm_after, fired = grad_norm, fired_early
     else:
         norm_after, fired = clip(params, grad_norm)
+        fired = fired | fired_early if mistake == "clip_each_micro_batch" else fired
         scaler.step(optimizer)
-    # with fp16 the scaler skips the update exactly when some gradient is inf/nan
-    skipped = ~torch.isfinite(grad_norm) if scaler.is_enabled() else torch.zeros_like(fired)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    clipped = (fired | fired_early) & torch.isfinite(grad_norm)  # inf/nan steps are skipped or diverged
-    nan = torch.full((), float("nan"), device=loss.device)
-    scalars = torch.stack([loss, grad_norm.float(), norm_after.float(), clipped.float(), skipped.float(),
-                           nan if diagnostic is None else diagnostic.float(),
-                           torch.full((), float(spike), device=loss.device)])  # a fill kernel: no copy, no sync
+    device = loss.device
+    scalars = torch.stack([loss, grad_norm.float(), norm_after.float(),
+                           fired.float() if isinstance(fired, torch.Tensor) else _constant(float(fired), device),
+                           _constant(math.nan, device) if diagnostic is None else diagnostic.float(),
+                           _constant(float(spike), device)])
     return StepOutput(scalars, layer_norms)
 
 
-def _measured(model, norm_type: float):
+def read(values: list, fp16: bool) -> dict:
+    """One step's row of StepOutput.scalars, read on the host, as the history records it (RECORDED).
+
+    Two flags follow from the gradient norm, so the step leaves them to the host: a step whose
+    norm is inf/nan is never `clipped` (it is skipped or diverges), and with fp16 the scaler
+    skips exactly those steps (`scaler_skipped`)."""
+    row = dict(zip(SCALARS, values))
+    finite = math.isfinite(row["grad_norm"])
+    row["clipped"] = float(row.pop("fired") > 0 and finite)
+    row["scaler_skipped"] = float(fp16 and not finite)
+    return row
+
+
+@functools.lru_cache(maxsize=None)
+def _constant(value: float, device: torch.device) -> torch.Tensor:
+    """A 0-d float32 tensor on the device, made once (a new one each step would be one more kernel)."""
+    return torch.tensor(value, device=device)
+
+
+def _measured(optimizer, norm_type: float):
     """The parameters with gradients, each gradient's p-norm, and their total p-norm."""
-    params = [p for p in model.parameters() if p.grad is not None]
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     layer_norms = torch.stack(torch._foreach_norm([p.grad for p in params], norm_type))
     return params, layer_norms, torch.linalg.vector_norm(layer_norms, norm_type)

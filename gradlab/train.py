@@ -11,6 +11,7 @@ import math
 import platform
 import time
 from datetime import datetime, timezone
+from contextlib import nullcontext
 from functools import partial
 from typing import NamedTuple
 
@@ -25,9 +26,9 @@ from gradlab.diagnostics import Smoothness
 from gradlab.spikes import SpikeGuard
 from gradlab.models import build_model
 from gradlab.objective import evaluate, loss_fn
-from gradlab.optim import build_optimizer, lr_factor
+from gradlab.optim import build_optimizer, constant_lr, lr_factor
 from gradlab.progress import RunProgress, report_skipped
-from gradlab.step import SCALARS, train_step
+from gradlab.step import RECORDED, SCALARS, read, train_step
 from gradlab.tasks import build_task
 from gradlab.tracking import Tracker, resolve_mode
 
@@ -122,7 +123,7 @@ def _record(conf, run, run_dir, summary, tracker, history, layers) -> None:
 
 
 LAYER_COLUMNS = ["step", "layer", "grad_norm", "update_ratio", "clip_fraction"]
-COLUMNS = ["step", *SCALARS, "clip_coef", "clip_fraction", "lr", "eval_loss", "eval_acc",
+COLUMNS = ["step", *RECORDED, "clip_coef", "clip_fraction", "lr", "eval_loss", "eval_acc",
            "time_s", "steps_per_s", "samples_per_s"]
 
 
@@ -139,10 +140,11 @@ def _loop(conf: dict, run: Run, world: distributed.World, history: list, layers:
     stream = task.batches(conf["batch_size"] * k, conf["seed"])
     eval_set = task.eval_batches()
     objective = loss_fn(task.spec)
-    autocast = partial(torch.autocast, device.type, dtype=DTYPES[conf["precision"]],
-                       enabled=conf["precision"] != "fp32")
+    autocast = (nullcontext if conf["precision"] == "fp32"  # entering a disabled autocast still costs per call
+                else partial(torch.autocast, device.type, dtype=DTYPES[conf["precision"]]))
     scaler = torch.amp.GradScaler(device.type, enabled=conf["precision"] == "fp16")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(conf["optim"], steps))
+    scheduler = (None if constant_lr(conf["optim"])  # no per-step scheduler call where there is nothing to schedule
+                 else torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(conf["optim"], steps)))
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     p = norm_type(conf["norm_type"])
     probe = Smoothness(conf["smoothness_every"]) if conf["smoothness_every"] else None
@@ -155,9 +157,10 @@ def _loop(conf: dict, run: Run, world: distributed.World, history: list, layers:
         lr = optimizer.param_groups[0]["lr"]
         at_layers = conf["layer_norms_every"] and step % conf["layer_norms_every"] == 0
         before = [w.detach().clone() for w in model.parameters() if w.requires_grad] if at_layers else None
-        micro_batches = distributed.shard(list(zip(x.chunk(k), y.chunk(k))), world)
+        micro_batches = distributed.shard([(x, y)] if k == 1 else list(zip(x.chunk(k), y.chunk(k))), world)
         out = train_step(net, micro_batches, objective, optimizer, clip, scaler, autocast, p, conf["mistake"], probe, guard)
-        scheduler.step()
+        if scheduler:
+            scheduler.step()
         if per_layer_fired is not None:  # a step skipped as a spike was not clipped
             per_layer_fired += clip.last_fired * (1 - out.scalars[SCALARS.index("spike_skipped")])
         layers_now = _layer_figures(model, before, out.layer_norms, per_layer_fired, step) if at_layers else None
@@ -208,7 +211,7 @@ class _Log:
         rate = len(self.pending) / max(now - self.last, 1e-9)
         self.last = now
         for (step, _, lr, layer_figures, metrics), row_values in zip(self.pending, values):
-            row = dict(zip(SCALARS, row_values), step=step, lr=lr)
+            row = {**read(row_values, self.grads_may_overflow), "step": step, "lr": lr}
             self.clipped += row["clipped"]
             pre, post = row["grad_norm"], row["grad_norm_clipped"]
             row.update(clip_coef=post / pre if pre > 0 and math.isfinite(pre) else 1.0,

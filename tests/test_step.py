@@ -20,7 +20,7 @@ from gradlab.config import run_id, sweep_dir
 from gradlab.models import build_model
 from gradlab.objective import loss_fn
 from gradlab.optim import build_optimizer
-from gradlab.step import SCALARS, train_step
+from gradlab.step import SCALARS, read, train_step
 from gradlab.tasks import build_task
 from gradlab.tasks.regression import Regression
 from gradlab.train import COLUMNS, train
@@ -65,8 +65,9 @@ def flat(model) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
-def scalar(scalars, name):
-    return scalars[:, SCALARS.index(name)]
+def scalar(scalars, name, fp16=False):
+    """One recorded column of the steps' scalars, as the host reads them."""
+    return torch.tensor([read(row, fp16)[name] for row in scalars.tolist()])
 
 
 def record(summary: dict, conf: dict, file: str = "history.csv") -> Path:
@@ -110,11 +111,11 @@ def test_step_is_backward_clip_update_in_that_order():
     with torch.no_grad():
         for p in reference.parameters():
             p -= lr * p.grad
-    loss_, pre_, post, clipped, skipped, *_ = scalars[0]
-    torch.testing.assert_close(loss_, loss.detach(), rtol=1e-6, atol=0)
-    torch.testing.assert_close(pre_, pre, rtol=1e-5, atol=0)
-    assert pre > max_norm and clipped == 1 and skipped == 0
-    torch.testing.assert_close(post, torch.tensor(max_norm), rtol=1e-5, atol=0)
+    row = read(scalars[0].tolist(), fp16=False)
+    assert math.isclose(row["loss"], loss.item(), rel_tol=1e-6)
+    assert math.isclose(row["grad_norm"], pre.item(), rel_tol=1e-5)
+    assert pre > max_norm and row["clipped"] == 1 and row["scaler_skipped"] == 0
+    assert math.isclose(row["grad_norm_clipped"], max_norm, rel_tol=1e-5)
     torch.testing.assert_close(flat(stepped), flat(reference), rtol=1e-5, atol=1e-7)
 
 
@@ -144,8 +145,9 @@ def test_fp16_clips_the_unscaled_gradients(factor):
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
     half, [out] = run_steps(model, task, [batch], K, clip_cfg, SGD, autocast, scaler)
     full, _ = run_steps(model, task, [batch], K, clip_cfg, SGD)
-    _, grad_norm, post, clipped, skipped, *_ = out.tolist()
-    assert skipped == 0 and scaler.get_scale() == 2.0**12
+    row = read(out.tolist(), fp16=True)
+    grad_norm, post, clipped = row["grad_norm"], row["grad_norm_clipped"], row["clipped"]
+    assert row["scaler_skipped"] == 0 and scaler.get_scale() == 2.0**12
     assert math.isclose(grad_norm, true_norm, rel_tol=2e-2)  # fp16 forward: loose
     assert clipped == (factor < 1)
     assert math.isclose(post, min(true_norm, factor * true_norm), rel_tol=2e-2)
@@ -162,9 +164,9 @@ def test_step_skipped_by_the_scaler_is_not_counted_as_clipped(clip):
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
     out = train_step(model, [(torch.ones(1, 1), torch.zeros(1, 1))], overflow, optimizer,
                      build_clip(CLIPS[clip], 2.0), scaler, FP32, 2.0)
-    _, grad_norm, _, clipped, skipped, *_ = out.scalars.tolist()
-    assert grad_norm == math.inf and skipped == 1
-    assert clipped == 0
+    row = read(out.scalars.tolist(), fp16=True)
+    assert row["grad_norm"] == math.inf and row["scaler_skipped"] == 1
+    assert row["clipped"] == 0
 
 
 # --- whole runs through train(conf)

@@ -1,0 +1,202 @@
+"""`gradlab bench`: what gradlab costs, measured on this machine.
+
+Sections (each a table on stdout and a key of the JSON file):
+
+- loop:  steps/s of a gradlab run's training loop (all metrics on) vs a minimal hand-written
+         PyTorch loop (forward, backward, clip_grad_norm_, optimizer step, one final
+         evaluation) on the same model, data and optimizer, alternating in one process.
+- clip:  time per step of gradlab's training step under each clip mode, relative to clip=none.
+- sweep: runs per minute of one 16-run sweep (4 thresholds x 4 seeds) started as a user
+         starts it, one run at a time (basic launcher) vs launcher=local.
+- fixed: wall time of a whole 1-step run in a fresh process (start, imports, data, W&B init).
+
+Timings alternate between the things compared and report medians over the repeats.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from functools import partial
+
+SECTIONS = ("loop", "clip", "sweep", "fixed")
+MODELS = ("mlp", "lstm", "transformer")
+
+
+def alternate(timers: dict, repeats: int) -> dict:
+    """Each timer once as warm-up, then in turn `repeats` times; name -> median seconds."""
+    for t in timers.values():
+        t()
+    times = {name: [] for name in timers}
+    for _ in range(repeats):
+        for name, t in timers.items():
+            times[name].append(t())
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def _conf(*overrides: str) -> dict:
+    from gradlab.config import plain
+    from gradlab.launch import compose_all
+
+    return plain(compose_all([["wandb=off", "progress=none", *overrides]])[0])
+
+
+def _wait(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def loop(model: str, steps: int, repeats: int) -> dict:
+    """gradlab's loop vs the plain loop on one run's model, data and optimizer."""
+    import torch
+
+    from gradlab.distributed import World
+    from gradlab.objective import loss_fn
+    from gradlab.progress import RunProgress
+    from gradlab.tracking import Tracker
+    from gradlab.train import _loop, build
+
+    conf = _conf(f"model={model}", f"steps={steps}", "eval_every=0")
+    run = build(conf)
+    run.task.load(run.device)
+    objective = loss_fn(run.task.spec)
+    params = [p for p in run.model.parameters() if p.requires_grad]
+
+    def gradlab_loop() -> float:
+        start = time.perf_counter()
+        _loop(conf, run, World(0, 1, 0, 1), [], [], RunProgress("none", model, steps), Tracker(conf, None, False))
+        _wait(run.device)
+        return time.perf_counter() - start
+
+    def plain_loop() -> float:
+        stream = run.task.batches(conf["batch_size"], conf["seed"])
+        start = time.perf_counter()
+        for _ in range(steps):
+            x, y = next(stream)
+            objective(run.model(x), y).backward()
+            torch.nn.utils.clip_grad_norm_(params, conf["max_norm"])
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for x, y in run.task.eval_batches():
+                objective(run.model(x), y)
+        _wait(run.device)
+        return time.perf_counter() - start
+
+    median = alternate({"gradlab": gradlab_loop, "plain": plain_loop}, repeats)
+    return {"model": model, "steps": steps, "gradlab_steps_per_s": steps / median["gradlab"],
+            "plain_steps_per_s": steps / median["plain"], "ratio": median["plain"] / median["gradlab"]}
+
+
+def clip_costs(model: str, steps: int, repeats: int) -> dict:
+    """Median time per step of gradlab's training step under every clip mode."""
+    import torch
+
+    from gradlab.clip import REGISTRY
+    from gradlab.objective import loss_fn
+    from gradlab.step import train_step
+    from gradlab.train import build
+
+    def timer(mode: str):
+        conf = _conf(f"model={model}", f"clip={mode}")
+        run = build(conf)
+        run.task.load(run.device)
+        stream = run.task.batches(conf["batch_size"], seed=0)
+        scaler = torch.amp.GradScaler(run.device.type, enabled=False)
+        autocast = partial(torch.autocast, run.device.type, enabled=False)
+        objective = loss_fn(run.task.spec)
+
+        def timed() -> float:
+            data = [next(stream) for _ in range(steps)]
+            start = time.perf_counter()
+            for x, y in data:
+                out = train_step(run.model, [(x, y)], objective, run.optimizer, run.clip, scaler, autocast, 2.0)
+            out.scalars.cpu()  # waits for the device
+            return (time.perf_counter() - start) / steps
+
+        return timed
+
+    median = alternate({mode: timer(mode) for mode in REGISTRY}, repeats)
+    return {"model": model, "steps": steps,
+            "modes": {mode: {"ms_per_step": t * 1e3, "vs_none": t / median["none"]} for mode, t in median.items()}}
+
+
+def _gradlab(args: list[str]) -> float:
+    """Wall time of a gradlab command in a fresh process, results in a fresh folder."""
+    with tempfile.TemporaryDirectory() as root:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "gradlab", *args, f"results_root={root}", "progress=none"],
+                       check=True, stdout=subprocess.DEVNULL)
+        return time.perf_counter() - start
+
+
+def sweep_throughput(model: str, steps: int, repeats: int, seeds: int = 4) -> dict:
+    """Runs per minute of a sweep of 4 norm thresholds x `seeds` seeds, by launcher (alternating)."""
+    sweep = ["sweep", f"model={model}", "clip=norm", "max_norm=0.5,1,2,5", f"seed=range({seeds})", f"steps={steps}",
+             "eval_every=0", "wandb=offline"]
+    launchers = {"sequential": [], "joblib": ["launcher=local"]}
+    times = {name: [] for name in launchers}
+    for _ in range(repeats):
+        for name, extra in launchers.items():
+            times[name].append(_gradlab([*sweep, *extra]))
+    runs = 4 * seeds
+    runs_per_min = {name: runs * 60 / statistics.median(values) for name, values in times.items()}
+    return {"model": model, "runs": runs, "steps": steps, "runs_per_min": runs_per_min,
+            "seconds": {name: statistics.median(values) for name, values in times.items()},
+            "vs_sequential": {name: rate / runs_per_min["sequential"] for name, rate in runs_per_min.items()}}
+
+
+def fixed_cost(model: str, repeats: int) -> dict:
+    times = [_gradlab(["train", f"model={model}", "steps=1", "eval_every=0", "wandb=offline"]) for _ in range(repeats)]
+    return {"model": model, "seconds": statistics.median(times)}
+
+
+def run(sections: list[str], models: list[str], steps: int, repeats: int, sweep_steps: int) -> dict:
+    """Measure the chosen sections, printing each table as it is done; the results as one dict."""
+    import torch
+
+    from gradlab.config import resolve_device
+    from gradlab.train import _device_name
+
+    device = resolve_device("auto")
+    report = {"device": _device_name(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "repeats": repeats}
+    print(f"gradlab bench on {report['device']}, torch {report['torch']}, {report['threads']} threads, "
+          f"medians of {repeats}")
+    if "loop" in sections:
+        rows = report["loop"] = [loop(m, steps, repeats) for m in models]
+        print(f"\nloop: steps/s, gradlab's loop (all metrics) vs a plain PyTorch loop, {steps} steps")
+        for r in rows:
+            print(f"  {r['model']:<12} gradlab {r['gradlab_steps_per_s']:8.1f}   plain {r['plain_steps_per_s']:8.1f}"
+                  f"   {r['ratio']:.3f}x")
+    if "clip" in sections:
+        rows = report["clip"] = [clip_costs(m, steps, repeats) for m in models]
+        print(f"\nclip: ms per step of gradlab's step by clip mode (ratio to clip=none), {steps} steps")
+        for r in rows:
+            print(f"  {r['model']:<12} " + "  ".join(f"{mode} {v['ms_per_step']:.2f} ({v['vs_none']:.2f}x)"
+                                                    for mode, v in r["modes"].items()))
+    if "sweep" in sections:
+        rows = report["sweep"] = [sweep_throughput(m, sweep_steps, repeats) for m in models if m != "transformer"]
+        print(f"\nsweep: runs per minute, 16 runs (4 thresholds x 4 seeds), {sweep_steps} steps each")
+        for r in rows:
+            print(f"  {r['model']:<12} " + "   ".join(f"{name} {rate:6.1f} ({r['vs_sequential'][name]:.2f}x)"
+                                                    for name, rate in r["runs_per_min"].items()))
+    if "fixed" in sections:
+        rows = report["fixed"] = [fixed_cost(m, repeats) for m in models]
+        print("\nfixed: seconds for a whole 1-step run in a fresh process (start, imports, data, W&B init)")
+        for r in rows:
+            print(f"  {r['model']:<12} {r['seconds']:.2f} s")
+    return report
+
+
+def write(report: dict, path) -> None:
+    from pathlib import Path
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(report, indent=2))
