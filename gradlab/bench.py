@@ -56,11 +56,13 @@ def loop(model: str, steps: int, repeats: int) -> dict:
     """gradlab's loop vs the plain loop on one run's model, data and optimizer."""
     import torch
 
-    from gradlab.distributed import World
+    from types import SimpleNamespace
+
     from gradlab.objective import loss_fn
     from gradlab.progress import RunProgress
+    from gradlab.step import train_step
     from gradlab.tracking import Tracker
-    from gradlab.train import _loop, build
+    from gradlab.train import Stepper, build
 
     conf = _conf(f"model={model}", f"steps={steps}", "eval_every=0")
     run = build(conf)
@@ -68,9 +70,13 @@ def loop(model: str, steps: int, repeats: int) -> dict:
     objective = loss_fn(run.task.spec)
     params = [p for p in run.model.parameters() if p.requires_grad]
 
-    def gradlab_loop() -> float:
+    def gradlab_loop() -> float:  # a run's loop, with its record kept in memory
         start = time.perf_counter()
-        _loop(conf, run, World(0, 1, 0, 1), [], [], RunProgress("none", model, steps), Tracker(conf, None, False))
+        session = SimpleNamespace(history=[], layers=[], progress=RunProgress("none", model, steps),
+                                  tracker=Tracker(conf, None, enabled=False))
+        stepper = Stepper(conf, run, session)
+        for step in range(1, steps + 1):
+            stepper.record(step, train_step(stepper.net, stepper.batches(step), *stepper.step_args))
         _wait(run.device)
         return time.perf_counter() - start
 

@@ -29,6 +29,9 @@ class World(NamedTuple):
     local_size: int  # processes of the run on this machine
 
 
+SOLO = World(0, 1, 0, 1)  # a run in one process
+
+
 def world() -> World:
     """This process's place among torchrun's processes (rank 0 of 1 outside torchrun)."""
     env = os.environ

@@ -69,57 +69,82 @@ def train(cfg) -> dict:
 
 
 def _train(conf: dict, world: distributed.World) -> dict:
-    lead = world.rank == 0  # writes the record and logs; every rank trains
-    run_dir = sweep_dir(conf) / run_id(conf)
-    done = None if conf.get("force") else records.finished(run_dir, identity(conf))
+    done = finished(conf)
     distributed.barrier(world)  # every rank has looked before rank 0 starts the record afresh
     if done:
-        if lead:
-            report_skipped(conf["progress"], done, run_dir)
-        return {**done, "skipped": True}
+        return done
     workers = 1 if conf["workers"] == "auto" else conf["workers"]
     parallel.share_cores(workers * world.local_size)
     if workers > 1 and conf["device"] == "auto" and parallel.gpus():
         parallel.pin_gpu(sweep_dir(conf), workers)
     run = build(conf)
     check_writable(conf)
-    if lead:
-        records.begin(run_dir, conf)
-    progress = RunProgress(conf["progress"] if lead else "none", display_name(conf), conf["steps"])
-    summary = {"status": "interrupted", "run_id": run_dir.name, "name": display_name(conf),
-               "sweep": conf["name"], "config_hash": identity(conf), "seed": conf["seed"],
-               "device": _device_name(run.device), "processes": world.size, "versions": _versions(),
-               "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    history, layers = [], []
-    start = time.perf_counter()
-    tracker = Tracker(conf, run_dir, enabled=lead)
+    session = Session(conf, run, world)
+    result = {}
     try:
-        tracker.start()
-        summary.update(_loop(conf, run, world, history, layers, progress, tracker))
+        session.tracker.start()
+        stepper = Stepper(conf, run, session, world)
+        for step in range(1, conf["steps"] + 1):
+            result = stepper.record(step, train_step(stepper.net, stepper.batches(step), *stepper.step_args))
+            if result:
+                break
     except Exception as e:  # recorded, not raised: the sweep goes on
-        summary.update(status="failed", error=_one_line(e))
+        result = {"status": "failed", "error": _one_line(e)}
     finally:
-        summary.update(_figures(history), wall_time_s=round(time.perf_counter() - start, 3),
-                       finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                       wandb={"mode": tracker.mode, "sync": tracker.sync_hint()})
-        if lead:
-            _record(conf, run, run_dir, summary, tracker, history, layers)
-        progress.close(summary, run_dir)
+        summary = session.close(result)
     return summary
 
 
-def _record(conf, run, run_dir, summary, tracker, history, layers) -> None:
-    import pandas as pd
+def finished(conf: dict) -> dict | None:
+    """The summary of this run if it finished before (and is not to be forced), marked skipped."""
+    run_dir = sweep_dir(conf) / run_id(conf)
+    done = None if conf.get("force") else records.finished(run_dir, identity(conf))
+    if done and distributed.world().rank == 0:
+        report_skipped(conf["progress"], done, run_dir)
+    return {**done, "skipped": True} if done else None
 
-    try:
-        tracker.finish(summary)
-        if conf["save_model"]:
-            torch.save(run.model.state_dict(), run_dir / "model.pt")
-        records.finish(run_dir, summary, pd.DataFrame(history, columns=COLUMNS),
-                       pd.DataFrame(layers, columns=LAYER_COLUMNS) if layers else None)
-    except OSError as e:  # e.g. disk full: record the failure in the space the partial files held
-        summary.update(status="failed", error=_one_line(e))
-        records.salvage(run_dir, summary)
+
+class Session:
+    """The record-keeping of one run: its folder, summary, W&B run and progress, from start to close.
+    Only rank 0 of a data-parallel run writes."""
+
+    def __init__(self, conf: dict, run: Run, world: distributed.World):
+        self.conf, self.run, self.lead = conf, run, world.rank == 0
+        self.run_dir = sweep_dir(conf) / run_id(conf)
+        if self.lead:
+            records.begin(self.run_dir, conf)
+        self.progress = RunProgress(conf["progress"] if self.lead else "none", display_name(conf), conf["steps"])
+        self.summary = {"status": "interrupted", "run_id": self.run_dir.name, "name": display_name(conf),
+                        "sweep": conf["name"], "config_hash": identity(conf), "seed": conf["seed"],
+                        "device": _device_name(run.device), "processes": world.size, "versions": _versions(),
+                        "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        self.history, self.layers = [], []
+        self.start = time.perf_counter()
+        self.tracker = Tracker(conf, self.run_dir, enabled=self.lead)
+
+    def close(self, result: dict) -> dict:
+        """Write the record (status `interrupted` unless `result` says otherwise); the summary."""
+        summary = self.summary
+        summary.update(result, **_figures(self.history), wall_time_s=round(time.perf_counter() - self.start, 3),
+                       finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                       wandb={"mode": self.tracker.mode, "sync": self.tracker.sync_hint()})
+        if self.lead:
+            self._write()
+        self.progress.close(summary, self.run_dir)
+        return summary
+
+    def _write(self) -> None:
+        import pandas as pd
+
+        try:
+            self.tracker.finish(self.summary)
+            if self.conf["save_model"]:
+                torch.save(self.run.model.state_dict(), self.run_dir / "model.pt")
+            records.finish(self.run_dir, self.summary, pd.DataFrame(self.history, columns=COLUMNS),
+                           pd.DataFrame(self.layers, columns=LAYER_COLUMNS) if self.layers else None)
+        except OSError as e:  # e.g. disk full: record the failure in the space the partial files held
+            self.summary.update(status="failed", error=_one_line(e))
+            records.salvage(self.run_dir, self.summary)
 
 
 LAYER_COLUMNS = ["step", "layer", "grad_norm", "update_ratio", "clip_fraction"]
@@ -131,47 +156,59 @@ def _one_line(e: Exception) -> str:
     return f"{type(e).__name__}: {e}".splitlines()[0]
 
 
-def _loop(conf: dict, run: Run, world: distributed.World, history: list, layers: list, progress: RunProgress,
-          tracker: Tracker) -> dict:
-    device, task, model, clip, optimizer, guard = run
-    net = distributed.wrap(model, world.size)  # what trains; `model` is measured and evaluated
-    steps, k = conf["steps"], conf["accum_steps"]
-    task.load(device)
-    stream = task.batches(conf["batch_size"] * k, conf["seed"])
-    eval_set = task.eval_batches()
-    objective = loss_fn(task.spec)
-    autocast = (nullcontext if conf["precision"] == "fp32"  # entering a disabled autocast still costs per call
-                else partial(torch.autocast, device.type, dtype=DTYPES[conf["precision"]]))
-    scaler = torch.amp.GradScaler(device.type, enabled=conf["precision"] == "fp16")
-    scheduler = (None if constant_lr(conf["optim"])  # no per-step scheduler call where there is nothing to schedule
-                 else torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(conf["optim"], steps)))
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    p = norm_type(conf["norm_type"])
-    probe = Smoothness(conf["smoothness_every"]) if conf["smoothness_every"] else None
-    per_layer_fired = torch.zeros(len(names), device=device) if hasattr(clip, "last_fired") else None
-    log = _Log(conf, names, history, layers, progress, tracker, samples_per_step=conf["batch_size"] * k)
+class Stepper:
+    """Everything a run does around its optimizer steps: data, lr schedule, layer figures,
+    evaluation and the log. The step itself is `train_step(stepper.net, stepper.batches(step),
+    *stepper.step_args)`, or, for a member of a vectorized group, its batched equivalent."""
 
-    model.train()
-    for step in range(1, steps + 1):
-        x, y = next(stream)
-        lr = optimizer.param_groups[0]["lr"]
-        at_layers = conf["layer_norms_every"] and step % conf["layer_norms_every"] == 0
-        before = [w.detach().clone() for w in model.parameters() if w.requires_grad] if at_layers else None
-        micro_batches = distributed.shard([(x, y)] if k == 1 else list(zip(x.chunk(k), y.chunk(k))), world)
-        out = train_step(net, micro_batches, objective, optimizer, clip, scaler, autocast, p, conf["mistake"], probe, guard)
-        if scheduler:
-            scheduler.step()
-        if per_layer_fired is not None:  # a step skipped as a spike was not clipped
-            per_layer_fired += clip.last_fired * (1 - out.scalars[SCALARS.index("spike_skipped")])
-        layers_now = _layer_figures(model, before, out.layer_norms, per_layer_fired, step) if at_layers else None
-        at_eval = step == steps or (conf["eval_every"] and step % conf["eval_every"] == 0)
-        metrics = evaluate(model, eval_set, task.spec, autocast) if at_eval else None
-        log.add(step, out.scalars, lr, layers_now, metrics)
-        if step % conf["log_every"] == 0 or step == steps:
-            diverged_at = log.flush()  # the one host-device sync of the interval
+    def __init__(self, conf: dict, run: Run, session: Session, world: distributed.World = distributed.SOLO):
+        device, task, model, clip, optimizer, guard = run
+        self.conf, self.run, self.world = conf, run, world
+        self.net = distributed.wrap(model, world.size)  # what trains; `model` is measured and evaluated
+        self.steps, self.k = conf["steps"], conf["accum_steps"]
+        task.load(device)
+        self.stream = task.batches(conf["batch_size"] * self.k, conf["seed"])
+        self.eval_set = task.eval_batches()
+        self.objective = loss_fn(task.spec)
+        self.autocast = (nullcontext if conf["precision"] == "fp32"  # a disabled autocast still costs per call
+                         else partial(torch.autocast, device.type, dtype=DTYPES[conf["precision"]]))
+        self.scaler = torch.amp.GradScaler(device.type, enabled=conf["precision"] == "fp16")
+        self.scheduler = (None if constant_lr(conf["optim"])  # no per-step call where nothing is scheduled
+                          else torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(conf["optim"], self.steps)))
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        self.probe = Smoothness(conf["smoothness_every"]) if conf["smoothness_every"] else None
+        self.per_layer_fired = torch.zeros(len(names), device=device) if hasattr(clip, "last_fired") else None
+        self.step_args = (self.objective, optimizer, clip, self.scaler, self.autocast, norm_type(conf["norm_type"]),
+                          conf["mistake"], self.probe, guard)
+        self.log = _Log(conf, names, session, samples_per_step=conf["batch_size"] * self.k)
+        model.train()
+
+    def batches(self, step: int) -> list:
+        """This step's micro-batches (this rank's share of them)."""
+        x, y = next(self.stream)
+        self.lr = self.run.optimizer.param_groups[0]["lr"]
+        at_layers = self.conf["layer_norms_every"] and step % self.conf["layer_norms_every"] == 0
+        self.before = [w.detach().clone() for w in self.run.model.parameters() if w.requires_grad] if at_layers else None
+        k = self.k
+        return distributed.shard([(x, y)] if k == 1 else list(zip(x.chunk(k), y.chunk(k))), self.world)
+
+    def record(self, step: int, out) -> dict | None:
+        """After the optimizer step: schedule, metrics, log. The run's result once it has ended, else None."""
+        model, clip = self.run.model, self.run.clip
+        if self.scheduler:
+            self.scheduler.step()
+        if self.per_layer_fired is not None:  # a step skipped as a spike was not clipped
+            self.per_layer_fired += clip.last_fired * (1 - out.scalars[SCALARS.index("spike_skipped")])
+        layers_now = (_layer_figures(model, self.before, out.layer_norms, self.per_layer_fired, step)
+                      if self.before is not None else None)
+        at_eval = step == self.steps or (self.conf["eval_every"] and step % self.conf["eval_every"] == 0)
+        metrics = evaluate(model, self.eval_set, self.run.task.spec, self.autocast) if at_eval else None
+        self.log.add(step, out.scalars, self.lr, layers_now, metrics)
+        if step % self.conf["log_every"] == 0 or step == self.steps:
+            diverged_at = self.log.flush()  # the one host-device sync of the interval
             if diverged_at:
                 return {"status": "diverged", "diverged_step": diverged_at}
-    return {"status": "completed"}
+        return {"status": "completed"} if step == self.steps else None
 
 
 def _layer_figures(model, before, grad_norms, fired, step: int) -> torch.Tensor:
@@ -188,8 +225,9 @@ def _layer_figures(model, before, grad_norms, fired, step: int) -> torch.Tensor:
 class _Log:
     """Device metrics of the steps since the last flush; the host reads them all at once."""
 
-    def __init__(self, conf, names, history, layers, progress, tracker, samples_per_step):
-        self.names, self.history, self.layers, self.progress, self.tracker = names, history, layers, progress, tracker
+    def __init__(self, conf, names, session: Session, samples_per_step):
+        self.names, self.history, self.layers = names, session.history, session.layers
+        self.progress, self.tracker = session.progress, session.tracker
         self.samples_per_step = samples_per_step
         self.grads_may_overflow = conf["precision"] == "fp16"  # the scaler skips those steps
         self.pending, self.clipped, self.start = [], 0.0, time.perf_counter()
