@@ -16,7 +16,9 @@ from gradlab.errors import bad, positive
 
 # keys that change where, how or on how many processes a run is made or shown, not what it computes
 # (a data-parallel run computes the single-process run on the same batch: tests/test_distributed.py)
-NOT_IDENTITY = ("name", "results_root", "progress", "force", "wandb", "logger", "workers", "devices", "save_model")
+NOT_IDENTITY = ("name", "results_root", "progress", "force", "wandb", "logger", "workers", "devices", "save_model",
+                "engine", "group_size")
+ENGINES = ("sequential", "vectorized")
 PRECISIONS = ("fp32", "bf16", "fp16")
 REFERENCE_MARK = ".gradlab-reference"  # a results folder holding committed reference runs
 # options whose knobs change nothing while the option is off: switch -> its knobs
@@ -58,6 +60,9 @@ def check_knobs(conf: dict) -> None:
         raise bad("seed", conf["seed"], "must be an integer")
     if conf["workers"] != "auto":
         _positive_int(conf, "workers")
+    _positive_int(conf, "group_size")
+    if conf["engine"] not in ENGINES:
+        raise bad("engine", conf["engine"], f"choose from {', '.join(ENGINES)}")
     check_mistake(conf)
 
 

@@ -104,7 +104,14 @@ def print_plan(p: Plan, settings: list[str] = ()) -> None:
 
     confs = p.confs
     print(f"sweep {confs[0]['name']}: {len(confs)} run(s) -> {sweep_dir(confs[0])}")
-    if settings:
+    if confs[0]["engine"] == "vectorized":
+        from gradlab.vectorized import describe, groups
+
+        parts = groups(confs)
+        print(f"engine: vectorized, {len(parts)} group(s)")
+        for group in parts:
+            print(f"  {len(group):>3} run(s) together: {describe(group)}")
+    elif settings:
         print(f"launcher: {p.launcher} ({' '.join(settings)})")
     for i, (conf, job) in enumerate(zip(confs, expand(p.overrides))):
         done = _done(conf)
@@ -141,8 +148,17 @@ def sweep(overrides: list[str], dry_run: bool = False) -> list:
     runs = list(dict.fromkeys(sweep_dir(conf) / run_id(conf) for conf in p.confs))
     done_before = {sweep_dir(conf) / run_id(conf) for conf in p.confs if _done(conf)}
     settings = _launch_overrides(p, len(runs) - len(done_before))
+    vectorized = p.confs[0]["engine"] == "vectorized"
+    if vectorized and p.launcher != "basic":
+        raise bad("engine", "vectorized", "trains its groups in this process; use it with launcher=basic")
     if dry_run:
         print_plan(p, settings)
+        return runs
+    if vectorized:
+        from gradlab.vectorized import run_groups
+
+        run_groups(p.confs)
+        _report(p, done_before)
         return runs
 
     from gradlab.app import main

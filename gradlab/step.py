@@ -59,6 +59,13 @@ def train_step(model, micro_batches, loss_fn, optimizer, clip, scaler, autocast,
     if ddp:  # the loss of the whole batch, as the gradient already is
         torch.distributed.all_reduce(loss)
         loss /= torch.distributed.get_world_size()
+    return finish_step(loss, optimizer, clip, scaler, norm_type, mistake, probe, spike_guard, fired_early)
+
+
+def finish_step(loss, optimizer, clip, scaler, norm_type: float, mistake: str | None = None, probe=None,
+                spike_guard=None, fired_early=False) -> StepOutput:
+    """The step after the gradients of `loss` (the step's, detached) are in: unscale, measure,
+    clip, update. Also what each member of a vectorized group does after the group's backward."""
     if mistake != "clip_scaled":
         scaler.unscale_(optimizer)  # true gradients from here on (no-op unless fp16)
     params, layer_norms, grad_norm = _measured(optimizer, norm_type)

@@ -96,7 +96,7 @@ def _init(settings: dict, mode: str, **run):
     """wandb.init with gradlab's settings: quiet, no console capture, no system-metrics sampling."""
     import wandb
 
-    return wandb.init(project=settings["project"], entity=settings["entity"], mode=mode, reinit="finish_previous",
+    return wandb.init(project=settings["project"], entity=settings["entity"], mode=mode, reinit="create_new",
                       settings=wandb.Settings(silent=True, console="off", disable_git=True, save_code=False,
                                               x_disable_stats=True, init_timeout=settings["init_timeout"]),
                       **run)

@@ -14,6 +14,30 @@ from gradlab.models.inputs import as_sequence, sequence_shape
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
 
+def _recurrence(mode: str, x, w_ih, w_hh, b_ih, b_hh):
+    """One recurrent layer over K stacked members: x (K, B, T, I) -> states (K, B, T, H)."""
+    k, b, t, _ = x.shape
+    inputs = torch.matmul(x, w_ih.transpose(1, 2).unsqueeze(1)) + b_ih[:, None, None]  # all steps at once
+    w_hh, b_hh = w_hh.transpose(1, 2), b_hh[:, None]
+    h = x.new_zeros(k, b, w_hh.shape[1])
+    c = torch.zeros_like(h)
+    states = []
+    for step in range(t):
+        gates_x, gates_h = inputs[:, :, step], torch.baddbmm(b_hh, h, w_hh)
+        if mode == "LSTM":
+            i, f, g, o = (gates_x + gates_h).chunk(4, -1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+        elif mode == "GRU":
+            (rx, zx, nx), (rh, zh, nh) = gates_x.chunk(3, -1), gates_h.chunk(3, -1)
+            r, z = torch.sigmoid(rx + rh), torch.sigmoid(zx + zh)
+            h = (1 - z) * torch.tanh(nx + r * nh) + z * h
+        else:  # RNN_TANH
+            h = torch.tanh(gates_x + gates_h)
+        states.append(h)
+    return torch.stack(states, 2)
+
+
 class RecurrentNet(nn.Module):
     def __init__(self, spec, cell: str, hidden_size: int, num_layers: int = 1):
         super().__init__()
@@ -34,3 +58,16 @@ class RecurrentNet(nn.Module):
         if self.spec.output == "token_classes":
             return self.head(states)
         return self.head(states[:, -1])
+
+    def forward_stacked(self, params: dict, x: torch.Tensor) -> torch.Tensor:
+        """The forward pass of K networks of this shape at once: `params` holds each parameter
+        stacked over a leading member axis, `x` (K, batch, ...). torch's fused recurrent kernels
+        have no batched (vmap) form, so the recurrence is written out with batched matmuls, in
+        the gate order and equations of torch.nn.RNN/LSTM/GRU."""
+        h = torch.func.vmap(lambda xi: as_sequence(xi, self.spec))(x)
+        for layer in range(self.rnn.num_layers):
+            h = _recurrence(self.rnn.mode, h, *(params[f"rnn.{w}_l{layer}"]
+                                                for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")))
+        if self.spec.output != "token_classes":
+            h = h[:, :, -1]
+        return torch.func.vmap(nn.functional.linear)(h, params["head.weight"], params["head.bias"])

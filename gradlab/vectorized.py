@@ -1,0 +1,189 @@
+"""engine=vectorized: the runs of a sweep that share a model shape, task and batch, trained
+together as one batch of K models.
+
+Each member is built exactly as it would be alone (`build`: its own seeded initialisation,
+its own clip mode and knobs, its own optimizer, lr and state, its own data stream) and keeps
+its own record and W&B run. Only the forward and backward passes are shared: every
+micro-batch, the members' parameters are stacked along a leading axis (`torch.stack`, so each
+member's gradient flows back into its own parameters), the K models run as one batched model
+(torch.func.vmap over functional_call, or a model's own `forward_stacked`), and one backward
+of the sum of the members' losses gives every member the gradient of its own loss. Then each
+member takes the rest of its step alone (`finish_step`: measure, clip, update), with the same
+code as a run trained alone. A member that diverges or fails is recorded and dropped from the
+batch; the others go on.
+
+Runs differ in seed, clip mode and knobs, and learning rate; anything else that differs
+(model, task, batch size, accumulation, steps, precision, ...) puts them in another group.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from gradlab.config import NOT_IDENTITY, clip_knobs, run_id, sweep_dir
+
+FREE = ("seed", "lr", "clip")  # what may differ within a group (besides the clip knobs)
+
+
+def why_alone(conf: dict) -> str | None:
+    """Why this run cannot be a member of a vectorized group, if it cannot."""
+    if conf["precision"] == "fp16":
+        return "precision=fp16 (one loss scale per run)"
+    if conf["mistake"]:
+        return f"mistake={conf['mistake']}"
+    if conf["model"].get("dropout"):
+        return "dropout (each run draws its own masks)"
+    if conf["devices"] != 1:
+        return "devices > 1"
+    return None
+
+
+def group_key(conf: dict) -> str:
+    """Runs with equal keys can be trained together."""
+    import json
+
+    ignored = {*NOT_IDENTITY, *FREE, *clip_knobs(), "engine", "group_size"}
+    return json.dumps({k: v for k, v in conf.items() if k not in ignored}, sort_keys=True, default=str)
+
+
+def groups(confs: list[dict]) -> list[list[dict]]:
+    """The sweep's runs (each once), in compatible groups of at most `group_size`; runs that cannot
+    share a batch are groups of one."""
+    unique = list({sweep_dir(c) / run_id(c): c for c in confs}.values())
+    by_key: dict[str, list] = {}
+    for conf in unique:
+        by_key.setdefault(group_key(conf) if not why_alone(conf) else run_id(conf), []).append(conf)
+    size = unique[0]["group_size"]
+    return [members[i:i + size] for members in by_key.values() for i in range(0, len(members), size)]
+
+
+def describe(group: list[dict]) -> str:
+    """What sets a group apart: its model, task and batch, or why its run trains alone."""
+    first = group[0]
+    shape = f"{first['model']['name']} on {first['task']['name']}, batch {first['batch_size']}"
+    if len(group) == 1 and why_alone(first):
+        return f"{shape}: alone ({why_alone(first)})"
+    extra = f", accum_steps {first['accum_steps']}" if first["accum_steps"] > 1 else ""
+    return f"{shape}{extra}, {first['steps']} steps"
+
+
+def stacked_forward(base: torch.nn.Module, params: dict, x: torch.Tensor) -> torch.Tensor:
+    """The outputs of K models of `base`'s shape, `params` stacked (K, ...), inputs x (K, batch, ...)."""
+    if hasattr(base, "forward_stacked"):
+        return base.forward_stacked(params, x)
+    return torch.func.vmap(lambda p, xi: torch.func.functional_call(base, p, (xi,)))(params, x)
+
+
+class _Member:
+    def __init__(self, conf: dict):
+        from gradlab.train import Session, Stepper, build
+
+        self.conf, self.result = conf, None
+        self.run = build(conf)
+        self.session = Session(conf, self.run, _solo())
+        self.session.tracker.start()
+        self.stepper = Stepper(conf, self.run, self.session)
+        self.params = [p for p in self.run.model.parameters() if p.requires_grad]
+
+
+def _solo():
+    from gradlab.distributed import SOLO
+
+    return SOLO
+
+
+def _one_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {e}".splitlines()[0]
+
+
+def train_group(confs: list[dict]) -> list[dict]:
+    """Train the runs of one group together; their summaries, in order."""
+    from gradlab.config import check_writable
+    from gradlab.step import finish_step
+    from gradlab.train import finished
+
+    summaries, members = {}, []
+    for i, conf in enumerate(confs):
+        done = finished(conf)
+        if done:
+            summaries[i] = done
+            continue
+        check_writable(conf)
+        members.append((i, _Member(conf)))
+    if not members:
+        return [summaries[i] for i in range(len(confs))]
+
+    first = members[0][1]
+    base = copy.deepcopy(first.run.model)  # the shape (and buffers) that functional_call fills in
+    names = [n for n, p in base.named_parameters() if p.requires_grad]
+    steps = first.conf["steps"]
+    try:
+        for step in range(1, steps + 1):
+            active = [m for _, m in members if m.result is None]
+            if not active:
+                break
+            losses = _backward(base, names, active, [m.stepper.batches(step) for m in active])
+            for m, loss in zip(active, losses):
+                try:
+                    m.result = m.stepper.record(step, finish_step(loss, *_finish_args(m)))
+                except Exception as e:  # this member fails; the others go on
+                    m.result = {"status": "failed", "error": _one_line(e)}
+                if m.result:
+                    summaries[_index(members, m)] = m.session.close(m.result)
+    except Exception as e:  # the shared pass failed: every member still in it fails with it
+        for i, m in members:
+            if m.result is None:
+                m.result = {"status": "failed", "error": _one_line(e)}
+                summaries[i] = m.session.close(m.result)
+    finally:
+        for i, m in members:
+            if i not in summaries:  # interrupted
+                summaries[i] = m.session.close(m.result or {})
+    return [summaries[i] for i in range(len(confs))]
+
+
+def _index(members: list, member: _Member) -> int:
+    return next(i for i, m in members if m is member)
+
+
+def _finish_args(m: _Member) -> tuple:
+    _, optimizer, clip, scaler, _, norm_type, mistake, probe, guard = m.stepper.step_args
+    return optimizer, clip, scaler, norm_type, mistake, probe, guard
+
+
+def _backward(base, names: list, active: list, batches: list) -> list:
+    """One shared forward and backward over the members' micro-batches; each member's loss (detached)."""
+    stepper = active[0].stepper
+    objective, autocast = stepper.objective, stepper.autocast
+    per_member = torch.func.vmap(objective)
+    total = sum(len(x) for x, _ in batches[0])
+    losses = None
+    for i in range(len(batches[0])):
+        x = torch.stack([b[i][0] for b in batches])
+        y = torch.stack([b[i][1] for b in batches])
+        params = {n: torch.stack([m.params[j] for m in active]) for j, n in enumerate(names)}
+        with autocast():
+            parts = per_member(stacked_forward(base, params, x), y)
+            if len(x[0]) != total:  # loss / k, as in train_step
+                parts = parts * (len(x[0]) / total)
+        parts.sum().backward()
+        losses = parts.detach().float() if losses is None else losses + parts.detach().float()
+    return list(losses.unbind())
+
+
+def run_groups(confs: list[dict]) -> None:
+    """Train a sweep's runs group by group."""
+    from gradlab.progress import resolve_mode
+    from gradlab.train import train
+
+    for group in groups(confs):
+        if resolve_mode(group[0]["progress"]) != "none":
+            print(f"[vectorized] {len(group)} run(s) together: {describe(group)}", flush=True)
+        if resolve_mode(group[0]["progress"]) == "bar":  # one live bar at a time: members print lines
+            group = [{**conf, "progress": "lines"} for conf in group]
+        if len(group) == 1:
+            train(group[0])
+        else:
+            train_group(group)
