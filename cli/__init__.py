@@ -222,14 +222,14 @@ def _names(value: str, allowed: tuple, option: str) -> list[str]:
 
 @app.command()
 def bench(
-    only: Annotated[str, typer.Option("--only", help="Sections, comma-separated: loop, clip, sweep, fixed.")] = "loop,clip,sweep,fixed",
+    only: Annotated[str, typer.Option("--only", help="Sections, comma-separated: loop, clip, sweep, scale, fixed, compile.")] = "loop,clip,sweep,scale,fixed",
     models: Annotated[str, typer.Option("--models", help="Models, comma-separated: mlp, lstm, transformer.")] = "mlp,lstm,transformer",
     steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps per timing of loop and clip.")] = 200,
     sweep_steps: Annotated[int, typer.Option("--sweep-steps", min=1, help="Steps of each run of the sweep section.")] = 100,
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timings per measurement; medians are reported.")] = 3,
     out: Annotated[str, typer.Option("--out", help="JSON file for the results.")] = "results/bench.json",
 ):
-    """How fast gradlab is here: its loop vs plain PyTorch, clip mode costs, sweep throughput, fixed cost."""
+    """How fast gradlab is here: its loop vs plain PyTorch, clip mode costs, sweep throughput, scaling, fixed cost."""
     from gradlab import bench as measure
 
     with user_errors():

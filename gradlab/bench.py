@@ -7,8 +7,12 @@ Sections (each a table on stdout and a key of the JSON file):
          evaluation) on the same model, data and optimizer, alternating in one process.
 - clip:  time per step of gradlab's training step under each clip mode, relative to clip=none.
 - sweep: runs per minute of one 16-run sweep (4 thresholds x 4 seeds) started as a user
-         starts it, one run at a time (basic launcher) vs launcher=local.
+         starts it: one run at a time (basic launcher), launcher=local, engine=vectorized.
+- scale: wall time of N runs (1, 4, 16, 64) trained one after another in one process vs
+         together (engine=vectorized), and for the LSTM by sequence length.
 - fixed: wall time of a whole 1-step run in a fresh process (start, imports, data, W&B init).
+- compile (asked for by name): the loop section again with compile=true (both loops run the
+         compiled model), and the seconds the first compiled step takes.
 
 Timings alternate between the things compared and report medians over the repeats.
 """
@@ -23,7 +27,8 @@ import tempfile
 import time
 from functools import partial
 
-SECTIONS = ("loop", "clip", "sweep", "fixed")
+SECTIONS = ("loop", "clip", "sweep", "scale", "fixed", "compile")  # all but compile by default
+COUNTS, LENGTHS = (1, 4, 16, 64), (25, 50, 100)
 MODELS = ("mlp", "lstm", "transformer")
 
 
@@ -52,7 +57,7 @@ def _wait(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def loop(model: str, steps: int, repeats: int) -> dict:
+def loop(model: str, steps: int, repeats: int, *overrides: str) -> dict:
     """gradlab's loop vs the plain loop on one run's model, data and optimizer."""
     import torch
 
@@ -64,7 +69,7 @@ def loop(model: str, steps: int, repeats: int) -> dict:
     from gradlab.tracking import Tracker
     from gradlab.train import Stepper, build
 
-    conf = _conf(f"model={model}", f"steps={steps}", "eval_every=0")
+    conf = _conf(f"model={model}", f"steps={steps}", "eval_every=0", *overrides)
     run = build(conf)
     run.task.load(run.device)
     objective = loss_fn(run.task.spec)
@@ -96,7 +101,7 @@ def loop(model: str, steps: int, repeats: int) -> dict:
         return time.perf_counter() - start
 
     median = alternate({"gradlab": gradlab_loop, "plain": plain_loop}, repeats)
-    return {"model": model, "steps": steps, "gradlab_steps_per_s": steps / median["gradlab"],
+    return {"model": model, "steps": steps, "overrides": list(overrides), "gradlab_steps_per_s": steps / median["gradlab"],
             "plain_steps_per_s": steps / median["plain"], "ratio": median["plain"] / median["gradlab"]}
 
 
@@ -146,7 +151,7 @@ def sweep_throughput(model: str, steps: int, repeats: int, seeds: int = 4) -> di
     """Runs per minute of a sweep of 4 norm thresholds x `seeds` seeds, by launcher (alternating)."""
     sweep = ["sweep", f"model={model}", "clip=norm", "max_norm=0.5,1,2,5", f"seed=range({seeds})", f"steps={steps}",
              "eval_every=0", "wandb=offline"]
-    launchers = {"sequential": [], "joblib": ["launcher=local"]}
+    launchers = {"sequential": [], "joblib": ["launcher=local"], "vectorized": ["engine=vectorized"]}
     times = {name: [] for name in launchers}
     for _ in range(repeats):
         for name, extra in launchers.items():
@@ -156,6 +161,42 @@ def sweep_throughput(model: str, steps: int, repeats: int, seeds: int = 4) -> di
     return {"model": model, "runs": runs, "steps": steps, "runs_per_min": runs_per_min,
             "seconds": {name: statistics.median(values) for name, values in times.items()},
             "vs_sequential": {name: rate / runs_per_min["sequential"] for name, rate in runs_per_min.items()}}
+
+
+def scaling(model: str, count: int, steps: int, *overrides: str) -> dict:
+    """Seconds to train `count` runs (seeds 0..count-1) one after another vs as one vectorized group."""
+    from gradlab.train import train
+    from gradlab.vectorized import train_group
+
+    with tempfile.TemporaryDirectory() as root:
+        confs = [_conf(f"model={model}", f"steps={steps}", f"seed={seed}", "eval_every=0", f"results_root={root}",
+                       *overrides) for seed in range(count)]
+        start = time.perf_counter()
+        for conf in confs:
+            train({**conf, "name": "sequential"})
+        sequential = time.perf_counter() - start
+        start = time.perf_counter()
+        train_group([{**conf, "name": "vectorized"} for conf in confs])
+        vectorized = time.perf_counter() - start
+    return {"model": model, "runs": count, "steps": steps, "overrides": list(overrides),
+            "sequential_s": sequential, "vectorized_s": vectorized, "speedup": sequential / vectorized}
+
+
+def _first_step(model: str) -> float:
+    """Seconds of a compiled model's first training step (the compilation)."""
+    import torch
+
+    from gradlab.objective import loss_fn
+    from gradlab.train import build
+
+    torch._dynamo.reset()
+    run = build(_conf(f"model={model}", "compile=true"))
+    run.task.load(run.device)
+    x, y = next(run.task.batches(8, 0))
+    start = time.perf_counter()
+    loss_fn(run.task.spec)(run.model(x), y).backward()
+    _wait(run.device)
+    return time.perf_counter() - start
 
 
 def fixed_cost(model: str, repeats: int) -> dict:
@@ -193,6 +234,23 @@ def run(sections: list[str], models: list[str], steps: int, repeats: int, sweep_
         for r in rows:
             print(f"  {r['model']:<12} " + "   ".join(f"{name} {rate:6.1f} ({r['vs_sequential'][name]:.2f}x)"
                                                     for name, rate in r["runs_per_min"].items()))
+    if "scale" in sections:
+        scale_steps = max(1, steps // 4)
+        scaling(models[0], 1, scale_steps)  # warm-up: first-call costs are not a run's
+        rows = [scaling(m, n, scale_steps) for m in models if m != "transformer" for n in COUNTS]
+        rows += [scaling("lstm", 16, scale_steps, f"task.length={t}") for t in LENGTHS if "lstm" in models]
+        report["scale"] = rows
+        print(f"\nscale: seconds for N runs of {scale_steps} steps, one after another vs vectorized (one process)")
+        for r in rows:
+            print(f"  {r['model']:<12} {' '.join(r['overrides']) or '':<16} N={r['runs']:<3} sequential "
+                  f"{r['sequential_s']:7.2f}   vectorized {r['vectorized_s']:7.2f}   {r['speedup']:.2f}x")
+    if "compile" in sections:
+        rows = report["compile"] = [{**loop(m, steps, repeats, "compile=true"), "first_step_s": _first_step(m)}
+                                    for m in models]
+        print(f"\ncompile: steps/s with compile=true, {steps} steps (compare with loop)")
+        for r in rows:
+            print(f"  {r['model']:<12} gradlab {r['gradlab_steps_per_s']:8.1f}   plain {r['plain_steps_per_s']:8.1f}"
+                  f"   {r['ratio']:.3f}x   first step {r['first_step_s']:.1f} s")
     if "fixed" in sections:
         rows = report["fixed"] = [fixed_cost(m, repeats) for m in models]
         print("\nfixed: seconds for a whole 1-step run in a fresh process (start, imports, data, W&B init)")

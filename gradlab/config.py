@@ -15,9 +15,10 @@ from pathlib import Path
 from gradlab.errors import bad, positive
 
 # keys that change where, how or on how many processes a run is made or shown, not what it computes
-# (a data-parallel run computes the single-process run on the same batch: tests/test_distributed.py)
+# (a data-parallel, vectorized or compiled run computes the same run, up to float rounding:
+# tests/test_distributed.py, test_vectorized.py, test_step.py)
 NOT_IDENTITY = ("name", "results_root", "progress", "force", "wandb", "logger", "workers", "devices", "save_model",
-                "engine", "group_size")
+                "engine", "group_size", "compile")
 ENGINES = ("sequential", "vectorized")
 PRECISIONS = ("fp32", "bf16", "fp16")
 REFERENCE_MARK = ".gradlab-reference"  # a results folder holding committed reference runs
@@ -61,6 +62,8 @@ def check_knobs(conf: dict) -> None:
     if conf["workers"] != "auto":
         _positive_int(conf, "workers")
     _positive_int(conf, "group_size")
+    if not isinstance(conf["compile"], bool):
+        raise bad("compile", conf["compile"], "true or false")
     if conf["engine"] not in ENGINES:
         raise bad("engine", conf["engine"], f"choose from {', '.join(ENGINES)}")
     check_mistake(conf)

@@ -51,6 +51,11 @@ def build(conf: dict) -> Run:
     task = build_task(conf["task"])
     torch.manual_seed(conf["seed"])
     model = build_model(conf["model"], task.spec).to(device)
+    if conf["compile"]:
+        import torch._dynamo as dynamo
+
+        dynamo.config.suppress_errors = True  # a model that does not compile runs eagerly, with a warning
+        model.compile()  # in place: parameter names stay those of the model
     clip = build_clip(conf["clip"], norm_type(conf["norm_type"]), model)
     optimizer = build_optimizer(conf["optim"], model.parameters(), conf["lr"])
     lr_factor(conf["optim"], conf["steps"])

@@ -37,6 +37,8 @@ def why_alone(conf: dict) -> str | None:
         return "dropout (each run draws its own masks)"
     if conf["devices"] != 1:
         return "devices > 1"
+    if conf["compile"]:
+        return "compile=true"
     return None
 
 

@@ -16,14 +16,14 @@ CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
 def _recurrence(mode: str, x, w_ih, w_hh, b_ih, b_hh):
     """One recurrent layer over K stacked members: x (K, B, T, I) -> states (K, B, T, H)."""
-    k, b, t, _ = x.shape
+    k, b = x.shape[:2]
     inputs = torch.matmul(x, w_ih.transpose(1, 2).unsqueeze(1)) + b_ih[:, None, None]  # all steps at once
     w_hh, b_hh = w_hh.transpose(1, 2), b_hh[:, None]
     h = x.new_zeros(k, b, w_hh.shape[1])
     c = torch.zeros_like(h)
     states = []
-    for step in range(t):
-        gates_x, gates_h = inputs[:, :, step], torch.baddbmm(b_hh, h, w_hh)
+    for gates_x in inputs.unbind(2):  # one backward for all steps (indexing would add a zero-filled copy per step)
+        gates_h = torch.baddbmm(b_hh, h, w_hh)
         if mode == "LSTM":
             i, f, g, o = (gates_x + gates_h).chunk(4, -1)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
