@@ -175,13 +175,63 @@ def _backward(base, names: list, active: list, batches: list) -> list:
     return list(losses.unbind())
 
 
+def member_bytes(conf: dict) -> int:
+    """Memory one member takes in the shared pass: the activations autograd saves for one of its
+    micro-batches (measured on a one-member pass), plus its parameters, their gradients, two
+    optimizer states and the stacked copy (5x the parameters)."""
+    from gradlab.objective import loss_fn
+    from gradlab.train import build
+
+    run = build(conf)
+    run.task.load(run.device)
+    x, y = next(run.task.batches(conf["batch_size"], conf["seed"]))
+    params = {n: p.detach()[None].requires_grad_() for n, p in run.model.named_parameters()}
+    saved = 0
+
+    def pack(t):
+        nonlocal saved
+        saved += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        torch.func.vmap(loss_fn(run.task.spec))(stacked_forward(run.model, params, x[None]), y[None])
+    return saved + 5 * sum(p.numel() * p.element_size() for p in params.values())
+
+
+def available(device: torch.device) -> int:
+    """Free memory on the device: the GPU's, or the machine's (MemAvailable)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        meminfo = dict(line.split(":", 1) for line in open("/proc/meminfo"))
+        return int(meminfo["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return 1 << 62  # unknown: no limit
+
+
+def fitting(group: list[dict]) -> int:
+    """How many of the group's runs fit in memory together (half of what is free, to be safe)."""
+    from gradlab.config import resolve_device
+
+    need = member_bytes(group[0])
+    return max(1, min(len(group), available(resolve_device(group[0]["device"])) // 2 // max(need, 1)))
+
+
 def run_groups(confs: list[dict]) -> None:
-    """Train a sweep's runs group by group."""
+    """Train a sweep's runs group by group; a group too large for memory goes in parts."""
     from gradlab.progress import resolve_mode
     from gradlab.train import train
 
+    talk = resolve_mode(confs[0]["progress"]) != "none"
+    parts = []
     for group in groups(confs):
-        if resolve_mode(group[0]["progress"]) != "none":
+        size = fitting(group) if len(group) > 1 else 1
+        if size < len(group) and talk:
+            print(f"[vectorized] {len(group)} runs ({describe(group)}) do not fit in memory together "
+                  f"(about {member_bytes(group[0]) / 2**20:.0f} MiB each); training them {size} at a time", flush=True)
+        parts += [group[i:i + size] for i in range(0, len(group), size)]
+    for group in parts:
+        if talk:
             print(f"[vectorized] {len(group)} run(s) together: {describe(group)}", flush=True)
         if resolve_mode(group[0]["progress"]) == "bar":  # one live bar at a time: members print lines
             group = [{**conf, "progress": "lines"} for conf in group]

@@ -100,3 +100,23 @@ def test_vectorized_needs_the_basic_launcher(tmp_path):
                           "launcher=local"], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 2 and out.stderr.startswith("error: engine=vectorized: ")
     assert not (tmp_path / "results").exists()
+
+
+def test_a_group_too_large_for_memory_is_trained_in_parts(compose, monkeypatch, capsys):
+    from gradlab import vectorized
+
+    confs = [compose("model=mlp", *SMALL["mlp"], *COMMON, f"seed={seed}", "progress=lines") for seed in range(4)]
+    need = vectorized.member_bytes(confs[0])
+    assert need > 0
+    monkeypatch.setattr(vectorized, "available", lambda device: 4 * need + 1)  # room for 2 at half the free memory
+    vectorized.run_groups(confs)
+    out = capsys.readouterr().out
+    assert "4 runs (mlp on digits, batch 64, 8 steps) do not fit in memory together" in out
+    assert "training them 2 at a time" in out and out.count("[vectorized] 2 run(s) together") == 2
+    assert [s["status"] for s in map(vectorized_summary, confs)] == ["completed"] * 4
+
+
+def vectorized_summary(conf: dict) -> dict:
+    from gradlab import records
+
+    return records.read_summary(sweep_dir(conf) / run_id(conf))
