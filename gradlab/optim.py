@@ -12,14 +12,15 @@ OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.o
 SCHEDULES = ("constant", "cosine")
 
 
-def build_optimizer(optim_cfg: dict, params, lr: float) -> torch.optim.Optimizer:
-    """torch optimizer named by optim_cfg["name"]; the other keys (but `schedule`, `warmup_steps`) are its arguments."""
+def build_optimizer(optim_cfg: dict, params, lr: float, fused: bool = False) -> torch.optim.Optimizer:
+    """torch optimizer named by optim_cfg["name"]; the other keys (but `schedule`, `warmup_steps`) are its arguments.
+    `fused`: torch's one-kernel implementation of the same update (rounding may differ)."""
     name = optim_cfg["name"]
     if name not in OPTIMIZERS:
         raise bad("optim", name, f"choose from {', '.join(OPTIMIZERS)}")
     kwargs = {k: tuple(v) if isinstance(v, list) else v
               for k, v in optim_cfg.items() if k not in ("name", "schedule", "warmup_steps")}
-    return OPTIMIZERS[name](params, lr=lr, **kwargs)
+    return OPTIMIZERS[name](params, lr=lr, **kwargs, **({"fused": True} if fused else {}))
 
 
 def constant_lr(optim_cfg: dict) -> bool:

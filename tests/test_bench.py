@@ -1,0 +1,30 @@
+"""`gradlab bench` runs end to end and writes what it printed (timings themselves are not tested)."""
+
+import json
+import subprocess
+import sys
+
+
+def test_bench_writes_every_section_it_was_asked_for(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "gradlab", "bench", "--only", "loop,clip,scale", "--models", "mlp",
+                          "--steps", "8", "--repeats", "1", "--out", "b.json"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert {"loop", "clip", "scale"} <= report.keys() and "sweep" not in report
+    (loop,) = report["loop"]
+    assert loop["model"] == "mlp" and loop["gradlab_steps_per_s"] > 0 and loop["plain_steps_per_s"] > 0
+    assert abs(loop["ratio"] - loop["gradlab_steps_per_s"] / loop["plain_steps_per_s"]) < 1e-9
+    modes = report["clip"][0]["modes"]
+    assert set(modes) == {"none", "value", "norm", "norm_per_layer", "autoclip", "agc", "zclip"}
+    assert modes["none"]["vs_none"] == 1.0
+    assert [r["runs"] for r in report["scale"]] == [1, 4, 16, 64]
+    assert "loop: steps/s" in out.stdout and "results -> b.json" in out.stdout
+
+
+def test_bench_rejects_an_unknown_section_in_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "gradlab", "bench", "--only", "loop,warp"], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr == "error: --only loop,warp: choose from loop, clip, sweep, scale, fixed, compile (comma-separated)\n"
+    assert not (tmp_path / "results").exists()
