@@ -101,7 +101,8 @@ def loop(model: str, steps: int, repeats: int, *overrides: str) -> dict:
         return time.perf_counter() - start
 
     median = alternate({"gradlab": gradlab_loop, "plain": plain_loop}, repeats)
-    return {"model": model, "steps": steps, "overrides": list(overrides), "gradlab_steps_per_s": steps / median["gradlab"],
+    return {"model": model, "steps": steps, "overrides": list(overrides),
+            "gradlab_steps_per_s": steps / median["gradlab"],
             "plain_steps_per_s": steps / median["plain"], "ratio": median["plain"] / median["gradlab"]}
 
 
@@ -216,47 +217,47 @@ def run(sections: list[str], models: list[str], steps: int, repeats: int, sweep_
               "repeats": repeats}
     print(f"gradlab bench on {report['device']}, torch {report['torch']}, {report['threads']} threads, "
           f"medians of {repeats}")
-    if "loop" in sections:
-        rows = report["loop"] = [loop(m, steps, repeats) for m in models]
-        print(f"\nloop: steps/s, gradlab's loop (all metrics) vs a plain PyTorch loop, {steps} steps")
-        for r in rows:
-            print(f"  {r['model']:<12} gradlab {r['gradlab_steps_per_s']:8.1f}   plain {r['plain_steps_per_s']:8.1f}"
-                  f"   {r['ratio']:.3f}x")
-    if "clip" in sections:
-        rows = report["clip"] = [clip_costs(m, steps, repeats) for m in models]
-        print(f"\nclip: ms per step of gradlab's step by clip mode (ratio to clip=none), {steps} steps")
-        for r in rows:
-            print(f"  {r['model']:<12} " + "  ".join(f"{mode} {v['ms_per_step']:.2f} ({v['vs_none']:.2f}x)"
-                                                    for mode, v in r["modes"].items()))
-    if "sweep" in sections:
-        rows = report["sweep"] = [sweep_throughput(m, sweep_steps, repeats) for m in models if m != "transformer"]
-        print(f"\nsweep: runs per minute, 16 runs (4 thresholds x 4 seeds), {sweep_steps} steps each")
-        for r in rows:
-            print(f"  {r['model']:<12} " + "   ".join(f"{name} {rate:6.1f} ({r['vs_sequential'][name]:.2f}x)"
-                                                    for name, rate in r["runs_per_min"].items()))
-    if "scale" in sections:
-        scale_steps = max(1, steps // 4)
+    def scale_rows() -> list:
         scaling(models[0], 1, scale_steps)  # warm-up: first-call costs are not a run's
         rows = [scaling(m, n, scale_steps) for m in models if m != "transformer" for n in COUNTS]
-        rows += [scaling("lstm", 16, scale_steps, f"task.length={t}") for t in LENGTHS if "lstm" in models]
-        report["scale"] = rows
-        print(f"\nscale: seconds for N runs of {scale_steps} steps, one after another vs vectorized (one process)")
-        for r in rows:
-            print(f"  {r['model']:<12} {' '.join(r['overrides']) or '':<16} N={r['runs']:<3} sequential "
-                  f"{r['sequential_s']:7.2f}   vectorized {r['vectorized_s']:7.2f}   {r['speedup']:.2f}x")
-    if "compile" in sections:
-        rows = report["compile"] = [{**loop(m, steps, repeats, "compile=true"), "first_step_s": _first_step(m)}
-                                    for m in models]
-        print(f"\ncompile: steps/s with compile=true, {steps} steps (compare with loop)")
-        for r in rows:
-            print(f"  {r['model']:<12} gradlab {r['gradlab_steps_per_s']:8.1f}   plain {r['plain_steps_per_s']:8.1f}"
-                  f"   {r['ratio']:.3f}x   first step {r['first_step_s']:.1f} s")
-    if "fixed" in sections:
-        rows = report["fixed"] = [fixed_cost(m, repeats) for m in models]
-        print("\nfixed: seconds for a whole 1-step run in a fresh process (start, imports, data, W&B init)")
-        for r in rows:
-            print(f"  {r['model']:<12} {r['seconds']:.2f} s")
+        return rows + [scaling("lstm", 16, scale_steps, f"task.length={t}") for t in LENGTHS if "lstm" in models]
+
+    scale_steps = max(1, steps // 4)
+    measures = {  # section -> (rows, title, one row's line)
+        "loop": (lambda: [loop(m, steps, repeats) for m in models],
+                 f"loop: steps/s, gradlab's loop (all metrics) vs a plain PyTorch loop, {steps} steps", _loop_line),
+        "clip": (lambda: [clip_costs(m, steps, repeats) for m in models],
+                 f"clip: ms per step of gradlab's step by clip mode (ratio to clip=none), {steps} steps",
+                 lambda r: "  ".join(f"{mode} {v['ms_per_step']:.2f} ({v['vs_none']:.2f}x)"
+                                     for mode, v in r["modes"].items())),
+        "sweep": (lambda: [sweep_throughput(m, sweep_steps, repeats) for m in models if m != "transformer"],
+                  f"sweep: runs per minute, 16 runs (4 thresholds x 4 seeds), {sweep_steps} steps each",
+                  lambda r: "   ".join(f"{name} {rate:6.1f} ({r['vs_sequential'][name]:.2f}x)"
+                                       for name, rate in r["runs_per_min"].items())),
+        "scale": (scale_rows, f"scale: seconds for N runs of {scale_steps} steps, one after another vs vectorized "
+                              "(one process)",
+                  lambda r: f"{' '.join(r['overrides']):<16} N={r['runs']:<3} sequential {r['sequential_s']:7.2f}   "
+                            f"vectorized {r['vectorized_s']:7.2f}   {r['speedup']:.2f}x"),
+        "fixed": (lambda: [fixed_cost(m, repeats) for m in models],
+                  "fixed: seconds for a whole 1-step run in a fresh process (start, imports, data, W&B init)",
+                  lambda r: f"{r['seconds']:.2f} s"),
+        "compile": (lambda: [{**loop(m, steps, repeats, "compile=true"), "first_step_s": _first_step(m)}
+                             for m in models],
+                    f"compile: steps/s with compile=true, {steps} steps (compare with loop)",
+                    lambda r: f"{_loop_line(r)}   first step {r['first_step_s']:.1f} s"),
+    }
+    for name in SECTIONS:
+        if name in sections:
+            rows, title, line = measures[name]
+            report[name] = rows()
+            print(f"\n{title}")
+            for r in report[name]:
+                print(f"  {r['model']:<12} {line(r)}", flush=True)
     return report
+
+
+def _loop_line(r: dict) -> str:
+    return f"gradlab {r['gradlab_steps_per_s']:8.1f}   plain {r['plain_steps_per_s']:8.1f}   {r['ratio']:.3f}x"
 
 
 def write(report: dict, path) -> None:

@@ -46,9 +46,11 @@ def check(conf: dict, size: int) -> None:
     if size == 1:
         return
     if conf["batch_size"] % size:
-        raise bad("batch_size", conf["batch_size"], f"must split evenly over the {size} processes of a data-parallel run")
+        raise bad("batch_size", conf["batch_size"],
+                  f"must split evenly over the {size} processes of a data-parallel run")
     if conf["device"] != "cpu" and torch.cuda.is_available() and size > torch.cuda.device_count():
-        raise bad("devices", size, f"this machine has {torch.cuda.device_count()} GPU(s); use device=cpu for more processes")
+        raise bad("devices", size,
+                  f"this machine has {torch.cuda.device_count()} GPU(s); use device=cpu for more processes")
 
 
 def spawn(devices: int, args: list[str]) -> int:

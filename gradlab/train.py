@@ -193,7 +193,8 @@ class Stepper:
         x, y = next(self.stream)
         self.lr = self.run.optimizer.param_groups[0]["lr"]
         at_layers = self.conf["layer_norms_every"] and step % self.conf["layer_norms_every"] == 0
-        self.before = [w.detach().clone() for w in self.run.model.parameters() if w.requires_grad] if at_layers else None
+        self.before = ([w.detach().clone() for w in self.run.model.parameters() if w.requires_grad]
+                       if at_layers else None)
         k = self.k
         return distributed.shard([(x, y)] if k == 1 else list(zip(x.chunk(k), y.chunk(k))), self.world)
 

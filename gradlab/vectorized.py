@@ -23,6 +23,7 @@ import copy
 import torch
 
 from gradlab.config import NOT_IDENTITY, clip_knobs, run_id, sweep_dir
+from gradlab.distributed import SOLO
 
 FREE = ("seed", "lr", "clip")  # what may differ within a group (besides the clip knobs)
 
@@ -87,17 +88,12 @@ class _Member:
         run = build(conf)
         # torch's fused kernel for the same update: in a group, the per-member optimizer step is
         # most of what is not shared, and the fused one takes a third of the time on a CPU
-        self.run = run._replace(optimizer=build_optimizer(conf["optim"], run.model.parameters(), conf["lr"], fused=True))
-        self.session = Session(conf, self.run, _solo())
+        fused = build_optimizer(conf["optim"], run.model.parameters(), conf["lr"], fused=True)
+        self.run = run._replace(optimizer=fused)
+        self.session = Session(conf, self.run, SOLO)
         self.session.tracker.start()
         self.stepper = Stepper(conf, self.run, self.session)
         self.params = [p for p in self.run.model.parameters() if p.requires_grad]
-
-
-def _solo():
-    from gradlab.distributed import SOLO
-
-    return SOLO
 
 
 def _one_line(e: Exception) -> str:
