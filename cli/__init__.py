@@ -224,9 +224,10 @@ def _names(value: str, allowed: tuple, option: str) -> list[str]:
 def bench(
     only: Annotated[str, typer.Option("--only", help="Sections, comma-separated: loop, clip, sweep, scale, fixed, compile.")] = "loop,clip,sweep,scale,fixed",
     models: Annotated[str, typer.Option("--models", help="Models, comma-separated: mlp, lstm, transformer.")] = "mlp,lstm,transformer",
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps per timing of loop and clip.")] = 200,
-    sweep_steps: Annotated[int, typer.Option("--sweep-steps", min=1, help="Steps of each run of the sweep section.")] = 100,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Steps per timing of loop (clip: half, scale: a quarter).")] = 100,
+    sweep_steps: Annotated[int, typer.Option("--sweep-steps", min=1, help="Steps of each run of the sweep section.")] = 50,
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timings per measurement; medians are reported.")] = 3,
+    sweep_repeats: Annotated[int, typer.Option("--sweep-repeats", min=1, help="Timings of each whole sweep.")] = 1,
     out: Annotated[str, typer.Option("--out", help="JSON file for the results.")] = "results/bench.json",
 ):
     """How fast gradlab is here: its loop vs plain PyTorch, clip mode costs, sweep throughput, scaling, fixed cost."""
@@ -235,7 +236,7 @@ def bench(
     with user_errors():
         sections = _names(only, measure.SECTIONS, "--only")
         chosen = _names(models, measure.MODELS, "--models")
-    report = measure.run(sections, chosen, steps, repeats, sweep_steps)
+    report = measure.run(sections, chosen, steps, repeats, sweep_steps, sweep_repeats)
     measure.write(report, out)
     typer.echo(f"\nresults -> {out}")
 

@@ -205,7 +205,8 @@ def fixed_cost(model: str, repeats: int) -> dict:
     return {"model": model, "seconds": statistics.median(times)}
 
 
-def run(sections: list[str], models: list[str], steps: int, repeats: int, sweep_steps: int) -> dict:
+def run(sections: list[str], models: list[str], steps: int, repeats: int, sweep_steps: int,
+        sweep_repeats: int) -> dict:
     """Measure the chosen sections, printing each table as it is done; the results as one dict."""
     import torch
 
@@ -226,12 +227,13 @@ def run(sections: list[str], models: list[str], steps: int, repeats: int, sweep_
     measures = {  # section -> (rows, title, one row's line)
         "loop": (lambda: [loop(m, steps, repeats) for m in models],
                  f"loop: steps/s, gradlab's loop (all metrics) vs a plain PyTorch loop, {steps} steps", _loop_line),
-        "clip": (lambda: [clip_costs(m, steps, repeats) for m in models],
-                 f"clip: ms per step of gradlab's step by clip mode (ratio to clip=none), {steps} steps",
+        "clip": (lambda: [clip_costs(m, max(1, steps // 2), repeats) for m in models],
+                 f"clip: ms per step of gradlab's step by clip mode (ratio to clip=none), {max(1, steps // 2)} steps",
                  lambda r: "  ".join(f"{mode} {v['ms_per_step']:.2f} ({v['vs_none']:.2f}x)"
                                      for mode, v in r["modes"].items())),
-        "sweep": (lambda: [sweep_throughput(m, sweep_steps, repeats) for m in models if m != "transformer"],
-                  f"sweep: runs per minute, 16 runs (4 thresholds x 4 seeds), {sweep_steps} steps each",
+        "sweep": (lambda: [sweep_throughput(m, sweep_steps, sweep_repeats) for m in models if m != "transformer"],
+                  f"sweep: runs per minute, 16 runs (4 thresholds x 4 seeds), {sweep_steps} steps each, "
+                  f"median of {sweep_repeats}",
                   lambda r: "   ".join(f"{name} {rate:6.1f} ({r['vs_sequential'][name]:.2f}x)"
                                        for name, rate in r["runs_per_min"].items())),
         "scale": (scale_rows, f"scale: seconds for N runs of {scale_steps} steps, one after another vs vectorized "
