@@ -20,6 +20,7 @@ from gradlab.errors import bad, positive
 NOT_IDENTITY = ("name", "results_root", "progress", "force", "wandb", "logger", "workers", "devices", "save_model",
                 "engine", "group_size", "compile")
 ENGINES = ("sequential", "vectorized")
+COMPILE = (False, True, "cudagraphs")
 PRECISIONS = ("fp32", "bf16", "fp16")
 REFERENCE_MARK = ".gradlab-reference"  # a results folder holding committed reference runs
 # options whose knobs change nothing while the option is off: switch -> its knobs
@@ -62,8 +63,8 @@ def check_knobs(conf: dict) -> None:
     if conf["workers"] != "auto":
         _positive_int(conf, "workers")
     _positive_int(conf, "group_size")
-    if not isinstance(conf["compile"], bool):
-        raise bad("compile", conf["compile"], "true or false")
+    if conf["compile"] not in COMPILE:
+        raise bad("compile", conf["compile"], "choose from false, true, cudagraphs")
     if conf["engine"] not in ENGINES:
         raise bad("engine", conf["engine"], f"choose from {', '.join(ENGINES)}")
     check_mistake(conf)

@@ -55,7 +55,8 @@ def build(conf: dict) -> Run:
         import torch._dynamo as dynamo
 
         dynamo.config.suppress_errors = True  # a model that does not compile runs eagerly, with a warning
-        model.compile()  # in place: parameter names stay those of the model
+        # in place, so parameter names stay the model's; reduce-overhead replays CUDA graphs on a GPU
+        model.compile(mode="reduce-overhead" if conf["compile"] == "cudagraphs" else None)
     clip = build_clip(conf["clip"], norm_type(conf["norm_type"]), model)
     optimizer = build_optimizer(conf["optim"], model.parameters(), conf["lr"])
     lr_factor(conf["optim"], conf["steps"])

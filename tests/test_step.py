@@ -295,3 +295,17 @@ def test_clip_fraction_is_the_share_of_clipped_steps(compose, clip, expected):
         max_norm = conf["clip"]["max_norm"]
         assert (h["clipped"] == (h["grad_norm"] > max_norm)).all()
         np.testing.assert_allclose(h["grad_norm_clipped"], np.minimum(h["grad_norm"], max_norm), rtol=1e-5)
+
+
+def test_compiled_run_computes_the_eager_run(compose):
+    """compile=true changes how the model runs, not what it computes (up to float rounding)."""
+    runs = []
+    for compiled in ("false", "true"):
+        conf = compose("model=mlp", "task=regression", "steps=5", "log_every=1", f"compile={compiled}",
+                       f"name={compiled}", "wandb=off")
+        summary = train(conf)
+        assert summary["status"] == "completed", summary
+        runs.append(history(summary, conf))
+    assert run_id(compose("compile=true")) == run_id(compose("compile=false"))  # the same run
+    columns = ["loss", "grad_norm", "grad_norm_clipped", "clipped"]
+    pd.testing.assert_frame_equal(runs[1][columns], runs[0][columns], rtol=1e-5)
