@@ -95,7 +95,7 @@ def _train(conf: dict, world: distributed.World) -> dict:
             if result:
                 break
     except Exception as e:  # recorded, not raised: the sweep goes on
-        result = {"status": "failed", "error": _one_line(e)}
+        result = {"status": "failed", "error": one_line(e)}
     finally:
         summary = session.close(result)
     return summary
@@ -149,7 +149,7 @@ class Session:
             records.finish(self.run_dir, self.summary, pd.DataFrame(self.history, columns=COLUMNS),
                            pd.DataFrame(self.layers, columns=LAYER_COLUMNS) if self.layers else None)
         except OSError as e:  # e.g. disk full: record the failure in the space the partial files held
-            self.summary.update(status="failed", error=_one_line(e))
+            self.summary.update(status="failed", error=one_line(e))
             records.salvage(self.run_dir, self.summary)
 
 
@@ -158,7 +158,7 @@ COLUMNS = ["step", *RECORDED, "clip_coef", "clip_fraction", "lr", "eval_loss", "
            "time_s", "steps_per_s", "samples_per_s"]
 
 
-def _one_line(e: Exception) -> str:
+def one_line(e: Exception) -> str:
     return f"{type(e).__name__}: {e}".splitlines()[0]
 
 

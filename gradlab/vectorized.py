@@ -80,11 +80,11 @@ def stacked_forward(base: torch.nn.Module, params: dict, x: torch.Tensor) -> tor
 
 
 class _Member:
-    def __init__(self, conf: dict):
+    def __init__(self, index: int, conf: dict):
         from gradlab.optim import build_optimizer
         from gradlab.train import Session, Stepper, build
 
-        self.conf, self.result = conf, None
+        self.index, self.conf, self.result = index, conf, None
         run = build(conf)
         # torch's fused kernel for the same update: in a group, the per-member optimizer step is
         # most of what is not shared, and the fused one takes a third of the time on a CPU
@@ -96,15 +96,11 @@ class _Member:
         self.params = [p for p in self.run.model.parameters() if p.requires_grad]
 
 
-def _one_line(e: Exception) -> str:
-    return f"{type(e).__name__}: {e}".splitlines()[0]
-
-
 def train_group(confs: list[dict]) -> list[dict]:
     """Train the runs of one group together; their summaries, in order."""
     from gradlab.config import check_writable
     from gradlab.step import finish_step
-    from gradlab.train import finished
+    from gradlab.train import finished, one_line
 
     summaries, members = {}, []
     for i, conf in enumerate(confs):
@@ -113,17 +109,17 @@ def train_group(confs: list[dict]) -> list[dict]:
             summaries[i] = done
             continue
         check_writable(conf)
-        members.append((i, _Member(conf)))
+        members.append(_Member(i, conf))
     if not members:
         return [summaries[i] for i in range(len(confs))]
 
-    first = members[0][1]
+    first = members[0]
     base = copy.deepcopy(first.run.model)  # the shape (and buffers) that functional_call fills in
     names = [n for n, p in base.named_parameters() if p.requires_grad]
     steps = first.conf["steps"]
     try:
         for step in range(1, steps + 1):
-            active = [m for _, m in members if m.result is None]
+            active = [m for m in members if m.result is None]
             if not active:
                 break
             losses = _backward(base, names, active, [m.stepper.batches(step) for m in active])
@@ -131,23 +127,19 @@ def train_group(confs: list[dict]) -> list[dict]:
                 try:
                     m.result = m.stepper.record(step, finish_step(loss, *_finish_args(m)))
                 except Exception as e:  # this member fails; the others go on
-                    m.result = {"status": "failed", "error": _one_line(e)}
+                    m.result = {"status": "failed", "error": one_line(e)}
                 if m.result:
-                    summaries[_index(members, m)] = m.session.close(m.result)
+                    summaries[m.index] = m.session.close(m.result)
     except Exception as e:  # the shared pass failed: every member still in it fails with it
-        for i, m in members:
+        for m in members:
             if m.result is None:
-                m.result = {"status": "failed", "error": _one_line(e)}
-                summaries[i] = m.session.close(m.result)
+                m.result = {"status": "failed", "error": one_line(e)}
+                summaries[m.index] = m.session.close(m.result)
     finally:
-        for i, m in members:
-            if i not in summaries:  # interrupted
-                summaries[i] = m.session.close(m.result or {})
+        for m in members:
+            if m.index not in summaries:  # interrupted
+                summaries[m.index] = m.session.close(m.result or {})
     return [summaries[i] for i in range(len(confs))]
-
-
-def _index(members: list, member: _Member) -> int:
-    return next(i for i, m in members if m is member)
 
 
 def _finish_args(m: _Member) -> tuple:
