@@ -81,7 +81,7 @@ def _train(conf: dict, world: distributed.World) -> dict:
         return done
     workers = 1 if conf["workers"] == "auto" else conf["workers"]
     parallel.share_cores(workers * world.local_size)
-    if workers > 1 and conf["device"] == "auto" and parallel.gpus():
+    if workers > 1 and conf["device"] in ("auto", "cuda") and parallel.gpus():  # not a chosen cuda:N
         parallel.pin_gpu(sweep_dir(conf), workers)
     run = build(conf)
     check_writable(conf)
