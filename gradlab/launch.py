@@ -92,15 +92,9 @@ def plan(overrides: list[str], multirun: bool) -> Plan:
     return Plan(overrides, confs, composed[0].hydra.runtime.choices["hydra/launcher"])
 
 
-def _done(conf: dict) -> dict | None:
-    from gradlab import records
-    from gradlab.config import identity, run_id, sweep_dir
-
-    return None if conf["force"] else records.finished(sweep_dir(conf) / run_id(conf), identity(conf))
-
-
 def print_plan(p: Plan, settings: list[str] = ()) -> None:
     from gradlab.config import run_id, sweep_dir
+    from gradlab.train import finished_before
 
     confs = p.confs
     print(f"sweep {confs[0]['name']}: {len(confs)} run(s) -> {sweep_dir(confs[0])}")
@@ -114,7 +108,7 @@ def print_plan(p: Plan, settings: list[str] = ()) -> None:
     elif settings:
         print(f"launcher: {p.launcher} ({' '.join(settings)})")
     for i, (conf, job) in enumerate(zip(confs, expand(p.overrides))):
-        done = _done(conf)
+        done = finished_before(conf)
         status = f"done ({done['status']})" if done else "to run"
         shown = " ".join(o for o in job if key_of(o) != "name")
         print(f"  {i:>3}  {run_id(conf):<44} {status:<18} {shown}")
@@ -143,10 +137,11 @@ def _launch_overrides(p: Plan, to_run: int) -> list[str]:
 def sweep(overrides: list[str], dry_run: bool = False) -> list:
     """Run (or, dry, list) the sweep; returns the folders of its runs."""
     from gradlab.config import run_id, sweep_dir
+    from gradlab.train import finished_before
 
     p = plan(overrides, multirun=True)
     runs = list(dict.fromkeys(sweep_dir(conf) / run_id(conf) for conf in p.confs))
-    done_before = {sweep_dir(conf) / run_id(conf) for conf in p.confs if _done(conf)}
+    done_before = {sweep_dir(conf) / run_id(conf) for conf in p.confs if finished_before(conf)}
     settings = _launch_overrides(p, len(runs) - len(done_before))
     vectorized = p.confs[0]["engine"] == "vectorized"
     if vectorized and p.launcher != "basic":

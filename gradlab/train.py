@@ -101,12 +101,16 @@ def _train(conf: dict, world: distributed.World) -> dict:
     return summary
 
 
+def finished_before(conf: dict) -> dict | None:
+    """The summary of this run if it finished before and is not to be forced (force=true)."""
+    return None if conf.get("force") else records.finished(sweep_dir(conf) / run_id(conf), identity(conf))
+
+
 def finished(conf: dict) -> dict | None:
-    """The summary of this run if it finished before (and is not to be forced), marked skipped."""
-    run_dir = sweep_dir(conf) / run_id(conf)
-    done = None if conf.get("force") else records.finished(run_dir, identity(conf))
+    """finished_before, said on the console and marked skipped: what a run that is not made returns."""
+    done = finished_before(conf)
     if done and distributed.world().rank == 0:
-        report_skipped(conf["progress"], done, run_dir)
+        report_skipped(conf["progress"], done, sweep_dir(conf) / run_id(conf))
     return {**done, "skipped": True} if done else None
 
 
