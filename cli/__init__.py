@@ -25,8 +25,8 @@ Force = Annotated[bool, typer.Option("--force", help="Re-run runs that already f
 @contextmanager
 def user_errors():
     """Bad input ends in one line on stderr and exit code 2, never a traceback; a sweep whose
-    launcher broke down, in one line and exit code 1."""
-    from gradlab.errors import ConfigError, LaunchError
+    launcher broke down, in one line and exit code 1; Ctrl-C, in one line and exit code 130."""
+    from gradlab.errors import ConfigError, Interrupted, LaunchError
 
     try:
         yield
@@ -36,6 +36,21 @@ def user_errors():
     except LaunchError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
+    except (Interrupted, KeyboardInterrupt) as e:
+        typer.echo(str(e) if isinstance(e, Interrupted) else
+                   "interrupted: finished runs are kept; running the same command again makes the rest", err=True)
+        _handled_interrupt()
+        raise typer.Exit(130) from None
+
+
+def _handled_interrupt() -> None:
+    """Keep exit code 130 after a Ctrl-C that gradlab handled. CPython ends the process with
+    SIGINT instead (exit -2) when a KeyboardInterrupt once escaped Python code that a C
+    extension ran through PyRun_*, even if the interrupt was handled further up; one
+    successful PyRun_* call clears that flag."""
+    import ctypes
+
+    ctypes.pythonapi.PyRun_SimpleString(b"pass")
 
 
 def _flags(quiet: bool, force: bool) -> list[str]:
@@ -59,7 +74,9 @@ def sweep(ctx: typer.Context, dry_run: DryRun = False, quiet: Quiet = False, for
     from gradlab import launch
 
     with user_errors():
-        launch.sweep([*ctx.args, *_flags(quiet, force)], dry_run=dry_run)
+        counts = launch.sweep([*ctx.args, *_flags(quiet, force)], dry_run=dry_run).counts
+    if counts.get("failed") or counts.get("unfinished"):
+        raise typer.Exit(1)
 
 
 @app.command("list")
@@ -123,7 +140,7 @@ def compare(
             raise ConfigError(f"--format {fmt}: choose from md, csv, latex, all")
         runs, comparison = _comparison(paths, by, metric, target)
         cells = cmp.readable(comparison)
-        _print_table(cmp.readable(comparison, intervals=False), comparison.metric)
+        _print_table(cmp.readable(comparison, intervals=False), comparison)
         written = cmp.write(comparison, cells, Path(out or paths[0]), formats)
         if wandb:
             _report(runs, comparison, cells, Path(out or paths[0]))
@@ -149,11 +166,13 @@ def plot(paths: Paths, by: By = "", metric: Metric = "eval_loss", out: Out = "")
     typer.echo("wrote " + ", ".join(map(str, written)))
 
 
-def _print_table(cells, metric: str) -> None:
+def _print_table(cells, comparison) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"sorted by {metric}: mean ± std over completed runs; * = best")
+    best = (f"ranked within each of the {comparison.tasks} tasks, * = best of its task" if comparison.tasks > 1
+            else "* = best")
+    table = Table(title=f"sorted by {comparison.metric}: mean ± std over completed runs; {best}")
     for column in cells.columns:
         table.add_column(column, no_wrap=True)
     for row in cells.itertuples(index=False):

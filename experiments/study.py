@@ -39,7 +39,7 @@ class Lab:
         for arm in arms:
             overrides = [*arm, *self.extra, f"name={label}", f"results_root={self.dir}"]
             self.commands.append("gradlab sweep " + " ".join(shlex.quote(o) for o in overrides))
-            runs += launch.sweep(overrides)
+            runs += launch.sweep(overrides).runs
         return load_runs(list(dict.fromkeys(runs)))
 
     def table(self, label: str, runs: pd.DataFrame, note: str = "", **options) -> Comparison:
@@ -91,7 +91,7 @@ def write_report(study, lab: Lab, verdict: list[str], wall_s: float) -> Path:
 def arms(comparison: Comparison) -> dict:
     """Table rows by arm label: the clip mode with its knob values (`none`, `norm1`, `value0.5`),
     then `key=value` for the other grouping keys (`norm1 lr=0.001`, `accum_steps=4 mistake=-`)."""
-    table, _, by = comparison
+    table, by = comparison.table, comparison.by
     labelled = {}
     for _, r in table.iterrows():
         clip = [r["clip.mode"] + "".join(r[k] for k in by if k.startswith("clip.") and k != "clip.mode" and r[k] != "-")

@@ -6,7 +6,6 @@ vary across runs (seeds are aggregated over), from local files alone.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
+from gradlab import records
 from gradlab.config import NOT_IDENTITY, clip_knobs
 from gradlab.errors import ConfigError
 from gradlab.tracking import flatten
@@ -29,7 +29,8 @@ PRIORITY = ("model.name", "task.name", "clip.mode")  # preferred grouping keys, 
 
 
 def load_runs(paths: list) -> pd.DataFrame:
-    """Every finished run record under `paths`, one row each; corrupt records are skipped with a warning."""
+    """Every run record under `paths`, one row each; a record that is not complete and readable
+    (records.read) is skipped with a one-line warning."""
     import yaml
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -37,18 +38,20 @@ def load_runs(paths: list) -> pd.DataFrame:
     for root in map(Path, paths):
         if not root.exists():
             raise ConfigError(f"{root}: no such file or folder")
-        found = sorted(root.rglob("summary.json")) if root.is_dir() else []
+        found = [p.parent for p in sorted(root.rglob(records.SUMMARY)) if not _hidden(p.relative_to(root))] \
+            if root.is_dir() else []
         if not found:
             raise ConfigError(f"{root}: no run records (summary.json) found")
-        for path in found:
+        for run in found:
             try:
-                summary = json.loads(path.read_text())
-                config = yaml.load((path.parent / "config.yaml").read_text(), Loader=loader)
-                config = flatten({k: v for k, v in config.items() if k not in NOT_IDENTITY})
-                rows.append({**config, **flatten(summary), "path": str(path.parent)})
-                from_config |= set(config)
-            except (OSError, ValueError, AttributeError, yaml.YAMLError) as e:
-                print(f"warning: skipping {path.parent}: unreadable record ({type(e).__name__})", file=sys.stderr)
+                summary = records.read(run)
+            except records.Unreadable as e:
+                print(f"warning: skipping {run}: unreadable record ({e})", file=sys.stderr)
+                continue
+            config = yaml.load((run / "config.yaml").read_text(), Loader=loader)
+            config = flatten({k: v for k, v in config.items() if k not in NOT_IDENTITY})
+            rows.append({**config, **flatten(summary), "path": str(run)})
+            from_config |= set(config)
     if not rows:
         raise ConfigError(f"{', '.join(map(str, paths))}: no readable run records")
     frame = pd.DataFrame(rows)
@@ -57,6 +60,11 @@ def load_runs(paths: list) -> pd.DataFrame:
             frame[column] = frame[column].map(lambda v: str(v) if isinstance(v, list) else v)
     frame.attrs["config_keys"] = from_config  # pandas carries attrs through copies and selections
     return frame
+
+
+def _hidden(path: Path) -> bool:
+    """Inside a folder kept out of sight: gradlab's working folder (runs being made), or the user's."""
+    return any(part.startswith(".") for part in path.parts)
 
 
 def config_keys(runs: pd.DataFrame) -> list[str]:
@@ -119,19 +127,19 @@ def check_keys(runs: pd.DataFrame, by: list[str]) -> None:
 def read_history(run_dir: str, columns: list) -> pd.DataFrame | None:
     """The run's per-step series (float columns), or None where it has none (failed before a step, salvaged)."""
     try:
-        history = pd.read_csv(Path(run_dir) / "history.csv", usecols=["step", *columns])
+        history = pd.read_csv(Path(run_dir) / "history.csv", usecols=["step", *columns], dtype=float)
     except (OSError, ValueError):
         return None
-    return history.astype(float) if len(history) else None
+    return history if len(history) else None
 
 
-def steps_to_target(path: str, metric: str, target: float) -> float:
-    """First optimizer step at which the metric's series reaches target (nan: never)."""
+def steps_to_target(path: str, metric: str, target: float) -> float | None:
+    """First optimizer step at which the metric's series reaches target (nan: never; None: the
+    series cannot be read)."""
     column = SERIES[metric.rsplit("_", 1)[0]]
     history = read_history(path, [column])
     if history is None:
-        print(f"warning: {path}: no readable history.csv; counted as not reaching the target", file=sys.stderr)
-        return math.nan
+        return None
     history = history.dropna()
     values = history[column].rolling(10, min_periods=1).mean() if column == "loss" else history[column]
     reached = values >= target if metric in HIGHER_IS_BETTER else values <= target
@@ -149,27 +157,39 @@ def _interval(values: pd.Series) -> float:
 
 
 class Comparison(NamedTuple):
-    table: pd.DataFrame  # one row per group, best first, raw numbers
+    table: pd.DataFrame  # one row per group, best first (per task, when the runs are of several), raw numbers
     metric: str          # the summary figure it is sorted by
     by: list             # the grouping keys
+    tasks: int = 1       # tasks among the runs: rows are ranked within each task
 
 
 def compare(runs: pd.DataFrame, by: list[str] | None = None, metric: str = "eval_loss",
             target: float | None = None) -> Comparison:
     """Group runs, aggregate over seeds, sort by metric and mark the best group.
 
-    Means and spreads are over completed runs; diverged and failed runs are counted.
+    Means and spreads are over completed runs; diverged and failed runs are counted. Runs of
+    different tasks (losses of different kinds) are never ranked against each other: the task
+    leads the grouping, and each task has its own best row.
     """
+    if not (runs["status"] == "completed").any():
+        counts = ", ".join(f"{n} {status}" for status, n in runs["status"].value_counts().items())
+        raise ConfigError(f"no completed run to compare among these {len(runs)} records ({counts})")
     metric = resolve_metric(runs, metric)
     runs = effective_runs(runs)
     by = by if by is not None else grouping_keys(runs)
     check_keys(runs, by)
+    tasks = runs["task.name"].nunique() if "task.name" in runs else 1
+    if tasks > 1:
+        by = ["task.name", *(k for k in by if k != "task.name")]
     if target is not None and metric.rsplit("_", 1)[0] not in SERIES:
         raise ConfigError(f"--target needs a loss or accuracy metric, not {metric}")
     runs = runs.copy()
     if target is not None:
-        runs["steps_to_target"] = [steps_to_target(p, metric, target) if s == "completed" else math.nan
-                                   for p, s in zip(runs["path"], runs["status"])]
+        steps = {p: steps_to_target(p, metric, target) for p, s in zip(runs["path"], runs["status"]) if s == "completed"}
+        for path in [p for p, s in steps.items() if s is None]:
+            print(f"warning: skipping {path}: unreadable record (history.csv)", file=sys.stderr)
+        runs = runs[runs["path"].map(lambda p: p not in steps or steps[p] is not None)]
+        runs["steps_to_target"] = runs["path"].map(lambda p: steps.get(p, math.nan)).astype(float)
     rows = []
     for labels, group in runs.groupby(by, dropna=False, sort=False) if by else [((), runs)]:
         done = group[group["status"] == "completed"]
@@ -188,11 +208,13 @@ def compare(runs: pd.DataFrame, by: list[str] | None = None, metric: str = "eval
             row["reached_target"] = f"{len(reached)}/{len(group)}"
         rows.append(row)
     table = pd.DataFrame(rows)
-    table = table.sort_values(f"{metric}_mean", ascending=metric not in HIGHER_IS_BETTER, na_position="last")
-    table.insert(0, "best", [""] * len(table))
-    if table[f"{metric}_mean"].notna().any():
-        table.iloc[0, 0] = "*"
-    return Comparison(table.reset_index(drop=True), metric, by)
+    order = ["task.name"] if tasks > 1 else []
+    table = table.sort_values([*order, f"{metric}_mean"], ascending=[*(True for _ in order), metric not in HIGHER_IS_BETTER],
+                              na_position="last").reset_index(drop=True)
+    ranked = table[table[f"{metric}_mean"].notna()]
+    best = ranked.groupby("task.name", sort=False).head(1).index if tasks > 1 else ranked.index[:1]
+    table.insert(0, "best", ["*" if i in best else "" for i in table.index])
+    return Comparison(table, metric, by, tasks)
 
 
 def _label(value) -> str:
@@ -214,7 +236,7 @@ def _fmt(mean: float, std: float = math.nan, ci: float = math.nan) -> str:
 
 def readable(comparison: Comparison, intervals: bool = True) -> pd.DataFrame:
     """The table as text cells: mean ± std [± 95% interval] of each figure, counts, steps to target."""
-    table, metric, by = comparison
+    table, metric, by = comparison.table, comparison.metric, comparison.by
     shown = [metric] + [m for m in SHOWN if m != metric and f"{m}_mean" in table and table[f"{m}_mean"].notna().any()]
     out = table[["best", *by, "runs", "completed", "diverged", "failed"]].copy()
     for m in shown:
@@ -231,8 +253,10 @@ def readable(comparison: Comparison, intervals: bool = True) -> pd.DataFrame:
     return out
 
 
-def caption(metric: str) -> str:
-    return (f"Sorted by {metric}; * = best. Figures: mean ± std over completed runs "
+def caption(comparison: Comparison) -> str:
+    ranked = (f"ranked within each task ({comparison.tasks} tasks: their losses are not comparable); * = best of its task"
+              if comparison.tasks > 1 else "* = best")
+    return (f"Sorted by {comparison.metric}; {ranked}. Figures: mean ± std over completed runs "
             f"[± half-width of the 95% t-interval when n >= 3]; diverged and failed runs are counted, not averaged.")
 
 
@@ -250,7 +274,7 @@ def to_latex(cells: pd.DataFrame) -> str:
 def write(comparison: Comparison, cells: pd.DataFrame, out: Path, formats: list[str]) -> list[Path]:
     """comparison.md / .csv (raw numbers) / .tex beside the runs."""
     table = comparison.table
-    writers = {"md": lambda p: p.write_text(f"{caption(comparison.metric)}\n\n{to_markdown(cells)}"),
+    writers = {"md": lambda p: p.write_text(f"{caption(comparison)}\n\n{to_markdown(cells)}"),
                "csv": lambda p: table.to_csv(p, index=False),
                "latex": lambda p: p.write_text(to_latex(cells))}
     suffix = {"md": "md", "csv": "csv", "latex": "tex"}
@@ -259,7 +283,7 @@ def write(comparison: Comparison, cells: pd.DataFrame, out: Path, formats: list[
         out.mkdir(parents=True, exist_ok=True)
         for fmt in formats:
             path = out / f"comparison.{suffix[fmt]}"
-            writers[fmt](path)
+            records.atomic_write(path, writers[fmt])
             written.append(path)
     except OSError as e:
         raise ConfigError(f"--out {out}: cannot write there ({e.strerror or e})") from None

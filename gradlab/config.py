@@ -22,6 +22,8 @@ NOT_IDENTITY = ("name", "results_root", "progress", "force", "wandb", "logger", 
 ENGINES = ("sequential", "vectorized")
 COMPILE = (False, True, "cudagraphs")
 PRECISIONS = ("fp32", "bf16", "fp16")
+LR_MAX = 1e30  # larger rates overflow float32 in the optimizers' own arithmetic (Adam: lr / (1 - beta1))
+LR_ALLOWED = f"must be a number in (0, {LR_MAX:g}]"
 REFERENCE_MARK = ".gradlab-reference"  # a results folder holding committed reference runs
 # options whose knobs change nothing while the option is off: switch -> its knobs
 SWITCHED = {"skip_spikes": ("spike_metric", "spike_sigma", "spike_window", "spike_min_history")}
@@ -53,8 +55,11 @@ def check_knobs(conf: dict) -> None:
     for key in ("eval_every", "layer_norms_every", "smoothness_every"):
         if isinstance(conf[key], bool) or not isinstance(conf[key], int) or conf[key] < 0:
             raise bad(key, conf[key], "must be an integer >= 0 (0 = off)")
-    if positive("lr", conf["lr"], "must be a finite number > 0") == math.inf:
-        raise bad("lr", conf["lr"], "must be a finite number > 0")
+    if positive("lr", conf["lr"], LR_ALLOWED) > LR_MAX:
+        raise bad("lr", conf["lr"], LR_ALLOWED)
+    for key in ("skip_spikes", "save_model", "force"):
+        if not isinstance(conf[key], bool):
+            raise bad(key, conf[key], "must be true or false")
     norm_type(conf["norm_type"])
     if conf["precision"] not in PRECISIONS:
         raise bad("precision", conf["precision"], f"choose from {', '.join(PRECISIONS)}")
@@ -85,6 +90,13 @@ def check_mistake(conf: dict) -> None:
         raise bad("mistake", mistake, "only happens with accum_steps >= 2")
 
 
+def sizes(conf: dict) -> str:
+    """The sizes that decide a run's memory, for an out-of-memory message: `model=lstm hidden_size=200000 ... batch_size=64`."""
+    model = conf["model"]
+    knobs = [f"{k}={v}" for k, v in model.items() if isinstance(v, int) and not isinstance(v, bool)]
+    return " ".join([f"model={model['name']}", *knobs, f"batch_size={conf['batch_size']}"])
+
+
 def resolve_device(name: str):
     """`auto` -> cuda when available else cpu; `cuda` without a GPU is an error, not a fallback."""
     import torch
@@ -111,7 +123,11 @@ def sweep_dir(conf: dict) -> Path:
 
 
 def check_writable(conf: dict) -> None:
-    """The sweep's folder can be created and written, and is not a committed reference folder."""
+    """The sweep's folder is inside results_root, can be created and written, and is not a
+    committed reference folder."""
+    name = Path(str(conf["name"]))
+    if name.is_absolute() or ".." in name.parts or not name.parts:
+        raise bad("name", conf["name"], "must be a folder name inside results_root (relative, without '..')")
     path = sweep_dir(conf)
     for parent in [path, *path.parents]:
         if (parent / REFERENCE_MARK).exists():

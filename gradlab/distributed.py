@@ -89,6 +89,17 @@ def barrier(w: World) -> None:
         dist.barrier()
 
 
+def agree(flag: bool, w: World) -> bool:
+    """Rank 0's flag, on every rank."""
+    if w.size == 1:
+        return flag
+    import torch.distributed as dist
+
+    value = [flag]
+    dist.broadcast_object_list(value, src=0)
+    return value[0]
+
+
 def wrap(model, size: int):
     """The model as DDP wraps it, for training steps; itself in a single process."""
     if size == 1:

@@ -14,7 +14,7 @@ import sys
 from importlib import resources
 from typing import NamedTuple
 
-from gradlab.errors import ConfigError, LaunchError, bad
+from gradlab.errors import ConfigError, Interrupted, LaunchError, bad
 from gradlab.sweep import GROUPS, default_name, expand, key_of
 
 
@@ -27,7 +27,7 @@ def options(group: str) -> list[str]:
 def _check_override(override: str, known_keys: set) -> None:
     key = key_of(override)
     value = override.split("=", 1)[1] if "=" in override else ""
-    if override.startswith(("+", "~")) or key.startswith("hydra"):
+    if override.startswith("+") or key.startswith("hydra"):
         return
     if key in GROUPS:
         if value not in options(key) and not (key == "experiment" and value == "null"):
@@ -41,6 +41,49 @@ def _check_override(override: str, known_keys: set) -> None:
 def _hydra_error(e: Exception) -> ConfigError:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     return ConfigError(lines[0] if lines else type(e).__name__)
+
+
+def _check_syntax(overrides: list[str]) -> None:
+    """Each override parses in Hydra's grammar and sets (never deletes) a key."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for override in overrides:
+        if override.startswith("~") and not key_of(override).startswith("hydra"):
+            raise ConfigError(f"{override}: gradlab needs every key of the configuration; set "
+                              f"{key_of(override)}=VALUE instead of deleting it")
+        try:
+            parser.parse_overrides([override])
+        except HydraException as e:
+            raise ConfigError(f"{override}: not an override gradlab can read ({_hydra_error(e)}); quote a value with "
+                              f"spaces, non-ASCII or special characters, as in '{key_of(override)}=\"...\"'") from None
+
+
+def _unknown_nested(job: list[str]) -> ConfigError | None:
+    """The error for a dotted key that the chosen option does not have (model.hiden_size under
+    model=lstm), with the closest key it has; None if every dotted key exists."""
+    from hydra import compose
+
+    chosen = [o for o in job if key_of(o) in GROUPS]
+    base = compose("config", overrides=chosen)
+    for override in job:
+        key = key_of(override)
+        if override.startswith("+") or "." not in key or key.startswith("hydra"):
+            continue
+        *parents, leaf = key.split(".")
+        node = base
+        for part in parents:
+            node = node.get(part) if hasattr(node, "get") else None
+        if hasattr(node, "keys") and leaf not in node:
+            siblings = [f"{'.'.join(parents)}.{k}" for k in node.keys()]
+            close = difflib.get_close_matches(key, siblings, n=1)
+            group = parents[0]
+            owner = f" of {group}={base[group]['name']}" if group in GROUPS and "name" in base[group] else ""
+            hint = f"did you mean {close[0]}? " if close else ""
+            return ConfigError(f"{key}: unknown key{owner}; {hint}(`gradlab list` shows the options; "
+                               f"+{key}=... adds a key)")
+    return None
 
 
 def compose_all(jobs: list[list[str]]) -> list:
@@ -58,7 +101,7 @@ def compose_all(jobs: list[list[str]]) -> list:
             try:
                 configs.append(compose("config", overrides=job, return_hydra_config=True))
             except (HydraException, OmegaConfBaseException) as e:
-                raise _hydra_error(e) from None
+                raise (_unknown_nested(job) or _hydra_error(e)) from None
     return configs
 
 
@@ -72,12 +115,16 @@ def plan(overrides: list[str], multirun: bool) -> Plan:
     """Every job composed and checked, before anything is written."""
     from hydra.errors import HydraException
 
+    _check_syntax(overrides)
     if not any(key_of(o) == "name" for o in overrides):
         overrides = [*overrides, f"name='{default_name(overrides)}'"]  # quoted: may hold commas
     try:
         jobs = expand(overrides)
     except HydraException as e:
         raise _hydra_error(e) from None
+    if not jobs:
+        empty = [o for o in overrides if not expand([o])]
+        raise ConfigError(f"{', '.join(empty) or ' '.join(overrides)}: sweeps over no values; nothing to run")
     if not multirun and len(jobs) > 1:
         raise ConfigError(f"{len(jobs)} configurations given: `gradlab train` runs one; use `gradlab sweep`")
 
@@ -134,8 +181,14 @@ def _launch_overrides(p: Plan, to_run: int) -> list[str]:
     return [f"workers={workers}"]
 
 
-def sweep(overrides: list[str], dry_run: bool = False) -> list:
-    """Run (or, dry, list) the sweep; returns the folders of its runs."""
+class Swept(NamedTuple):
+    runs: list     # the folders of the sweep's runs
+    counts: dict   # status -> runs, as read from the records (`_report`)
+
+
+def sweep(overrides: list[str], dry_run: bool = False) -> Swept:
+    """Run (or, dry, list) the sweep: the folders of its runs, and how they ended."""
+    from gradlab import parallel
     from gradlab.config import run_id, sweep_dir
     from gradlab.train import finished_before
 
@@ -148,48 +201,65 @@ def sweep(overrides: list[str], dry_run: bool = False) -> list:
         raise bad("engine", "vectorized", "trains its groups in this process; use it with launcher=basic")
     if dry_run:
         print_plan(p, settings)
-        return runs
-    if vectorized:
-        from gradlab.vectorized import run_groups
-
-        run_groups(p.confs)
-        _report(p, done_before)
-        return runs
-
-    from gradlab.app import main
-
-    sys.argv = ["gradlab", "--multirun", *p.overrides, *settings]
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # a launcher's failure is raised here, not printed as a traceback
+        return Swept(runs, {})
     try:
-        main()
+        if vectorized:
+            from gradlab.vectorized import run_groups
+
+            run_groups(p.confs)
+        else:
+            from gradlab.app import main
+
+            sys.argv = ["gradlab", "--multirun", *p.overrides, *settings]
+            os.environ["HYDRA_FULL_ERROR"] = "1"  # a launcher's failure is raised here, not printed as a traceback
+            os.environ[parallel.SWEEP_PID] = str(os.getpid())  # its workers stop when this process is gone
+            try:
+                main()
+            finally:
+                del os.environ[parallel.SWEEP_PID]
+    except KeyboardInterrupt:
+        _report(p, done_before)
+        raise Interrupted("interrupted: finished runs are kept, the run(s) in progress are recorded as "
+                          "interrupted; running the same command again makes the rest") from None
     except Exception as e:
         _report(p, done_before)
         first = next((line for line in str(e).splitlines() if line.strip()), "")
         raise LaunchError(f"the {p.launcher} launcher stopped ({type(e).__name__}: {first}); finished runs are "
                           "kept, and running the same command again makes the rest") from None
-    _report(p, done_before)
-    return runs
+    return Swept(runs, _report(p, done_before))
 
 
-def _report(p: Plan, done_before: set) -> None:
+def _report(p: Plan, done_before: set) -> dict:
     """The sweep's outcome, read from its records: the same under every launcher. A job whose
-    run had finished before, or was made by an earlier job of the sweep, counts as skipped."""
+    run had finished before, or was made by an earlier job of the sweep, counts as skipped; a
+    run without a readable record is unfinished, or in progress elsewhere (another sweep)."""
     from gradlab import records
     from gradlab.config import run_id, sweep_dir
     from gradlab.progress import offline_hint, resolve_mode
 
-    counts, seen, offline = {"completed": 0, "diverged": 0, "failed": 0, "skipped": 0, "unfinished": 0}, set(), False
+    counts = dict.fromkeys(("completed", "diverged", "failed", "interrupted", "skipped", "elsewhere", "unfinished"), 0)
+    seen = set()
     for run in (sweep_dir(conf) / run_id(conf) for conf in p.confs):
-        summary = records.read_summary(run) or {"status": "unfinished"}
-        counts["skipped" if run in done_before | seen else summary["status"]] += 1
+        counts["skipped" if run in done_before | seen else _status(run)] += 1
         seen.add(run)
-        offline |= summary.get("wandb", {}).get("mode") == "offline"
     if resolve_mode(p.confs[0]["progress"]) != "none":
         folder = sweep_dir(p.confs[0])
-        shown = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+        shown = ", ".join(f"{n} {'in progress elsewhere' if k == 'elsewhere' else k}" for k, n in counts.items() if n)
         print(f"sweep finished: {len(p.confs)} runs ({shown}) -> {folder}", flush=True)
-        if offline:
+        if any(folder.glob("*/wandb/offline-run-*")):
             print(offline_hint(f"{folder}/*"), flush=True)
+    return counts
+
+
+def _status(run) -> str:
+    from gradlab import records
+
+    if records.in_progress(run):
+        return "elsewhere"
+    try:
+        return records.read(run)["status"]
+    except records.Unreadable:
+        return "unfinished"
 
 
 def train(overrides: list[str], dry_run: bool = False) -> dict | None:
@@ -198,17 +268,27 @@ def train(overrides: list[str], dry_run: bool = False) -> dict | None:
     if dry_run:
         print_plan(p)
         return None
+    from pathlib import Path
+
     from gradlab import distributed, records
     from gradlab.config import run_id, sweep_dir
     from gradlab.progress import offline_hint, resolve_mode
     from gradlab.train import train as run
 
+    run_dir = sweep_dir(conf) / run_id(conf)
     if conf["devices"] > 1 and distributed.world().size == 1:  # start the run's processes; rank 0 reports
         distributed.check(conf, conf["devices"])
         distributed.spawn(conf["devices"], p.overrides)
-        return records.read_summary(sweep_dir(conf) / run_id(conf)) or {"status": "failed"}
-    summary = run(conf)
+        try:
+            return records.read(run_dir)
+        except records.Unreadable:
+            return {"status": "failed"}
+    try:
+        summary = run(conf)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted: the run is recorded as interrupted unless {run_dir} already held a "
+                          "finished one, which is kept; running the same command again makes it") from None
     hint = summary.get("wandb", {}).get("sync")
-    if hint and resolve_mode(conf["progress"]) != "none" and distributed.world().rank == 0:
+    if hint and Path(hint).exists() and resolve_mode(conf["progress"]) != "none" and distributed.world().rank == 0:
         print(offline_hint(hint.removesuffix("/wandb")))
     return summary

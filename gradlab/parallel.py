@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -92,3 +93,35 @@ def pin_gpu(sweep, workers: int) -> int:
     index = claim_slot(sweep, workers) % gpus()
     torch.cuda.set_device(index)
     return index
+
+
+SWEEP_PID = "GRADLAB_SWEEP_PID"  # set by `gradlab sweep` for the worker processes of launcher=local
+_watching, _orphaned = threading.Event(), threading.Event()
+
+
+def watch_sweep() -> None:
+    """In a worker process of a sweep: once the sweep's process is gone (killed), interrupt the
+    run in progress (it is recorded as interrupted) and let no further run start. Started once
+    per process; nothing outside such a worker."""
+    sweep = os.environ.get(SWEEP_PID)
+    if not sweep or int(sweep) != os.getppid() or _watching.is_set():
+        return
+    _watching.set()
+
+    def watch():
+        while os.getppid() == int(sweep):
+            time.sleep(0.5)
+        _orphaned.set()
+        import _thread
+
+        _thread.interrupt_main()  # a KeyboardInterrupt in the run: recorded as interrupted
+        time.sleep(30)
+        os._exit(130)  # the run did not end in time
+
+    threading.Thread(target=watch, daemon=True, name="gradlab-watch-sweep").start()
+
+
+def exit_if_orphaned() -> None:
+    """End this worker process if its sweep is gone: no further run starts for nobody."""
+    if _orphaned.is_set():
+        os._exit(130)

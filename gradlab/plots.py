@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from gradlab import records
 from gradlab.compare import HIGHER_IS_BETTER, Comparison, _label, effective_runs, read_history
 
 SMOOTH = 10  # steps of the rolling mean applied to per-step series
@@ -100,7 +101,7 @@ def _thresholds(runs: pd.DataFrame, by: list) -> dict:
 
 def threshold_chart(comparison: Comparison, plt):
     """Final metric against the clipping threshold, one line per clip mode (log x); None without thresholds."""
-    table, metric, by = comparison
+    table, metric, by = comparison.table, comparison.metric, comparison.by
     knobs = [k for k in by if k.startswith("clip.") and k != "clip.mode"]
     if not knobs:
         return None
@@ -129,5 +130,5 @@ def threshold_chart(comparison: Comparison, plt):
 
 
 def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=110)
+    records.atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
     return path

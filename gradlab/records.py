@@ -1,79 +1,210 @@
-"""Run records on disk: one folder per run, complete only once summary.json exists.
+"""Run records on disk: one folder per run, replaced only by a record that is complete.
 
     <results_root>/<sweep name>/<run id>/
-        config.yaml       the resolved configuration (written first)
+        config.yaml       the resolved configuration
         history.csv       one row per optimizer step
         layer_norms.csv   per-parameter gradient norms every `layer_norms_every` steps
-        summary.json      status and final figures, written atomically as the last act
+        summary.json      status and final figures
+        wandb/, model.pt  the run's W&B files; its final weights (save_model=true)
 
-A folder without summary.json is a run that was killed half-way: it is re-run, never
-mistaken for a finished one.
+A run is made in a folder beside its record, `<sweep>/.gradlab/<run id>.partial/`, and moved
+into place only once it has ended. A completed or diverged run replaces whatever was there; a run that
+failed or was interrupted replaces only a record that was not a finished result. So a
+`--force` re-run that is killed, interrupted or fails leaves the earlier record as it was.
+
+While a run is made, its process holds a lock on `.gradlab/<run id>.lock` (released by the
+kernel when the process dies, however it dies): another sweep on the same folder skips
+that run as in progress elsewhere instead of starting it again.
+
+A record is complete only when all its files are present and readable (`read`); one that
+is not is never taken for a result: a sweep makes it again, `gradlab compare` skips it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
+import yaml
+
 SUMMARY = "summary.json"
+STATUSES = ("completed", "diverged", "failed", "interrupted")
 FINISHED = ("completed", "diverged")  # re-running these would give the same numbers
+TEXT = ("status", "run_id", "name", "sweep", "config_hash", "device", "started", "finished", "error")  # the rest: numbers
+GROUPS = ("versions", "wandb")  # the summary's nested parts
 
 
-def _atomic_write(path: Path, write) -> None:
+class Unreadable(Exception):
+    """A record with a file missing or not as gradlab writes it; the message says which."""
+
+
+def atomic_write(path: Path, write) -> None:
+    """`write(tmp)` to a file beside `path`, then move it into place: a failed write (disk full)
+    leaves the old file, or none, never a partial one."""
     tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def read_summary(run_dir: Path) -> dict | None:
     try:
-        return json.loads((Path(run_dir) / SUMMARY).read_text())
-    except (OSError, ValueError):
-        return None
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read(run_dir: Path) -> dict:
+    """The summary of a complete record whose files are all readable; else Unreadable."""
+    import pandas as pd
+
+    run_dir = Path(run_dir)
+    summary = _load(run_dir / SUMMARY, lambda p: json.loads(p.read_text()))
+    if not isinstance(summary, dict) or summary.get("status") not in STATUSES:
+        raise Unreadable(f"{SUMMARY} is not a run summary (status one of {', '.join(STATUSES)})")
+    for key, value in summary.items():
+        if key in TEXT or key in GROUPS:
+            continue
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise Unreadable(f"{SUMMARY}: {key}={value!r} is not a number")
+    if not isinstance(_load(run_dir / "config.yaml", lambda p: yaml.safe_load(p.read_text())), dict):
+        raise Unreadable("config.yaml is not a configuration")
+    if summary["status"] in FINISHED:  # a failed run may have no series (recorded in the space left)
+        _load(run_dir / "history.csv", lambda p: pd.read_csv(p, dtype=float))
+    return summary
+
+
+def _load(path: Path, parse):
+    try:
+        return parse(path)
+    except OSError as e:
+        raise Unreadable(f"{path.name}: {e.strerror or e}") from None
+    except (ValueError, yaml.YAMLError) as e:  # ValueError: json, and pandas for a cell that is not a number
+        raise Unreadable(f"{path.name}: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}") from None
 
 
 def finished(run_dir: Path, config_hash: str) -> dict | None:
     """The summary of a finished run of exactly this configuration, else None."""
-    summary = read_summary(run_dir)
-    if summary and summary.get("status") in FINISHED and summary.get("config_hash") == config_hash:
+    try:
+        summary = read(run_dir)
+    except Unreadable:
+        return None
+    if summary["status"] in FINISHED and summary.get("config_hash") == config_hash:
         return summary
     return None
 
 
-def begin(run_dir: Path, conf: dict) -> None:
-    """Start a record afresh: whatever a killed or forced earlier attempt left is removed."""
-    import yaml
-
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(conf, sort_keys=False))
+WORK = ".gradlab"  # the sweep's working folder: runs being made, their locks
 
 
-def finish(run_dir: Path, summary: dict, history, layer_norms) -> None:
-    """Write the series, then the summary that marks the record complete."""
-    _atomic_write(run_dir / "history.csv", lambda p: history.to_csv(p, index=False))
-    if layer_norms is not None:
-        _atomic_write(run_dir / "layer_norms.csv", lambda p: layer_norms.to_csv(p, index=False))
-    _write_summary(run_dir, summary)
+def _hidden(run_dir: Path, suffix: str) -> Path:
+    return run_dir.parent / WORK / f"{run_dir.name}.{suffix}"
 
 
-def _write_summary(run_dir: Path, summary: dict) -> None:
-    _atomic_write(run_dir / SUMMARY, lambda p: p.write_text(json.dumps(summary, indent=2, default=str)))
+@contextmanager
+def claimed(run_dir: Path):
+    """Hold the run's lock for the block; yields False (and holds nothing) if another live
+    process holds it, i.e. the run is being made elsewhere."""
+    lock_path = _hidden(run_dir, "lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        _recover(run_dir)
+        try:
+            yield True
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def salvage(run_dir: Path, summary: dict) -> None:
-    """After a failed write: drop the partial series and W&B files, keep the summary if it fits.
+def in_progress(run_dir: Path) -> bool:
+    """Another live process holds this run's lock."""
+    lock = _hidden(Path(run_dir), "lock")
+    if not lock.exists():
+        return False
+    with open(lock, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
 
-    If even that cannot be written, the folder stays incomplete and the run is re-run next time.
-    """
-    shutil.rmtree(run_dir / "wandb", ignore_errors=True)
-    for partial in run_dir.glob(".*.tmp"):
-        partial.unlink(missing_ok=True)
+
+def _recover(run_dir: Path) -> None:
+    """Under the lock: put back a record that a kill between the two renames of `_install` left
+    aside, and remove what a killed attempt left half-made."""
+    old = _hidden(run_dir, "old")
+    if old.exists() and not run_dir.exists():
+        os.replace(old, run_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(_hidden(run_dir, "partial"), ignore_errors=True)
+
+
+class Attempt:
+    """One attempt at a run, made in `.gradlab/<run id>.partial/` and moved into place by `close`."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir, self.dir = run_dir, _hidden(run_dir, "partial")
+
+    def begin(self, conf: dict) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+        atomic_write(self.dir / "config.yaml", lambda p: p.write_text(yaml.safe_dump(conf, sort_keys=False)))
+
+    def finish(self, summary: dict, history, layer_norms) -> None:
+        """Write the series and the summary."""
+        atomic_write(self.dir / "history.csv", lambda p: history.to_csv(p, index=False))
+        if layer_norms is not None:
+            atomic_write(self.dir / "layer_norms.csv", lambda p: layer_norms.to_csv(p, index=False))
+        self._write_summary(summary)
+
+    def salvage(self, summary: dict) -> bool:
+        """After a failed write (disk full): drop the series and W&B files, keep the summary if it
+        fits. False if even that could not be written (the run is then made again next time)."""
+        shutil.rmtree(self.dir / "wandb", ignore_errors=True)
+        for name in ("history.csv", "layer_norms.csv", "model.pt"):
+            (self.dir / name).unlink(missing_ok=True)
+        try:
+            if not (self.dir / "config.yaml").exists():
+                raise OSError("config.yaml was not written")
+            self._write_summary(summary)
+            return True
+        except OSError as e:
+            print(f"warning: could not record {self.run_dir.name} ({e.strerror or e}); it will be made again",
+                  file=sys.stderr)
+            return False
+
+    def _write_summary(self, summary: dict) -> None:
+        atomic_write(self.dir / SUMMARY, lambda p: p.write_text(json.dumps(summary, indent=2, default=str)))
+
+    def close(self, summary: dict, written: bool) -> bool:
+        """Move the attempt into place if it was written and may replace what is there (a finished
+        result, or anything where no finished result is); else remove it. Whether it was moved."""
+        keep_old = summary["status"] not in FINISHED and _is_result(self.run_dir)
+        if written and not keep_old:
+            _install(self.dir, self.run_dir)
+            return True
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return False
+
+
+def _is_result(run_dir: Path) -> bool:
     try:
-        _write_summary(run_dir, summary)
-    except OSError as e:
-        print(f"warning: could not record {run_dir.name} ({e.strerror}); it will be re-run", file=sys.stderr)
+        return read(run_dir)["status"] in FINISHED
+    except Unreadable:
+        return False
+
+
+def _install(attempt: Path, run_dir: Path) -> None:
+    old = _hidden(run_dir, "old")
+    if run_dir.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(run_dir, old)
+    os.replace(attempt, run_dir)
+    shutil.rmtree(old, ignore_errors=True)
+

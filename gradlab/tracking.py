@@ -25,7 +25,7 @@ import sys
 from urllib.parse import urlsplit
 
 from gradlab.config import NOT_IDENTITY, clip_label, display_name
-from gradlab.errors import ConfigError, bad
+from gradlab.errors import ConfigError, bad, positive
 
 MODES = ("auto", "online", "offline", "disabled")
 ALIASES = {"off": "disabled", False: "disabled", "false": "disabled"}
@@ -53,6 +53,19 @@ def resolve_mode(requested) -> str:
         raise ConfigError("logger.wandb.mode=online: no W&B credentials; run `wandb login` or set WANDB_API_KEY "
                           "(or use wandb=offline and `wandb sync` later)")
     return mode
+
+
+def check_settings(settings: dict) -> str:
+    """The logger.wandb settings checked (ConfigError naming the key); the mode they resolve to."""
+    if not isinstance(settings["project"], str) or not settings["project"]:
+        raise bad("logger.wandb.project", settings["project"], "must be a project name")
+    if settings["entity"] is not None and not isinstance(settings["entity"], str):
+        raise bad("logger.wandb.entity", settings["entity"], "must be a user or team name, or null")
+    every = settings["histogram_every"]
+    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+        raise bad("logger.wandb.histogram_every", every, "must be an integer >= 0 (0 = off)")
+    positive("logger.wandb.init_timeout", settings["init_timeout"], "must be a number of seconds > 0")
+    return resolve_mode(settings["mode"])
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -156,10 +169,6 @@ class Tracker:
         self._guard(self.run.summary.update, figures)
         self._guard(self.run.finish, exit_code=0 if summary["status"] != "failed" else 1)
         self.run = None
-
-    def sync_hint(self) -> str | None:
-        """Where this run's offline W&B files are, for `wandb sync`."""
-        return None if self.mode != "offline" else os.fspath(self.run_dir / "wandb")
 
     def _guard(self, call, *args, **kwargs) -> None:
         """W&B trouble never fails the run; a local write error (OSError: disk full) does."""

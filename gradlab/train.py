@@ -8,10 +8,12 @@ exception as `failed`; neither raises, so a sweep always goes on.
 from __future__ import annotations
 
 import math
+import os
 import platform
+import sys
 import time
 from datetime import datetime, timezone
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from typing import NamedTuple
 
@@ -21,16 +23,18 @@ import gradlab
 from gradlab import distributed, parallel, records
 from gradlab.clip import build_clip
 from gradlab.config import (check_knobs, check_writable, display_name, identity, norm_type, plain,
-                            resolve_device, run_id, sweep_dir)
+                            resolve_device, run_id, sizes, sweep_dir)
 from gradlab.diagnostics import Smoothness
 from gradlab.spikes import SpikeGuard
 from gradlab.models import build_model
 from gradlab.objective import evaluate, loss_fn
 from gradlab.optim import build_optimizer, constant_lr, lr_factor
+from gradlab.errors import bad, out_of_memory
 from gradlab.progress import RunProgress, report_skipped
+from gradlab.progress import resolve_mode as resolve_progress
 from gradlab.step import RECORDED, SCALARS, read, train_step
 from gradlab.tasks import build_task
-from gradlab.tracking import Tracker, resolve_mode
+from gradlab.tracking import Tracker, check_settings
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -47,10 +51,18 @@ class Run(NamedTuple):
 def build(conf: dict) -> Run:
     """Every component of a run, seeded; raises ConfigError (one line) on bad input."""
     check_knobs(conf)
+    resolve_progress(conf["progress"])
+    check_settings(conf["logger"]["wandb"])
     device = resolve_device(conf["device"])
     task = build_task(conf["task"])
     torch.manual_seed(conf["seed"])
-    model = build_model(conf["model"], task.spec).to(device)
+    try:
+        model = build_model(conf["model"], task.spec).to(device)
+    except RuntimeError as e:
+        if out_of_memory(e):
+            raise bad("model", conf["model"]["name"], f"does not fit in memory on {device} with {sizes(conf)}: "
+                      "make it smaller") from None
+        raise
     if conf["compile"]:
         import torch._dynamo as dynamo
 
@@ -60,7 +72,6 @@ def build(conf: dict) -> Run:
     clip = build_clip(conf["clip"], norm_type(conf["norm_type"]), model)
     optimizer = build_optimizer(conf["optim"], model.parameters(), conf["lr"])
     lr_factor(conf["optim"], conf["steps"])
-    resolve_mode(conf["logger"]["wandb"]["mode"])
     guard = (SpikeGuard(conf["spike_sigma"], conf["spike_window"], conf["spike_min_history"], conf["spike_metric"])
              if conf["skip_spikes"] else None)
     task.prepare()
@@ -75,29 +86,46 @@ def train(cfg) -> dict:
 
 
 def _train(conf: dict, world: distributed.World) -> dict:
-    done = finished(conf)
-    distributed.barrier(world)  # every rank has looked before rank 0 starts the record afresh
-    if done:
-        return done
-    workers = 1 if conf["workers"] == "auto" else conf["workers"]
-    parallel.share_cores(workers * world.local_size)
-    if workers > 1 and conf["device"] in ("auto", "cuda") and parallel.gpus():  # not a chosen cuda:N
-        parallel.pin_gpu(sweep_dir(conf), workers)
-    run = build(conf)
     check_writable(conf)
+    with claim(conf, world) as done:
+        if done:
+            return done
+        workers = 1 if conf["workers"] == "auto" else conf["workers"]
+        parallel.share_cores(workers * world.local_size)
+        parallel.watch_sweep()
+        if workers > 1 and conf["device"] in ("auto", "cuda") and parallel.gpus():  # not a chosen cuda:N
+            parallel.pin_gpu(sweep_dir(conf), workers)
+        return _attempt(conf, build(conf), world)
+
+
+@contextmanager
+def claim(conf: dict, world: distributed.World = distributed.SOLO):
+    """The summary of a run that is not to be made here (finished before, or being made by another
+    process: another sweep on the same folder), else None while this process holds the run."""
+    run_dir = sweep_dir(conf) / run_id(conf)
+    done = finished(conf)
+    distributed.barrier(world)  # every rank has looked before rank 0 starts an attempt
+    with records.claimed(run_dir) if world.rank == 0 and not done else nullcontext(True) as mine:
+        if not done and not distributed.agree(mine, world):
+            done = elsewhere(conf, run_dir)
+        yield done or finished(conf)  # finished: made by another process just before this one took it
+
+
+def _attempt(conf: dict, run: Run, world: distributed.World) -> dict:
     session = Session(conf, run, world)
     result = {}
     try:
-        session.tracker.start()
+        session.open()
         stepper = Stepper(conf, run, session, world)
         for step in range(1, conf["steps"] + 1):
             result = stepper.record(step, train_step(stepper.net, stepper.batches(step), *stepper.step_args))
             if result:
                 break
     except Exception as e:  # recorded, not raised: the sweep goes on
-        result = {"status": "failed", "error": one_line(e)}
-    finally:
-        summary = session.close(result)
+        result = {"status": "failed", "error": failure(e, conf)}
+    finally:  # also on Ctrl-C, which then goes on up: the run is recorded as interrupted
+        summary = session.close(result or {})
+        parallel.exit_if_orphaned()
     return summary
 
 
@@ -114,6 +142,13 @@ def finished(conf: dict) -> dict | None:
     return {**done, "skipped": True} if done else None
 
 
+def elsewhere(conf: dict, run_dir) -> dict:
+    """What a run returns that another live process is making (another sweep on the same folder)."""
+    if distributed.world().rank == 0 and resolve_progress(conf["progress"]) != "none":
+        print(f"{display_name(conf)}: in progress elsewhere (another process holds {run_dir}); skipped", flush=True)
+    return {"status": "elsewhere", "run_id": run_dir.name, "name": display_name(conf), "skipped": True}
+
+
 class Session:
     """The record-keeping of one run: its folder, summary, W&B run and progress, from start to close.
     Only rank 0 of a data-parallel run writes."""
@@ -121,8 +156,7 @@ class Session:
     def __init__(self, conf: dict, run: Run, world: distributed.World):
         self.conf, self.run, self.lead = conf, run, world.rank == 0
         self.run_dir = sweep_dir(conf) / run_id(conf)
-        if self.lead:
-            records.begin(self.run_dir, conf)
+        self.attempt = records.Attempt(self.run_dir)  # where the record is made until it is complete
         self.progress = RunProgress(conf["progress"] if self.lead else "none", display_name(conf), conf["steps"])
         self.summary = {"status": "interrupted", "run_id": self.run_dir.name, "name": display_name(conf),
                         "sweep": conf["name"], "config_hash": identity(conf), "seed": conf["seed"],
@@ -130,14 +164,22 @@ class Session:
                         "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         self.history, self.layers = [], []
         self.start = time.perf_counter()
-        self.tracker = Tracker(conf, self.run_dir, enabled=self.lead)
+        self.tracker = Tracker(conf, self.attempt.dir, enabled=self.lead)
+        self.opened = False
+
+    def open(self) -> None:
+        """Start the attempt's folder and the W&B run."""
+        if self.lead:
+            self.attempt.begin(self.conf)
+        self.opened = True
+        self.tracker.start()
 
     def close(self, result: dict) -> dict:
         """Write the record (status `interrupted` unless `result` says otherwise); the summary."""
         summary = self.summary
         summary.update(result, **_figures(self.history), wall_time_s=round(time.perf_counter() - self.start, 3),
                        finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                       wandb={"mode": self.tracker.mode, "sync": self.tracker.sync_hint()})
+                       wandb={"mode": self.tracker.mode, "sync": None})
         if self.lead:
             self._write()
         self.progress.close(summary, self.run_dir)
@@ -146,15 +188,28 @@ class Session:
     def _write(self) -> None:
         import pandas as pd
 
+        written = False
         try:
+            if not self.opened:
+                raise OSError("the run's folder could not be started")
             self.tracker.finish(self.summary)
             if self.conf["save_model"]:
-                torch.save(self.run.model.state_dict(), self.run_dir / "model.pt")
-            records.finish(self.run_dir, self.summary, pd.DataFrame(self.history, columns=COLUMNS),
-                           pd.DataFrame(self.layers, columns=LAYER_COLUMNS) if self.layers else None)
+                torch.save(self.run.model.state_dict(), self.attempt.dir / "model.pt")
+            self.summary["wandb"]["sync"] = self._sync_hint()
+            self.attempt.finish(self.summary, pd.DataFrame(self.history, columns=COLUMNS),
+                                pd.DataFrame(self.layers, columns=LAYER_COLUMNS) if self.layers else None)
+            written = True
         except OSError as e:  # e.g. disk full: record the failure in the space the partial files held
             self.summary.update(status="failed", error=one_line(e))
-            records.salvage(self.run_dir, self.summary)
+            self.summary["wandb"]["sync"] = None
+            written = self.attempt.salvage(self.summary)
+        if not self.attempt.close(self.summary, written) and written:
+            print(f"{self.summary['name']}: {self.summary['status']}; the finished record already in "
+                  f"{self.run_dir} is kept", file=sys.stderr, flush=True)
+
+    def _sync_hint(self) -> str | None:
+        """Where this run's offline W&B files will be once the record is in place, for `wandb sync`."""
+        return os.fspath(self.run_dir / "wandb") if self.tracker.mode == "offline" else None
 
 
 LAYER_COLUMNS = ["step", "layer", "grad_norm", "update_ratio", "clip_fraction"]
@@ -164,6 +219,13 @@ COLUMNS = ["step", *RECORDED, "clip_coef", "clip_fraction", "lr", "eval_loss", "
 
 def one_line(e: Exception) -> str:
     return f"{type(e).__name__}: {e}".splitlines()[0]
+
+
+def failure(e: Exception, conf: dict) -> str:
+    """A run's error in one line; running out of memory says with which sizes."""
+    if out_of_memory(e):
+        return f"out of memory on {resolve_device(conf['device'])} with {sizes(conf)} ({one_line(e)})"
+    return one_line(e)
 
 
 class Stepper:

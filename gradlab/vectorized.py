@@ -19,6 +19,7 @@ Runs differ in seed, clip mode and knobs, and learning rate; anything else that 
 from __future__ import annotations
 
 import copy
+from contextlib import ExitStack
 
 import torch
 
@@ -91,7 +92,6 @@ class _Member:
         fused = build_optimizer(conf["optim"], run.model.parameters(), conf["lr"], fused=True)
         self.run = run._replace(optimizer=fused)
         self.session = Session(conf, self.run, SOLO)
-        self.session.tracker.start()
         self.stepper = Stepper(conf, self.run, self.session)
         self.params = [p for p in self.run.model.parameters() if p.requires_grad]
 
@@ -99,25 +99,40 @@ class _Member:
 def train_group(confs: list[dict]) -> list[dict]:
     """Train the runs of one group together; their summaries, in order."""
     from gradlab.config import check_writable
+    from gradlab.train import claim
+
+    summaries = {}
+    with ExitStack() as held:  # each member's run is held (records.claimed) until the group ends
+        members = []
+        for i, conf in enumerate(confs):
+            check_writable(conf)
+            done = held.enter_context(claim(conf))
+            if done:
+                summaries[i] = done
+            else:
+                members.append(_Member(i, conf))
+        _train_members(members, summaries)
+    return [summaries[i] for i in range(len(confs))]
+
+
+def _train_members(members: list[_Member], summaries: dict) -> None:
+    """Train the members (each holding its run) together, putting each one's summary in `summaries`."""
     from gradlab.step import finish_step
-    from gradlab.train import finished, one_line
+    from gradlab.train import failure
 
-    summaries, members = {}, []
-    for i, conf in enumerate(confs):
-        done = finished(conf)
-        if done:
-            summaries[i] = done
-            continue
-        check_writable(conf)
-        members.append(_Member(i, conf))
     if not members:
-        return [summaries[i] for i in range(len(confs))]
-
+        return
     first = members[0]
     base = copy.deepcopy(first.run.model)  # the shape (and buffers) that functional_call fills in
     names = [n for n, p in base.named_parameters() if p.requires_grad]
     steps = first.conf["steps"]
     try:
+        for m in members:
+            try:
+                m.session.open()
+            except Exception as e:  # e.g. a full disk: this member fails, the others go on
+                m.result = {"status": "failed", "error": failure(e, m.conf)}
+                summaries[m.index] = m.session.close(m.result)
         for step in range(1, steps + 1):
             active = [m for m in members if m.result is None]
             if not active:
@@ -127,19 +142,18 @@ def train_group(confs: list[dict]) -> list[dict]:
                 try:
                     m.result = m.stepper.record(step, finish_step(loss, *_finish_args(m)))
                 except Exception as e:  # this member fails; the others go on
-                    m.result = {"status": "failed", "error": one_line(e)}
+                    m.result = {"status": "failed", "error": failure(e, m.conf)}
                 if m.result:
                     summaries[m.index] = m.session.close(m.result)
     except Exception as e:  # the shared pass failed: every member still in it fails with it
         for m in members:
             if m.result is None:
-                m.result = {"status": "failed", "error": one_line(e)}
+                m.result = {"status": "failed", "error": failure(e, m.conf)}
                 summaries[m.index] = m.session.close(m.result)
     finally:
         for m in members:
             if m.index not in summaries:  # interrupted
                 summaries[m.index] = m.session.close(m.result or {})
-    return [summaries[i] for i in range(len(confs))]
 
 
 def _finish_args(m: _Member) -> tuple:

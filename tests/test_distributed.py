@@ -37,7 +37,7 @@ def test_two_ranks_equal_one_process_on_the_combined_batch(clip, accum_steps, co
     out = gradlab(["train", *overrides, "devices=2", "progress=none", f"results_root={tmp_path / 'ranks'}"], tmp_path)
     assert out.returncode == 0, out.stderr
     run = tmp_path / "ranks" / "ddp" / run_id(alone)  # the same run id: processes are not part of the identity
-    summary = records.read_summary(run)
+    summary = records.read(run)
     assert summary["status"] == single["status"] == "completed" and summary["processes"] == 2
 
     together, apart = (pd.read_csv(d / "history.csv") for d in (sweep_dir(alone) / run_id(alone), run))
@@ -52,7 +52,8 @@ def test_two_ranks_equal_one_process_on_the_combined_batch(clip, accum_steps, co
 def test_rank_zero_alone_writes_the_record_and_the_wandb_run(tmp_path):
     out = gradlab(["train", *TINY, "devices=2", "name=ddp", "wandb=offline", "progress=lines"], tmp_path)
     assert out.returncode == 0, out.stderr
-    (run,) = (tmp_path / "results" / "ddp").iterdir()
+    (run,) = (tmp_path / "results" / "ddp").glob("*/summary.json")
+    run = run.parent
     assert len(pd.read_csv(run / "history.csv")) == 5  # one row per step, not one per rank
     assert len(wandb_files(run)) == 1
     assert out.stdout.count(": completed") == 1 and out.stdout.count("wandb sync") == 1

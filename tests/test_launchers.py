@@ -35,14 +35,14 @@ Adding.batches = _broken
 """
 
 
-def gradlab(args, cwd: Path, check: bool = True, **popen) -> subprocess.CompletedProcess:
+def gradlab(args, cwd: Path, check: bool = True, code: int = 0) -> subprocess.CompletedProcess:
     (cwd / "fault").mkdir(exist_ok=True)
     (cwd / "fault" / "sitecustomize.py").write_text(FAULT)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(cwd / "fault"), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-m", "gradlab", *args], cwd=cwd, env=env, capture_output=True, text=True,
                          timeout=600)
     if check:
-        assert out.returncode == 0, out.stderr
+        assert out.returncode == code, out.stderr
     return out
 
 
@@ -58,13 +58,13 @@ def records(sweep: Path) -> dict:
 @pytest.fixture(scope="module")
 def basic(tmp_path_factory) -> dict:
     cwd = tmp_path_factory.mktemp("basic")
-    gradlab(SWEEP, cwd)
+    gradlab(SWEEP, cwd, code=1)  # runs failed: the command fails
     return records(cwd / "results" / "mixed")
 
 
 @pytest.mark.parametrize("launcher", ["local", "slurm_local"])
 def test_parallel_launchers_make_the_records_of_the_basic_one(launcher, basic, tmp_path):
-    out = gradlab([*SWEEP, *LAUNCHERS[launcher]], tmp_path)
+    out = gradlab([*SWEEP, *LAUNCHERS[launcher]], tmp_path, code=1)
     sweep = tmp_path / "results" / "mixed"
     got = records(sweep)
     assert got.keys() == basic.keys() and len(got) == 4  # one sweep folder, the same run ids
@@ -79,7 +79,7 @@ def test_parallel_launchers_make_the_records_of_the_basic_one(launcher, basic, t
             assert read_run(log)["run"].run_group == "mixed"
     assert "sweep finished: 4 runs (1 completed, 1 diverged, 2 failed)" in out.stdout
 
-    again = gradlab([*SWEEP, *LAUNCHERS[launcher]], tmp_path)  # resume: the failed runs run again, alone
+    again = gradlab([*SWEEP, *LAUNCHERS[launcher]], tmp_path, code=1)  # resume: the failed runs run again, alone
     assert "sweep finished: 4 runs (2 failed, 2 skipped)" in again.stdout
     assert {run: s for run, (s, *_) in records(sweep).items()} == {run: s for run, (s, *_) in got.items()}
 
@@ -104,7 +104,7 @@ def test_killed_worker_stops_the_sweep_in_one_line_and_resume_finishes_it(tmp_pa
     proc = subprocess.Popen([sys.executable, "-m", "gradlab", *args], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while not list(sweep.glob("*/config.yaml")) and time.time() < deadline:  # a run has started
+    while not list(sweep.glob(".gradlab/*.partial/config.yaml")) and time.time() < deadline:  # a run has started
         time.sleep(0.2)
     workers = [p for p in _children(proc.pid) if b"LokyProcess" in Path(f"/proc/{p}/cmdline").read_bytes()]
     assert workers, "no joblib worker found"

@@ -119,4 +119,4 @@ def test_a_group_too_large_for_memory_is_trained_in_parts(compose, monkeypatch, 
 def vectorized_summary(conf: dict) -> dict:
     from gradlab import records
 
-    return records.read_summary(sweep_dir(conf) / run_id(conf))
+    return records.read(sweep_dir(conf) / run_id(conf))

@@ -1,0 +1,367 @@
+"""Nothing finished is lost, and every failure is named: `--force` re-runs that are killed, Ctrl-C,
+concurrent sweeps, corrupt or partial records, full disks, and names that would escape results_root.
+
+Interrupts and kills are real signals sent to real `gradlab` processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gradlab import records
+
+GRADLAB = [sys.executable, "-m", "gradlab"]
+FAST = ["model=mlp", "task=regression", "wandb=off"]
+HUGE = 4_000_000_000  # a batch no machine here holds: its first step runs out of memory
+OOM = ["model=lstm", "task=adding", "wandb=off", f"batch_size={HUGE}"]  # drawn at step 1: 1.6 TB
+
+
+def start(args, cwd: Path, **kw) -> subprocess.Popen:
+    """`gradlab ARGS` in its own process group (as a terminal's foreground job), output piped."""
+    return subprocess.Popen([*GRADLAB, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, **kw)
+
+
+def run(args, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([*GRADLAB, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def wait_for(condition, seconds: float = 120) -> None:
+    deadline = time.time() + seconds
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def started(sweep: Path, count: int = 1):
+    """Once `count` runs of the sweep have begun (their attempt folders, or their records)."""
+    return lambda: len(list(sweep.glob(".gradlab/*.partial/config.yaml"))) + len(list(sweep.glob("*/summary.json"))) >= count
+
+
+def snapshot(sweep: Path) -> dict:
+    """Run folder -> the bytes of its summary.json and history.csv."""
+    return {d.name: ((d / "summary.json").read_bytes(), (d / "history.csv").read_bytes())
+            for d in sorted(sweep.iterdir()) if (d / "summary.json").exists()}
+
+
+def one_line(err: str) -> str:
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+# --- an old record survives until a new one is complete
+
+
+def test_a_killed_force_rerun_keeps_the_finished_record(tmp_path):
+    args = ["train", *FAST, "steps=3000", "log_every=50", "name=keep", "progress=lines"]
+    assert run(args, tmp_path).returncode == 0
+    sweep = tmp_path / "results" / "keep"
+    before = snapshot(sweep)
+    proc = start([*args, "--force"], tmp_path)
+    proc.stdout.readline()  # its first progress line: training, well before its end
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert snapshot(sweep) == before
+    out = run(["compare", str(sweep), "--format", "csv"], tmp_path)
+    assert out.returncode == 0 and "completed" in open(sweep / "comparison.csv").read()
+
+
+def test_a_killed_force_sweep_keeps_every_finished_record(tmp_path):
+    args = ["sweep", *FAST, "steps=2000", "seed=0,1,2,3", "name=four", "progress=none"]
+    assert run(args, tmp_path).returncode == 0
+    sweep = tmp_path / "results" / "four"
+    before = snapshot(sweep)
+    assert len(before) == 4
+    proc = start([*args, "--force"], tmp_path)
+    wait_for(lambda: any(sweep.glob(".gradlab/*.partial/config.yaml")))  # a re-run in flight
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    after = snapshot(sweep)
+    assert after.keys() == before.keys()  # none lost; any re-run that had finished replaced its own record
+    assert all(json.loads(after[run][0])["status"] == "completed" for run in after)
+
+
+@pytest.mark.parametrize("bad,message", [
+    (["progress=loud"], "progress=loud: choose from auto, bar, lines, none"),
+    (["wandb=offline", "logger.wandb.init_timeout=abc"], "logger.wandb.init_timeout=abc: must be a number of seconds > 0"),
+    (["logger.wandb.histogram_every=-1"], "logger.wandb.histogram_every=-1: must be an integer >= 0 (0 = off)"),
+    (["save_model=maybe"], "save_model=maybe: must be true or false"),
+])
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_force_with_a_bad_value_deletes_nothing(tmp_path, command, bad, message):
+    seeds = "seed=0" if command == "train" else "seed=0,1,2,3"
+    args = [command, *FAST, "steps=5", seeds, "name=kept", "progress=none"]
+    assert run(args, tmp_path).returncode == 0
+    sweep = tmp_path / "results" / "kept"
+    before, listing = snapshot(sweep), sorted(sweep.rglob("*"))
+    out = run([*args, *bad, "--force"], tmp_path)
+    assert out.returncode == 2 and one_line(out.stderr) == f"error: {message}"
+    assert snapshot(sweep) == before and sorted(sweep.rglob("*")) == listing
+
+
+def test_a_failed_force_rerun_keeps_the_finished_record(tmp_path, compose, monkeypatch):
+    """A re-run that fails replaces no result."""
+    from gradlab.train import Stepper, train
+
+    conf = compose(*FAST, "steps=5", "name=f")
+    assert train(conf)["status"] == "completed"
+    before = snapshot(tmp_path / "f")
+
+    def broken(self, step):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(Stepper, "batches", broken)
+    again = train({**conf, "force": True})
+    assert again["status"] == "failed" and "disk on fire" in again["error"]
+    assert snapshot(tmp_path / "f") == before and sorted(p.name for p in (tmp_path / "f").iterdir()) == [".gradlab", *before]
+
+
+def test_a_run_in_progress_elsewhere_is_skipped_and_left_alone(tmp_path):
+    """Another process holds the run (a second sweep on the same folder): this one neither wipes it nor makes it."""
+    from gradlab.config import plain, run_id as id_of
+    from gradlab.launch import compose_all
+
+    args = ["train", *FAST, "steps=5", "name=busy"]
+    run_id = id_of(plain(compose_all([args[1:]])[0]))
+    run_dir = tmp_path / "results" / "busy" / run_id
+    with records.claimed(run_dir) as mine:
+        assert mine
+        partial = run_dir.parent / ".gradlab" / f"{run_id}.partial"
+        partial.mkdir()
+        (partial / "config.yaml").write_text("being made\n")
+        out = run(args, tmp_path)
+        assert out.returncode == 0 and f"{run_id.rsplit('-', 1)[0]}: in progress elsewhere" in out.stdout
+        assert (partial / "config.yaml").read_text() == "being made\n" and not run_dir.exists()
+        sweep = run(["sweep", *FAST, "steps=5", "seed=0,1", "name=busy"], tmp_path)
+        assert "1 in progress elsewhere" in sweep.stdout and "1 completed" in sweep.stdout
+    assert run(args, tmp_path).returncode == 0 and (run_dir / "summary.json").exists()  # free again: made
+
+
+def test_a_record_set_aside_by_a_kill_mid_replacement_comes_back(tmp_path):
+    """A kill between moving the old record aside and the new one in: the old one is restored."""
+    run_dir = tmp_path / "r"
+    aside = tmp_path / ".gradlab" / "r.old"
+    aside.mkdir(parents=True)
+    (aside / "summary.json").write_text("{}")
+    with records.claimed(run_dir):
+        pass
+    assert (run_dir / "summary.json").exists() and not aside.exists()
+
+
+# --- Ctrl-C
+
+
+def test_ctrl_c_in_train_records_interrupted_and_exits_130(tmp_path):
+    proc = start(["train", *FAST, "steps=100000", "name=int", "progress=lines"], tmp_path)
+    wait_for(started(tmp_path / "results" / "int"))
+    time.sleep(1.5)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert one_line(err).startswith("interrupted: ")
+    (summary,) = (tmp_path / "results" / "int").glob("*/summary.json")
+    record = json.loads(summary.read_text())
+    assert record["status"] == "interrupted" and 0 < record["steps_done"] < 100000
+
+
+@pytest.mark.parametrize("launcher", [[], ["launcher=local", "workers=2"]], ids=["basic", "local"])
+def test_one_ctrl_c_stops_a_sweep(tmp_path, launcher):
+    sweep = tmp_path / "results" / "stop"
+    proc = start(["sweep", *FAST, "steps=100000", "seed=0,1,2,3", "name=stop", "progress=none", *launcher], tmp_path)
+    wait_for(started(sweep, 1 if not launcher else 2))
+    time.sleep(1)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert one_line(err).startswith("interrupted: ")
+    wait_for(lambda: not alive(proc.pid), 30)  # no worker goes on
+    statuses = [json.loads(p.read_text())["status"] for p in sweep.glob("*/summary.json")]
+    assert "completed" not in statuses and len(statuses) <= (1 if not launcher else 2)
+    if not launcher:
+        assert statuses == ["interrupted"]  # the run in progress, recorded; the next ones never started
+
+
+def test_ctrl_c_stops_reproduce(tmp_path):
+    proc = start(["reproduce", "mlp-digits", "--scale", "quick", "--results-root", str(tmp_path / "r"), "wandb=off",
+                  "--quiet"], tmp_path)
+    wait_for(lambda: any((tmp_path / "r").rglob(".gradlab/*.partial/config.yaml")))
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and one_line(err).startswith("interrupted: ")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_killing_a_local_sweep_stops_its_workers(tmp_path):
+    sweep = tmp_path / "results" / "orphans"
+    proc = start(["sweep", *FAST, "steps=100000", "seed=0,1,2,3,4,5", "name=orphans", "progress=none",
+                  "launcher=local", "workers=2"], tmp_path)
+    wait_for(started(sweep, 2))
+    os.kill(proc.pid, signal.SIGKILL)  # the sweep's own process only, not its workers
+    proc.wait()
+    wait_for(lambda: not alive(proc.pid), 60)  # every worker has ended
+    statuses = [json.loads(p.read_text())["status"] for p in sweep.glob("*/summary.json")]
+    assert statuses == ["interrupted"] * len(statuses) and len(statuses) <= 2  # no further run was started
+
+
+# --- bad input: one line, exit 2, nothing written
+
+
+@pytest.mark.parametrize("args,message", [
+    (["name=../../etc"], "name=../../etc: must be a folder name inside results_root"),
+    (["name=.."], "name=..: must be a folder name inside results_root"),
+    (["name=/tmp/elsewhere"], "name=/tmp/elsewhere: must be a folder name inside results_root"),
+    (["model=lstm", "model.hidden_size=200000"], "model=lstm: does not fit in memory on cpu with model=lstm hidden_size=200000"),
+    (["seed=range(0,0)"], "seed=range(0,0): sweeps over no values"),
+    (["~max_norm"], "~max_norm: gradlab needs every key of the configuration; set max_norm=VALUE"),
+    (["~clip"], "~clip: gradlab needs every key of the configuration; set clip=VALUE"),
+    (["lr=1e308"], "lr=1e+308: must be a number in (0, 1e+30]"),
+    (["model.hiden_size=3"], "model.hiden_size: unknown key of model=lstm; did you mean model.hidden_size?"),
+    (["name=héllo"], "name=héllo: not an override gradlab can read"),
+])
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, command, args, message):
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    out = run([command, "device=cpu", *args], work)
+    assert out.returncode == 2
+    assert one_line(out.stderr).startswith(f"error: {message}")
+    assert [p.name for p in tmp_path.rglob("*")] == ["a", "b"]
+
+
+def test_quoted_non_ascii_values_work(tmp_path):
+    out = run(["train", *FAST, "steps=2", 'name="héllo wörld"', "--dry-run"], tmp_path)
+    assert out.returncode == 0 and "héllo wörld" in out.stdout
+
+
+def test_running_out_of_memory_mid_run_is_recorded_with_the_sizes(tmp_path):
+    out = run(["train", *OOM, "steps=2", "name=oom", "progress=none"], tmp_path)
+    assert out.returncode == 1
+    (summary,) = (tmp_path / "results" / "oom").glob("*/summary.json")
+    record = json.loads(summary.read_text())
+    assert record["status"] == "failed" and record["error"].startswith("out of memory on cpu with model=lstm hidden_size=128")
+    assert f"batch_size={HUGE}" in record["error"]
+
+
+# --- corrupt or partial records
+
+
+def _two_runs(tmp_path: Path) -> tuple[Path, list[Path]]:
+    assert run(["sweep", *FAST, "steps=30", "eval_every=10", "seed=0,1", "name=two", "progress=none"],
+               tmp_path).returncode == 0
+    sweep = tmp_path / "results" / "two"
+    return sweep, sorted(d for d in sweep.iterdir() if d.is_dir() and d.name != ".gradlab")
+
+
+CORRUPTIONS = {
+    "summary a list": lambda d: (d / "summary.json").write_text("[1, 2]"),
+    "summary figure not a number": lambda d: (d / "summary.json").write_text(
+        json.dumps({**json.loads((d / "summary.json").read_text()), "eval_loss_final": "abc"})),
+    "history garbled": lambda d: (d / "history.csv").write_text(
+        (d / "history.csv").read_text().replace("\n2,", "\nabc,", 1)),
+    "config deleted": lambda d: (d / "config.yaml").unlink(),
+}
+
+
+@pytest.mark.parametrize("corrupt", CORRUPTIONS.values(), ids=CORRUPTIONS.keys())
+def test_a_corrupt_record_is_skipped_in_one_line_and_made_again(tmp_path, corrupt):
+    sweep, (bad, good) = _two_runs(tmp_path)
+    corrupt(bad)
+    for command in (["compare", str(sweep), "--target", "1e9"], ["plot", str(sweep)]):
+        out = run(command, tmp_path)
+        assert out.returncode == 0, out.stderr
+        assert one_line(out.stderr).startswith(f"warning: skipping {bad}: unreadable record (")
+    table = (sweep / "comparison.csv").read_text()
+    assert "never" not in (sweep / "comparison.md").read_text() and ",1,1,0,0," in table  # 1 run, 1 completed
+    args = ["sweep", *FAST, "steps=30", "eval_every=10", "seed=0,1", "name=two", "progress=lines"]
+    plan = run([*args, "--dry-run"], tmp_path)
+    assert plan.returncode == 0 and plan.stdout.count("to run") == 1 and plan.stdout.count("done (completed)") == 1
+    again = run(args, tmp_path)
+    assert again.returncode == 0 and "1 completed, 1 skipped" in again.stdout
+    assert records.read(bad)["status"] == "completed"
+
+
+# --- honest endings
+
+
+def test_compare_ranks_runs_of_different_tasks_within_their_task(tmp_path):
+    for model, task in (("mlp", "regression"), ("lstm", "adding")):
+        assert run(["sweep", f"model={model}", f"task={task}", "steps=20", "eval_every=10", "clip=none,norm",
+                    "name=mixed", "wandb=off", "progress=none"], tmp_path).returncode == 0
+    out = run(["compare", str(tmp_path / "results" / "mixed"), "--format", "md"], tmp_path)
+    assert out.returncode == 0 and "ranked within each of the 2 tasks" in out.stdout
+    md = (tmp_path / "results" / "mixed" / "comparison.md").read_text()
+    assert "ranked within each task (2 tasks" in md
+    rows = [line.split("|")[1:-1] for line in md.splitlines()[4:]]
+    header = [c.strip() for c in md.splitlines()[2].split("|")[1:-1]]
+    task = header.index("task.name")
+    assert [r[task].strip() for r in rows] == ["adding", "adding", "regression", "regression"]
+    assert [r[0].strip() for r in rows] == ["*", "", "*", ""]  # one best per task
+
+
+def test_compare_without_a_completed_run_says_so(tmp_path):
+    assert run(["sweep", *FAST, "steps=20", "lr=1e5", "optim=sgd", "seed=0,1", "name=div", "progress=none"],
+               tmp_path).returncode == 0
+    out = run(["compare", str(tmp_path / "results" / "div")], tmp_path)
+    assert out.returncode == 2
+    assert one_line(out.stderr) == "error: no completed run to compare among these 2 records (2 diverged)"
+
+
+def test_a_sweep_with_a_failed_run_exits_1(tmp_path):
+    out = run(["sweep", "model=lstm", "task=adding", "wandb=off", "steps=2", "seed=0,1", f"batch_size=1,{HUGE}",
+               "name=mixed", "progress=lines"], tmp_path)
+    assert out.returncode == 1 and "(2 completed, 2 failed)" in out.stdout
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here")
+    yield disk
+    subprocess.run(["umount", str(disk)])
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["series do not fit", "nothing fits"])
+def test_a_full_disk_fails_runs_in_their_records_and_the_sweep_goes_on(tmp_path, small_disk, full):
+    if full:  # two pages left: the sweep's multirun.yaml and one config.yaml fit, a summary no longer does
+        with open(small_disk / "filler", "wb", buffering=0) as f, pytest.raises(OSError):
+            while True:
+                f.write(b"x" * 1024)
+        os.truncate(small_disk / "filler", (small_disk / "filler").stat().st_size - 8192)
+    out = run(["sweep", *FAST, "steps=600", "layer_norms_every=1", "seed=0,1,2,3", f"results_root={small_disk}",
+               "name=s", "progress=lines"], tmp_path)
+    assert out.returncode == 1 and "launcher stopped" not in out.stderr and "Traceback" not in out.stderr
+    assert ("sweep finished: 4 runs (4 unfinished)" if full else "sweep finished: 4 runs (4 failed)") in out.stdout
+    files = [p for p in (small_disk / "s").rglob("*") if p.is_file() and not p.name.endswith(".lock")]
+    assert all(p.stat().st_size > 0 for p in files), files  # no 0-byte leftovers
+    summaries = [json.loads(p.read_text()) for p in small_disk.glob("s/*/summary.json")]
+    assert len(summaries) == (0 if full else 4)
+    assert all(s["status"] == "failed" and "No space left on device" in s["error"] for s in summaries)
+    assert not list(small_disk.glob("s/.gradlab/*.partial"))
+
+
+def test_plot_on_a_full_disk_leaves_no_empty_png(tmp_path, small_disk):
+    sweep, _ = _two_runs(tmp_path)
+    (small_disk / "filler").write_bytes(b"x" * 60_000)
+    out = run(["plot", str(sweep), "--out", str(small_disk / "plots")], tmp_path)
+    assert out.returncode == 2 and one_line(out.stderr).startswith(f"error: --out {small_disk / 'plots'}: cannot write")
+    assert not [p for p in (small_disk / "plots").rglob("*") if p.is_file()]
