@@ -64,9 +64,12 @@ def _unknown_nested(job: list[str]) -> ConfigError | None:
     """The error for a dotted key that the chosen option does not have (model.hiden_size under
     model=lstm), with the closest key it has; None if every dotted key exists."""
     from hydra import compose
+    from hydra.errors import HydraException
 
-    chosen = [o for o in job if key_of(o) in GROUPS]
-    base = compose("config", overrides=chosen)
+    try:
+        base = compose("config", overrides=[o for o in job if key_of(o) in GROUPS])
+    except HydraException:
+        return None
     for override in job:
         key = key_of(override)
         if override.startswith("+") or "." not in key or key.startswith("hydra"):
@@ -81,8 +84,7 @@ def _unknown_nested(job: list[str]) -> ConfigError | None:
             group = parents[0]
             owner = f" of {group}={base[group]['name']}" if group in GROUPS and "name" in base[group] else ""
             hint = f"did you mean {close[0]}? " if close else ""
-            return ConfigError(f"{key}: unknown key{owner}; {hint}(`gradlab list` shows the options; "
-                               f"+{key}=... adds a key)")
+            return ConfigError(f"{key}: unknown key{owner}; {hint}(`gradlab list` shows the options)")
     return None
 
 

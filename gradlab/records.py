@@ -171,7 +171,7 @@ class Attempt:
             (self.dir / name).unlink(missing_ok=True)
         try:
             if not (self.dir / "config.yaml").exists():
-                raise OSError("config.yaml was not written")
+                raise OSError("its folder could not be started")
             self._write_summary(summary)
             return True
         except OSError as e:

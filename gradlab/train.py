@@ -189,20 +189,19 @@ class Session:
         import pandas as pd
 
         written = False
-        try:
-            if not self.opened:
-                raise OSError("the run's folder could not be started")
-            self.tracker.finish(self.summary)
-            if self.conf["save_model"]:
-                torch.save(self.run.model.state_dict(), self.attempt.dir / "model.pt")
-            self.summary["wandb"]["sync"] = self._sync_hint()
-            self.attempt.finish(self.summary, pd.DataFrame(self.history, columns=COLUMNS),
-                                pd.DataFrame(self.layers, columns=LAYER_COLUMNS) if self.layers else None)
-            written = True
-        except OSError as e:  # e.g. disk full: record the failure in the space the partial files held
-            self.summary.update(status="failed", error=one_line(e))
-            self.summary["wandb"]["sync"] = None
-            written = self.attempt.salvage(self.summary)
+        if self.opened:  # else its folder could not be started, and the run's error says why
+            try:
+                self.tracker.finish(self.summary)
+                if self.conf["save_model"]:
+                    torch.save(self.run.model.state_dict(), self.attempt.dir / "model.pt")
+                self.summary["wandb"]["sync"] = self._sync_hint()
+                self.attempt.finish(self.summary, pd.DataFrame(self.history, columns=COLUMNS),
+                                    pd.DataFrame(self.layers, columns=LAYER_COLUMNS) if self.layers else None)
+                written = True
+            except OSError as e:  # e.g. disk full: record the failure in the space the partial files held
+                self.summary.update(status="failed", error=one_line(e))
+                self.summary["wandb"]["sync"] = None
+        written = written or self.attempt.salvage(self.summary)
         if not self.attempt.close(self.summary, written) and written:
             print(f"{self.summary['name']}: {self.summary['status']}; the finished record already in "
                   f"{self.run_dir} is kept", file=sys.stderr, flush=True)

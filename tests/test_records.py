@@ -15,8 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from gradlab import records
+from gradlab.cli import app
 
 GRADLAB = [sys.executable, "-m", "gradlab"]
 FAST = ["model=mlp", "task=regression", "wandb=off"]
@@ -32,6 +34,13 @@ def start(args, cwd: Path, **kw) -> subprocess.Popen:
 
 def run(args, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([*GRADLAB, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def invoke(*args):
+    """`gradlab ARGS` in this process (the working folder set by the test): where no signal is involved."""
+    result = CliRunner().invoke(app, list(map(str, args)))
+    assert "Traceback" not in result.output and not isinstance(result.exception, (AssertionError, TypeError))
+    return result
 
 
 def wait_for(condition, seconds: float = 120) -> None:
@@ -106,14 +115,15 @@ def test_a_killed_force_sweep_keeps_every_finished_record(tmp_path):
     (["save_model=maybe"], "save_model=maybe: must be true or false"),
 ])
 @pytest.mark.parametrize("command", ["train", "sweep"])
-def test_force_with_a_bad_value_deletes_nothing(tmp_path, command, bad, message):
+def test_force_with_a_bad_value_deletes_nothing(tmp_path, monkeypatch, command, bad, message):
+    monkeypatch.chdir(tmp_path)
     seeds = "seed=0" if command == "train" else "seed=0,1,2,3"
     args = [command, *FAST, "steps=5", seeds, "name=kept", "progress=none"]
-    assert run(args, tmp_path).returncode == 0
+    assert invoke(*args).exit_code == 0
     sweep = tmp_path / "results" / "kept"
     before, listing = snapshot(sweep), sorted(sweep.rglob("*"))
-    out = run([*args, *bad, "--force"], tmp_path)
-    assert out.returncode == 2 and one_line(out.stderr) == f"error: {message}"
+    out = invoke(*args, *bad, "--force")
+    assert out.exit_code == 2 and one_line(out.stderr) == f"error: {message}"
     assert snapshot(sweep) == before and sorted(sweep.rglob("*")) == listing
 
 
@@ -237,18 +247,20 @@ def test_killing_a_local_sweep_stops_its_workers(tmp_path):
     (["name=héllo"], "name=héllo: not an override gradlab can read"),
 ])
 @pytest.mark.parametrize("command", ["train", "sweep"])
-def test_bad_input_is_one_line_and_writes_nothing(tmp_path, command, args, message):
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, command, args, message):
     work = tmp_path / "a" / "b"
     work.mkdir(parents=True)
-    out = run([command, "device=cpu", *args], work)
-    assert out.returncode == 2
+    monkeypatch.chdir(work)
+    out = invoke(command, "device=cpu", *args)
+    assert out.exit_code == 2
     assert one_line(out.stderr).startswith(f"error: {message}")
     assert [p.name for p in tmp_path.rglob("*")] == ["a", "b"]
 
 
-def test_quoted_non_ascii_values_work(tmp_path):
-    out = run(["train", *FAST, "steps=2", 'name="héllo wörld"', "--dry-run"], tmp_path)
-    assert out.returncode == 0 and "héllo wörld" in out.stdout
+def test_quoted_non_ascii_values_work(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = invoke("train", *FAST, "steps=2", 'name="héllo wörld"', "--dry-run")
+    assert out.exit_code == 0 and "héllo wörld" in out.stdout
 
 
 def test_running_out_of_memory_mid_run_is_recorded_with_the_sizes(tmp_path):
@@ -263,9 +275,12 @@ def test_running_out_of_memory_mid_run_is_recorded_with_the_sizes(tmp_path):
 # --- corrupt or partial records
 
 
+TWO = ["sweep", *FAST, "steps=30", "eval_every=10", "seed=0,1", "name=two"]
+
+
 def _two_runs(tmp_path: Path) -> tuple[Path, list[Path]]:
-    assert run(["sweep", *FAST, "steps=30", "eval_every=10", "seed=0,1", "name=two", "progress=none"],
-               tmp_path).returncode == 0
+    """Two runs made in this process, under results/two of the working folder."""
+    assert invoke(*TWO, "progress=none").exit_code == 0
     sweep = tmp_path / "results" / "two"
     return sweep, sorted(d for d in sweep.iterdir() if d.is_dir() and d.name != ".gradlab")
 
@@ -281,20 +296,20 @@ CORRUPTIONS = {
 
 
 @pytest.mark.parametrize("corrupt", CORRUPTIONS.values(), ids=CORRUPTIONS.keys())
-def test_a_corrupt_record_is_skipped_in_one_line_and_made_again(tmp_path, corrupt):
+def test_a_corrupt_record_is_skipped_in_one_line_and_made_again(tmp_path, monkeypatch, corrupt):
+    monkeypatch.chdir(tmp_path)
     sweep, (bad, good) = _two_runs(tmp_path)
     corrupt(bad)
-    for command in (["compare", str(sweep), "--target", "1e9"], ["plot", str(sweep)]):
-        out = run(command, tmp_path)
-        assert out.returncode == 0, out.stderr
+    for command in (["compare", sweep, "--target", "1e9"], ["plot", sweep]):
+        out = invoke(*command)
+        assert out.exit_code == 0, out.output
         assert one_line(out.stderr).startswith(f"warning: skipping {bad}: unreadable record (")
     table = (sweep / "comparison.csv").read_text()
     assert "never" not in (sweep / "comparison.md").read_text() and ",1,1,0,0," in table  # 1 run, 1 completed
-    args = ["sweep", *FAST, "steps=30", "eval_every=10", "seed=0,1", "name=two", "progress=lines"]
-    plan = run([*args, "--dry-run"], tmp_path)
-    assert plan.returncode == 0 and plan.stdout.count("to run") == 1 and plan.stdout.count("done (completed)") == 1
-    again = run(args, tmp_path)
-    assert again.returncode == 0 and "1 completed, 1 skipped" in again.stdout
+    plan = invoke(*TWO, "--dry-run")
+    assert plan.exit_code == 0 and plan.stdout.count("to run") == 1 and plan.stdout.count("done (completed)") == 1
+    again = invoke(*TWO, "progress=lines")
+    assert again.exit_code == 0 and "1 completed, 1 skipped" in again.stdout
     assert records.read(bad)["status"] == "completed"
 
 
@@ -359,7 +374,8 @@ def test_a_full_disk_fails_runs_in_their_records_and_the_sweep_goes_on(tmp_path,
     assert not list(small_disk.glob("s/.gradlab/*.partial"))
 
 
-def test_plot_on_a_full_disk_leaves_no_empty_png(tmp_path, small_disk):
+def test_plot_on_a_full_disk_leaves_no_empty_png(tmp_path, monkeypatch, small_disk):
+    monkeypatch.chdir(tmp_path)
     sweep, _ = _two_runs(tmp_path)
     (small_disk / "filler").write_bytes(b"x" * 60_000)
     out = run(["plot", str(sweep), "--out", str(small_disk / "plots")], tmp_path)
