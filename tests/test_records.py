@@ -1,7 +1,8 @@
 """Nothing finished is lost, and every failure is named: `--force` re-runs that are killed, Ctrl-C,
 concurrent sweeps, corrupt or partial records, full disks, and names that would escape results_root.
 
-Interrupts and kills are real signals sent to real `gradlab` processes.
+Interrupts and kills are real signals sent to real `gradlab` processes (`start`); everything
+else runs the command line in this process (`run`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from typer.testing import CliRunner
@@ -32,15 +34,16 @@ def start(args, cwd: Path, **kw) -> subprocess.Popen:
                             start_new_session=True, **kw)
 
 
-def run(args, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([*GRADLAB, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
-
-
-def invoke(*args):
-    """`gradlab ARGS` in this process (the working folder set by the test): where no signal is involved."""
-    result = CliRunner().invoke(app, list(map(str, args)))
+def run(args, cwd: Path) -> SimpleNamespace:
+    """`gradlab ARGS` from the folder cwd, in this process: for everything that sends no signal."""
+    here = os.getcwd()
+    os.chdir(cwd)
+    try:
+        result = CliRunner().invoke(app, list(map(str, args)))
+    finally:
+        os.chdir(here)
     assert "Traceback" not in result.output and not isinstance(result.exception, (AssertionError, TypeError))
-    return result
+    return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
 
 
 def wait_for(condition, seconds: float = 120) -> None:
@@ -94,7 +97,7 @@ def test_a_killed_force_rerun_keeps_the_finished_record(tmp_path):
 
 
 def test_a_killed_force_sweep_keeps_every_finished_record(tmp_path):
-    args = ["sweep", *FAST, "steps=2000", "seed=0,1,2,3", "name=four", "progress=none"]
+    args = ["sweep", *FAST, "steps=1000", "seed=0,1,2,3", "name=four", "progress=none"]
     assert run(args, tmp_path).returncode == 0
     sweep = tmp_path / "results" / "four"
     before = snapshot(sweep)
@@ -115,15 +118,14 @@ def test_a_killed_force_sweep_keeps_every_finished_record(tmp_path):
     (["save_model=maybe"], "save_model=maybe: must be true or false"),
 ])
 @pytest.mark.parametrize("command", ["train", "sweep"])
-def test_force_with_a_bad_value_deletes_nothing(tmp_path, monkeypatch, command, bad, message):
-    monkeypatch.chdir(tmp_path)
+def test_force_with_a_bad_value_deletes_nothing(tmp_path, command, bad, message):
     seeds = "seed=0" if command == "train" else "seed=0,1,2,3"
     args = [command, *FAST, "steps=5", seeds, "name=kept", "progress=none"]
-    assert invoke(*args).exit_code == 0
+    assert run(args, tmp_path).returncode == 0
     sweep = tmp_path / "results" / "kept"
     before, listing = snapshot(sweep), sorted(sweep.rglob("*"))
-    out = invoke(*args, *bad, "--force")
-    assert out.exit_code == 2 and one_line(out.stderr) == f"error: {message}"
+    out = run([*args, *bad, "--force"], tmp_path)
+    assert out.returncode == 2 and one_line(out.stderr) == f"error: {message}"
     assert snapshot(sweep) == before and sorted(sweep.rglob("*")) == listing
 
 
@@ -247,20 +249,18 @@ def test_killing_a_local_sweep_stops_its_workers(tmp_path):
     (["name=héllo"], "name=héllo: not an override gradlab can read"),
 ])
 @pytest.mark.parametrize("command", ["train", "sweep"])
-def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, command, args, message):
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, command, args, message):
     work = tmp_path / "a" / "b"
     work.mkdir(parents=True)
-    monkeypatch.chdir(work)
-    out = invoke(command, "device=cpu", *args)
-    assert out.exit_code == 2
+    out = run([command, "device=cpu", *args], work)
+    assert out.returncode == 2
     assert one_line(out.stderr).startswith(f"error: {message}")
     assert [p.name for p in tmp_path.rglob("*")] == ["a", "b"]
 
 
-def test_quoted_non_ascii_values_work(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    out = invoke("train", *FAST, "steps=2", 'name="héllo wörld"', "--dry-run")
-    assert out.exit_code == 0 and "héllo wörld" in out.stdout
+def test_quoted_non_ascii_values_work(tmp_path):
+    out = run(["train", *FAST, "steps=2", 'name="héllo wörld"', "--dry-run"], tmp_path)
+    assert out.returncode == 0 and "héllo wörld" in out.stdout
 
 
 def test_running_out_of_memory_mid_run_is_recorded_with_the_sizes(tmp_path):
@@ -279,8 +279,7 @@ TWO = ["sweep", *FAST, "steps=30", "eval_every=10", "seed=0,1", "name=two"]
 
 
 def _two_runs(tmp_path: Path) -> tuple[Path, list[Path]]:
-    """Two runs made in this process, under results/two of the working folder."""
-    assert invoke(*TWO, "progress=none").exit_code == 0
+    assert run([*TWO, "progress=none"], tmp_path).returncode == 0
     sweep = tmp_path / "results" / "two"
     return sweep, sorted(d for d in sweep.iterdir() if d.is_dir() and d.name != ".gradlab")
 
@@ -296,20 +295,19 @@ CORRUPTIONS = {
 
 
 @pytest.mark.parametrize("corrupt", CORRUPTIONS.values(), ids=CORRUPTIONS.keys())
-def test_a_corrupt_record_is_skipped_in_one_line_and_made_again(tmp_path, monkeypatch, corrupt):
-    monkeypatch.chdir(tmp_path)
+def test_a_corrupt_record_is_skipped_in_one_line_and_made_again(tmp_path, corrupt):
     sweep, (bad, good) = _two_runs(tmp_path)
     corrupt(bad)
     for command in (["compare", sweep, "--target", "1e9"], ["plot", sweep]):
-        out = invoke(*command)
-        assert out.exit_code == 0, out.output
+        out = run(command, tmp_path)
+        assert out.returncode == 0, out.stderr
         assert one_line(out.stderr).startswith(f"warning: skipping {bad}: unreadable record (")
     table = (sweep / "comparison.csv").read_text()
     assert "never" not in (sweep / "comparison.md").read_text() and ",1,1,0,0," in table  # 1 run, 1 completed
-    plan = invoke(*TWO, "--dry-run")
-    assert plan.exit_code == 0 and plan.stdout.count("to run") == 1 and plan.stdout.count("done (completed)") == 1
-    again = invoke(*TWO, "progress=lines")
-    assert again.exit_code == 0 and "1 completed, 1 skipped" in again.stdout
+    plan = run([*TWO, "--dry-run"], tmp_path)
+    assert plan.returncode == 0 and plan.stdout.count("to run") == 1 and plan.stdout.count("done (completed)") == 1
+    again = run([*TWO, "progress=lines"], tmp_path)
+    assert again.returncode == 0 and "1 completed, 1 skipped" in again.stdout
     assert records.read(bad)["status"] == "completed"
 
 
@@ -374,8 +372,7 @@ def test_a_full_disk_fails_runs_in_their_records_and_the_sweep_goes_on(tmp_path,
     assert not list(small_disk.glob("s/.gradlab/*.partial"))
 
 
-def test_plot_on_a_full_disk_leaves_no_empty_png(tmp_path, monkeypatch, small_disk):
-    monkeypatch.chdir(tmp_path)
+def test_plot_on_a_full_disk_leaves_no_empty_png(tmp_path, small_disk):
     sweep, _ = _two_runs(tmp_path)
     (small_disk / "filler").write_bytes(b"x" * 60_000)
     out = run(["plot", str(sweep), "--out", str(small_disk / "plots")], tmp_path)
