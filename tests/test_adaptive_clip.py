@@ -416,3 +416,35 @@ def test_bad_knob_fails_in_one_line_naming_the_key(mode, key, value):
 def test_bad_knob_on_the_command_line_fails_at_build(compose):
     with pytest.raises(ConfigError, match=r"^clip_percentile=0: must be a number in \(0, 100\]$"):
         build(compose(*SMALL["mlp"], "clip=autoclip", "clip_percentile=0"))
+
+
+def _layer_fractions(conf) -> pd.DataFrame:
+    """layer_norms.csv of the run (a row per layer and step), made with a layer record every step."""
+    from gradlab.config import run_id, sweep_dir
+    from gradlab.train import train
+
+    assert train(conf)["status"] == "completed"
+    return pd.read_csv(sweep_dir(conf) / run_id(conf) / "layer_norms.csv")
+
+
+def test_per_layer_clip_fractions_of_norm_per_layer_follow_the_recorded_norms(compose):
+    """A tensor is clipped at a step exactly when its pre-clip norm exceeds max_norm: its clip
+    fraction at step t is the share of steps 1..t at which that happened."""
+    layers = _layer_fractions(compose("model=mlp", "task=regression", "steps=12", "layer_norms_every=1",
+                                      "clip=norm_per_layer", "max_norm=0.05", "wandb=off"))
+    expected = (layers.assign(over=layers["grad_norm"] > 0.05).groupby("layer")["over"]
+                .transform(lambda over: over.cumsum() / np.arange(1, len(over) + 1)))
+    over = layers["grad_norm"] > 0.05
+    assert over.any() and not over.all()  # tensors clipped and tensors not: the test has a subject
+    np.testing.assert_allclose(layers["clip_fraction"], expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("lam,fraction", [(1e-9, 1.0), (1e9, 0.0)])
+def test_per_layer_clip_fractions_of_agc(compose, lam, fraction):
+    """agc_lambda 1e-9: every unit of every tensor but the output layer's is clipped at every step
+    (fraction 1); 1e9: none ever is (0). The output layer is never clipped (agc_exclude_final)."""
+    layers = _layer_fractions(compose("model=mlp", "task=regression", "steps=6", "layer_norms_every=1", "clip=agc",
+                                      f"agc_lambda={lam}", "wandb=off"))
+    head = layers["layer"].str.startswith(layers["layer"].iloc[-1].rsplit(".", 1)[0] + ".")
+    assert layers["clip_fraction"].notna().all()
+    assert (layers.loc[~head, "clip_fraction"] == fraction).all() and (layers.loc[head, "clip_fraction"] == 0).all()

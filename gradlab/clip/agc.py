@@ -52,6 +52,7 @@ class AdaptiveGradClip:
         if agc_exclude_final and model is None:
             raise bad("agc_exclude_final", True, "needs the model to find its final layer (build_clip(..., model))")
         self.norm_type = norm_type
+        self.last_fired = torch.zeros(0, dtype=torch.bool)  # per tensor: clipped by the last call (a per-layer mode)
         self.final = ()
         if agc_exclude_final:
             last = [name for name, _ in model.named_parameters()][-1]

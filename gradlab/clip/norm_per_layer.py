@@ -1,6 +1,7 @@
 """`clip=norm_per_layer`: clip each parameter tensor's gradient norm separately at max_norm.
 
-clip=norm's rule (Pascanu et al. 2013, sec. 3.2) applied to every tensor on its own:
+Per-tensor norm clipping: clip=norm's rescaling applied to every tensor on its own (Pascanu
+et al. 2013, sec. 3.2, and their code clip the total norm, which is clip=norm):
 if ||g_l|| > max_norm then g_l <- max_norm g_l / ||g_l||, with the p-norm of norm_type
 and torch's factor (see gradlab.clip.norm.clip_coef). A layer with an exploding gradient
 is tamed without shrinking the others, at the price of changing the overall direction.
