@@ -31,9 +31,6 @@ PRIORITY = ("model.name", "task.name", "clip.mode")  # preferred grouping keys, 
 def load_runs(paths: list) -> pd.DataFrame:
     """Every run record under `paths`, one row each; a record that is not complete and readable
     (records.read) is skipped with a one-line warning."""
-    import yaml
-
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     rows, from_config = [], set()
     for root in map(Path, paths):
         if not root.exists():
@@ -44,11 +41,10 @@ def load_runs(paths: list) -> pd.DataFrame:
             raise ConfigError(f"{root}: no run records (summary.json) found")
         for run in found:
             try:
-                summary = records.read(run)
+                summary, config = records.load(run)
             except records.Unreadable as e:
                 print(f"warning: skipping {run}: unreadable record ({e})", file=sys.stderr)
                 continue
-            config = yaml.load((run / "config.yaml").read_text(), Loader=loader)
             config = flatten({k: v for k, v in config.items() if k not in NOT_IDENTITY})
             rows.append({**config, **flatten(summary), "path": str(run)})
             from_config |= set(config)

@@ -37,6 +37,7 @@ STATUSES = ("completed", "diverged", "failed", "interrupted")
 FINISHED = ("completed", "diverged")  # re-running these would give the same numbers
 TEXT = ("status", "run_id", "name", "sweep", "config_hash", "device", "started", "finished", "error")  # the rest: numbers
 GROUPS = ("versions", "wandb")  # the summary's nested parts
+_YAML = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C parser where PyYAML has it: records load in bulk
 
 
 class Unreadable(Exception):
@@ -57,6 +58,11 @@ def atomic_write(path: Path, write) -> None:
 
 def read(run_dir: Path) -> dict:
     """The summary of a complete record whose files are all readable; else Unreadable."""
+    return load(run_dir)[0]
+
+
+def load(run_dir: Path) -> tuple[dict, dict]:
+    """(summary, configuration) of a complete record whose files are all readable; else Unreadable."""
     import pandas as pd
 
     run_dir = Path(run_dir)
@@ -68,11 +74,12 @@ def read(run_dir: Path) -> dict:
             continue
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise Unreadable(f"{SUMMARY}: {key}={value!r} is not a number")
-    if not isinstance(_load(run_dir / "config.yaml", lambda p: yaml.safe_load(p.read_text())), dict):
+    config = _load(run_dir / "config.yaml", lambda p: yaml.load(p.read_text(), Loader=_YAML))
+    if not isinstance(config, dict):
         raise Unreadable("config.yaml is not a configuration")
     if summary["status"] in FINISHED:  # a failed run may have no series (recorded in the space left)
         _load(run_dir / "history.csv", lambda p: pd.read_csv(p, dtype=float))
-    return summary
+    return summary, config
 
 
 def _load(path: Path, parse):
