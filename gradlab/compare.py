@@ -30,7 +30,7 @@ PRIORITY = ("model.name", "task.name", "clip.mode")  # preferred grouping keys, 
 
 def load_runs(paths: list) -> pd.DataFrame:
     """Every run record under `paths`, one row each; a record that is not complete and readable
-    (records.read) is skipped with a one-line warning."""
+    (records.load) is skipped with a one-line warning."""
     rows, from_config = [], set()
     for root in map(Path, paths):
         if not root.exists():
@@ -179,13 +179,12 @@ def compare(runs: pd.DataFrame, by: list[str] | None = None, metric: str = "eval
         by = ["task.name", *(k for k in by if k != "task.name")]
     if target is not None and metric.rsplit("_", 1)[0] not in SERIES:
         raise ConfigError(f"--target needs a loss or accuracy metric, not {metric}")
-    runs = runs.copy()
     if target is not None:
         steps = {p: steps_to_target(p, metric, target) for p, s in zip(runs["path"], runs["status"]) if s == "completed"}
         for path in [p for p, s in steps.items() if s is None]:
             print(f"warning: skipping {path}: unreadable record (history.csv)", file=sys.stderr)
-        runs = runs[runs["path"].map(lambda p: p not in steps or steps[p] is not None)]
-        runs["steps_to_target"] = runs["path"].map(lambda p: steps.get(p, math.nan)).astype(float)
+        runs = runs[runs["path"].map(lambda p: steps.get(p, math.nan) is not None)]
+        runs = runs.assign(steps_to_target=runs["path"].map(lambda p: steps.get(p, math.nan)).astype(float))
     rows = []
     for labels, group in runs.groupby(by, dropna=False, sort=False) if by else [((), runs)]:
         done = group[group["status"] == "completed"]
