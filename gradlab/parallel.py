@@ -122,6 +122,6 @@ def watch_sweep() -> None:
 
 
 def exit_if_orphaned() -> None:
-    """End this worker process if its sweep is gone: no further run starts for nobody."""
+    """End this worker process if its sweep is gone, so that it starts no run nobody waits for."""
     if _orphaned.is_set():
         os._exit(130)

@@ -8,9 +8,9 @@
         wandb/, model.pt  the run's W&B files; its final weights (save_model=true)
 
 A run is made in a folder beside its record, `<sweep>/.gradlab/<run id>.partial/`, and moved
-into place only once it has ended. A completed or diverged run replaces whatever was there; a run that
-failed or was interrupted replaces only a record that was not a finished result. So a
-`--force` re-run that is killed, interrupted or fails leaves the earlier record as it was.
+into place only once it has ended. A completed or diverged run replaces whatever was there;
+a run that failed or was interrupted replaces only a record that was not a finished result.
+So a `--force` re-run that is killed, interrupted or fails leaves the earlier record as it was.
 
 While a run is made, its process holds a lock on `.gradlab/<run id>.lock` (released by the
 kernel when the process dies, however it dies): another sweep on the same folder skips
@@ -159,7 +159,7 @@ class Attempt:
         self.run_dir, self.dir = run_dir, _hidden(run_dir, "partial")
 
     def begin(self, conf: dict) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
+        """Start the folder (whatever a killed attempt left there went when the run was claimed)."""
         self.dir.mkdir(parents=True)
         atomic_write(self.dir / "config.yaml", lambda p: p.write_text(yaml.safe_dump(conf, sort_keys=False)))
 
