@@ -156,9 +156,14 @@ def print_plan(p: Plan, settings: list[str] = ()) -> None:
             print(f"  {len(group):>3} run(s) together: {describe(group)}")
     elif settings:
         print(f"launcher: {p.launcher} ({' '.join(settings)})")
+    compiled = {conf["compile"] for conf in confs} - {False}
+    if compiled:
+        print(f"compile: {', '.join(str(c).lower() for c in compiled)}: torch.compile each model; a model that does not compile "
+              "runs eagerly, and its summary says how it ran (execution)")
     for i, (conf, job) in enumerate(zip(confs, expand(p.overrides))):
         done = finished_before(conf)
-        status = f"done ({done['status']})" if done else "to run"
+        how = f", {done.get('execution', 'eager')}" if done and conf["compile"] else ""
+        status = f"done ({done['status']}{how})" if done else "to run"
         shown = " ".join(o for o in job if key_of(o) != "name")
         print(f"  {i:>3}  {run_id(conf):<44} {status:<18} {shown}")
 

@@ -63,11 +63,7 @@ def build(conf: dict) -> Run:
             raise bad("model", conf["model"]["name"], f"does not fit in memory on {device} with {sizes(conf)}: "
                       "make it smaller") from None
         raise
-    if conf["compile"]:
-        import torch._dynamo as dynamo
-
-        dynamo.config.suppress_errors = True  # a model that does not compile runs eagerly, with a warning
-        # in place, so parameter names stay the model's; reduce-overhead replays CUDA graphs on a GPU
+    if conf["compile"]:  # in place, so parameter names stay the model's; reduce-overhead replays CUDA graphs
         model.compile(mode="reduce-overhead" if conf["compile"] == "cudagraphs" else None)
     clip = build_clip(conf["clip"], norm_type(conf["norm_type"]), model)
     optimizer = build_optimizer(conf["optim"], model.parameters(), conf["lr"])
@@ -114,19 +110,50 @@ def claim(conf: dict, world: distributed.World = distributed.SOLO):
 def _attempt(conf: dict, run: Run, world: distributed.World) -> dict:
     session = Session(conf, run, world)
     result = {}
-    try:
-        session.open()
-        stepper = Stepper(conf, run, session, world)
-        for step in range(1, conf["steps"] + 1):
-            result = stepper.record(step, train_step(stepper.net, stepper.batches(step), *stepper.step_args))
-            if result:
-                break
-    except Exception as e:  # recorded, not raised: the sweep goes on
-        result = {"status": "failed", "error": failure(e, conf)}
-    finally:  # also on Ctrl-C, which then goes on up: the run is recorded as interrupted
-        summary = session.close(result or {})
-        parallel.exit_if_orphaned()
+    with compiling(conf["compile"]) as execution:
+        try:
+            session.open()
+            stepper = Stepper(conf, run, session, world)
+            for step in range(1, conf["steps"] + 1):
+                result = stepper.record(step, train_step(stepper.net, stepper.batches(step), *stepper.step_args))
+                if result:
+                    break
+        except Exception as e:  # recorded, not raised: the sweep goes on
+            result = {"status": "failed", "error": failure(e, conf)}
+        finally:  # also on Ctrl-C, which then goes on up: the run is recorded as interrupted
+            summary = session.close({**(result or {}), "execution": execution()})
+            parallel.exit_if_orphaned()
     return summary
+
+
+@contextmanager
+def compiling(requested):
+    """With compile= set, torch.compile's fallback (a frame that does not compile runs eagerly,
+    with torch's warning) for the calls made in this block only, from a fresh compile cache,
+    so that what it reports is this run's: yields a function that says how the model ran.
+
+    "compiled": every frame torch.compile took on compiled (graph breaks included);
+    "partly compiled": some did not; "eager (compile failed)": none did; "eager": not asked
+    for, or the model never ran.
+    """
+    if not requested:
+        yield lambda: "eager"
+        return
+    import torch._dynamo as dynamo
+    from torch._dynamo.utils import counters
+
+    dynamo.reset()  # a model compiled earlier in this process would otherwise be reused unseen
+    frames = counters["frames"]
+    start = frames["ok"], frames["total"]
+
+    def execution() -> str:
+        ok, tried = frames["ok"] - start[0], frames["total"] - start[1]
+        if not ok:
+            return "eager (compile failed)" if tried else "eager"
+        return "compiled" if ok == tried else "partly compiled"
+
+    with dynamo.config.patch(suppress_errors=True):
+        yield execution
 
 
 def finished_before(conf: dict) -> dict | None:
@@ -160,7 +187,8 @@ class Session:
         self.progress = RunProgress(conf["progress"] if self.lead else "none", display_name(conf), conf["steps"])
         self.summary = {"status": "interrupted", "run_id": self.run_dir.name, "name": display_name(conf),
                         "sweep": conf["name"], "config_hash": identity(conf), "seed": conf["seed"],
-                        "device": _device_name(run.device), "processes": world.size, "versions": _versions(),
+                        "device": _device_name(run.device), "execution": "eager", "processes": world.size,
+                        "versions": _versions(),
                         "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         self.history, self.layers = [], []
         self.start = time.perf_counter()

@@ -298,14 +298,48 @@ def test_clip_fraction_is_the_share_of_clipped_steps(compose, clip, expected):
 
 
 def test_compiled_run_computes_the_eager_run(compose):
-    """compile=true changes how the model runs, not what it computes (up to float rounding)."""
-    runs = []
+    """compile=true changes how the model runs, not what it computes (up to float rounding); the
+    summary says the model ran compiled, and torch's fallback setting is left as it was."""
+    runs, executions = [], []
     for compiled in ("false", "true"):
         conf = compose("model=mlp", "task=regression", "steps=5", "log_every=1", f"compile={compiled}",
                        f"name={compiled}", "wandb=off")
         summary = train(conf)
         assert summary["status"] == "completed", summary
         runs.append(history(summary, conf))
+        executions.append(summary["execution"])
+    assert executions == ["eager", "compiled"]
+    assert torch._dynamo.config.suppress_errors is False
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    dry = CliRunner().invoke(app, ["train", "model=mlp", "task=regression", "steps=5", "log_every=1", "compile=true",
+                                   "name=true", "wandb=off", f"results_root={conf['results_root']}", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "compile: true: torch.compile each model" in dry.output and "done (completed, compiled)" in dry.output
     assert run_id(compose("compile=true")) == run_id(compose("compile=false"))  # the same run
     columns = ["loss", "grad_norm", "grad_norm_clipped", "clipped"]
     pd.testing.assert_frame_equal(runs[1][columns], runs[0][columns], rtol=1e-5)
+
+
+def test_a_model_that_does_not_compile_runs_eagerly_and_says_so(compose, monkeypatch):
+    """A compiler that fails (here: inductor raises) leaves the run eager: the same numbers as
+    compile=false, the summary says so, and the fallback did not outlive the run."""
+    import torch._inductor.compile_fx
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch._inductor.compile_fx, "compile_fx", fails)
+    runs = []
+    for compiled in ("false", "true"):
+        conf = compose("model=mlp", "task=regression", "steps=3", "log_every=1", f"compile={compiled}",
+                       f"name=fallback-{compiled}", "wandb=off")
+        summary = train(conf)
+        assert summary["status"] == "completed", summary
+        assert summary["execution"] == ("eager (compile failed)" if compiled == "true" else "eager")
+        runs.append(history(summary, conf))
+    assert torch._dynamo.config.suppress_errors is False
+    columns = ["loss", "grad_norm", "grad_norm_clipped"]
+    pd.testing.assert_frame_equal(runs[1][columns], runs[0][columns])

@@ -6,75 +6,104 @@ with gradient G, if ||G_i|| / max(||W_i||, eps) > lambda then
 G_i <- lambda * max(||W_i||, eps) / ||G_i|| * G_i. Unit norms are Frobenius (L2) norms,
 as in the paper, whatever norm_type (which only measures the total norm after).
 
-Units, one rule for every tensor: the slices along its first dimension of size > 1.
-- Linear weight (out, in): one unit per output row; conv (out, in, kh, kw): per output
-  channel; RNN weight_ih/hh (4h, in): per gate row;
-- Transformer: MultiheadAttention in_proj_weight (3d, d): per row of the packed q/k/v
-  projections; out_proj, linear1, linear2 as any Linear; Embedding (vocab, d): one unit
-  per token's vector; the learned position (1, T, d) skips its leading size-1 dim: one
-  unit per position (a d-vector), like the embeddings it is added to;
-- 1-D tensors (biases, LayerNorm gains): every element is its own unit; a tensor with a
-  single element is one unit. (NFNets' released code, timm and optax take a whole
-  vector as one unit instead.)
+Units (agc_units):
+- `nfnets` (default), the rule of the authors' code (deepmind-research nfnets/optim.py,
+  `unitwise_norm`; timm/utils/agc.py is the same): a scalar or a vector (bias, LayerNorm
+  gain) is one unit; a tensor of 2 or more dims has one unit per slice along its first
+  dim: a Linear weight (out, in) per output row, a conv (out, in, kh, kw) per output
+  channel, an RNN weight_ih/hh (4h, in) per gate row, MultiheadAttention's packed
+  in_proj_weight (3d, d) per row, an Embedding (vocab, d) per token's vector. The
+  Transformer's learned position (1, T, d) has a first dim of 1: it is one unit.
+- `first_nonsingleton`: a unit is a slice along the first dim of size > 1, so every
+  element of a vector is its own unit (a zero-initialised bias element is then capped at
+  lambda * eps and gains are in effect value-clipped), and the position (1, T, d) has one
+  unit per position.
 
 The final layer is not clipped (agc_exclude_final, as in the paper): the module that
 owns the last parameter of model.named_parameters() (gradlab's models register their
 output head last: MLP net.<last>, RNN and Transformer head); its own parameters are
 matched by identity.
 
-Non-finite gradients: a unit whose gradient norm is inf/nan is left as it is, the other
-units are clipped as usual; the fp16 scaler skips such a step, an fp32 run ends as
+The step: the unit norms of weights and gradients (one reduction per tensor, since each
+tensor's units have their own width and no foreach kernel reduces along a dim), then
+the factors of every unit at once, and one foreach multiply; nothing is read back to the
+host. Non-finite gradients: a unit whose gradient norm is inf/nan is left as it is, the
+other units are clipped as usual; the fp16 scaler skips such a step, an fp32 run ends as
 diverged.
 """
 
 import torch
 
-from gradlab.clip import ClipResult
+from gradlab.clip import ClipResult, unchanged
 from gradlab.errors import bad, positive
 
+UNITS = ("nfnets", "first_nonsingleton")
 
-def units(shape: torch.Size) -> tuple:
+
+def units(shape: torch.Size, rule: str = "nfnets") -> tuple:
     """(number of units, the shape a per-unit factor broadcasts from) of a tensor of `shape`."""
-    first = next((i for i, size in enumerate(shape) if size > 1), None)
+    if rule == "nfnets":
+        first = 0 if len(shape) > 1 else None
+    else:
+        first = next((i for i, size in enumerate(shape) if size > 1), None)
     if first is None:
-        return 1, tuple(shape)
+        return 1, (1,) * len(shape)
     return shape[first], tuple(shape[:first + 1]) + (1,) * (len(shape) - first - 1)
 
 
 class AdaptiveGradClip:
     """Clip each unit's gradient to `agc_lambda` times its weight norm (floored at `agc_eps`)."""
 
-    def __init__(self, agc_lambda: float, agc_eps: float, agc_exclude_final: bool, norm_type: float, model=None):
+    def __init__(self, agc_lambda: float, agc_eps: float, agc_exclude_final: bool, norm_type: float,
+                 agc_units: str = "nfnets", model=None):
         self.lam = positive("agc_lambda", agc_lambda, "must be a number > 0 (largest gradient/weight norm ratio)")
         self.eps = positive("agc_eps", agc_eps, "must be a number > 0 (floor on a unit's weight norm)")
         if not isinstance(agc_exclude_final, bool):
             raise bad("agc_exclude_final", agc_exclude_final, "must be true or false")
         if agc_exclude_final and model is None:
             raise bad("agc_exclude_final", True, "needs the model to find its final layer (build_clip(..., model))")
-        self.norm_type = norm_type
+        if agc_units not in UNITS:
+            raise bad("agc_units", agc_units, f"choose from {', '.join(UNITS)}")
+        self.rule, self.norm_type = agc_units, norm_type
         self.last_fired = torch.zeros(0, dtype=torch.bool)  # per tensor: clipped by the last call (a per-layer mode)
         self.final = ()
         if agc_exclude_final:
             last = [name for name, _ in model.named_parameters()][-1]
             owner = model.get_submodule(last.rpartition(".")[0])
             self.final = tuple(owner.parameters(recurse=False))
-
-    def __call__(self, params, total_norm: torch.Tensor) -> ClipResult:
-        params = [p for p in params if p.grad is not None]
-        no = torch.zeros((), dtype=torch.bool, device=total_norm.device)
-        # per tensor, in the order given: were any of its units clipped (the final layer never is)
-        self.last_fired = torch.stack([no if any(p is q for q in self.final) else self._clip_units_(p)
-                                       for p in params]) if params else no.reshape(0)
-        after = torch.nn.utils.get_total_norm([p.grad for p in params], self.norm_type, foreach=True)
-        return ClipResult(after, self.last_fired.any())
+        self._key = self._value = None  # the layout of the last parameter list (see _layout)
 
     @torch.no_grad()
-    def _clip_units_(self, p: torch.Tensor) -> torch.Tensor:
-        """Clip the units of p.grad in place; whether any was clipped (0-d bool)."""
-        n, shape = units(p.shape)
-        weight = torch.linalg.vector_norm(p.detach().reshape(n, -1), dim=1).clamp(min=self.eps)
-        grad = torch.linalg.vector_norm(p.grad.reshape(n, -1), dim=1)
-        limit = self.lam * weight
-        clip = (grad > limit) & torch.isfinite(grad)
-        p.grad.mul_(torch.where(clip, limit / grad, 1.0).reshape(shape).to(p.grad.dtype))
-        return clip.any()
+    def __call__(self, params, total_norm: torch.Tensor) -> ClipResult:
+        params = [p for p in params if p.grad is not None]
+        if not params:
+            self.last_fired = torch.zeros(0, dtype=torch.bool, device=total_norm.device)
+            return unchanged(total_norm)
+        counts, shapes, free, owner = self._layout(params, total_norm.device)
+        grads = [p.grad for p in params]
+        grad = unit_norms(grads, counts)
+        limit = self.lam * unit_norms([p.detach() for p in params], counts).clamp(min=self.eps)
+        clip = (grad > limit) & torch.isfinite(grad) & free
+        factor = torch.where(clip, limit / grad, 1.0)
+        torch._foreach_mul_(grads, [f.reshape(s).to(g.dtype) for f, s, g in zip(factor.split(counts), shapes, grads)])
+        # per tensor, in the order given: were any of its units clipped
+        self.last_fired = torch.zeros(len(params), device=grad.device).index_add_(0, owner, clip.float()) > 0
+        after = torch.nn.utils.get_total_norm(grads, self.norm_type, foreach=True)
+        return ClipResult(after, clip.any())
+
+    def _layout(self, params, device) -> tuple:
+        """Per tensor: its number of units and their factor's shape; per unit: may it be
+        clipped (not in the final layer), and the index of its tensor. Worked out on the
+        host once, and again only if the parameters change."""
+        key = (tuple(map(id, params)), tuple(p.shape for p in params), device)
+        if self._key != key:
+            counts, shapes = zip(*(units(p.shape, self.rule) for p in params))
+            free = [not any(p is q for q in self.final) for p in params]
+            per_unit = lambda values: torch.tensor([v for v, n in zip(values, counts) for _ in range(n)], device=device)
+            self._key, self._value = key, (list(counts), shapes, per_unit(free), per_unit(range(len(params))))
+        return self._value
+
+
+def unit_norms(tensors, counts) -> torch.Tensor:
+    """The L2 norm of every unit of every tensor (tensor i has counts[i] units, its rows), in one vector."""
+    return torch.cat([torch.linalg.vector_norm(t.reshape(n, -1), dim=1) for t, n in zip(tensors, counts)])
