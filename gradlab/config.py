@@ -73,6 +73,25 @@ def check_knobs(conf: dict) -> None:
     if conf["engine"] not in ENGINES:
         raise bad("engine", conf["engine"], f"choose from {', '.join(ENGINES)}")
     check_mistake(conf)
+    if conf["stop_at_target"] is not None and not conf["eval_every"]:
+        raise bad("stop_at_target", conf["stop_at_target"], "needs evaluations during the run: set eval_every > 0")
+    stop_rule(conf["stop_at_target"])
+
+
+def stop_rule(text) -> tuple | None:
+    """stop_at_target as (metric, value); None when off. eval_loss is reached at or below the
+    value, eval_acc at or above it."""
+    allowed = "write eval_loss:VALUE or eval_acc:VALUE (a number), or null = run every step"
+    if text is None:
+        return None
+    metric, _, value = str(text).partition(":")
+    try:
+        number = float(value)
+    except ValueError:
+        raise bad("stop_at_target", text, allowed) from None
+    if metric not in ("eval_loss", "eval_acc") or not math.isfinite(number):
+        raise bad("stop_at_target", text, allowed)
+    return metric, number
 
 
 def check_mistake(conf: dict) -> None:

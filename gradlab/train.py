@@ -22,7 +22,7 @@ import torch
 import gradlab
 from gradlab import distributed, parallel, records
 from gradlab.clip import build_clip
-from gradlab.config import (check_knobs, check_writable, display_name, identity, norm_type, plain,
+from gradlab.config import (check_knobs, check_writable, display_name, identity, norm_type, plain, stop_rule,
                             resolve_device, run_id, sizes, sweep_dir)
 from gradlab.diagnostics import Smoothness
 from gradlab.spikes import SpikeGuard
@@ -280,6 +280,7 @@ class Stepper:
         self.step_args = (self.objective, optimizer, clip, self.scaler, self.autocast, norm_type(conf["norm_type"]),
                           conf["mistake"], self.probe, guard)
         self.log = _Log(conf, names, session, samples_per_step=conf["batch_size"] * self.k)
+        self.target = stop_rule(conf["stop_at_target"])
         model.train()
 
     def batches(self, step: int) -> list:
@@ -304,11 +305,19 @@ class Stepper:
         at_eval = step == self.steps or (self.conf["eval_every"] and step % self.conf["eval_every"] == 0)
         metrics = evaluate(model, self.eval_set, self.run.task.spec, self.autocast) if at_eval else None
         self.log.add(step, out.scalars, self.lr, layers_now, metrics)
-        if step % self.conf["log_every"] == 0 or step == self.steps:
+        checks_target = at_eval and self.target is not None  # reads the evaluation now: one more sync
+        if step % self.conf["log_every"] == 0 or step == self.steps or checks_target:
             diverged_at = self.log.flush()  # the one host-device sync of the interval
             if diverged_at:
                 return {"status": "diverged", "diverged_step": diverged_at}
+        if checks_target and _reached(self.log.history[-1], *self.target):
+            return {"status": "completed", "target_step": step}
         return {"status": "completed"} if step == self.steps else None
+
+
+def _reached(row: dict, metric: str, value: float) -> bool:
+    """Has this history row's evaluation reached the stop_at_target value?"""
+    return row[metric] >= value if metric == "eval_acc" else row[metric] <= value
 
 
 def _layer_figures(model, before, grad_norms, fired, step: int) -> torch.Tensor:

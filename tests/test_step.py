@@ -7,6 +7,7 @@ import copy
 import itertools
 import json
 import math
+import re
 from functools import partial
 from pathlib import Path
 
@@ -17,13 +18,14 @@ import torch
 
 from gradlab.clip import build_clip
 from gradlab.config import run_id, sweep_dir
+from gradlab.errors import ConfigError
 from gradlab.models import build_model
 from gradlab.objective import loss_fn
 from gradlab.optim import build_optimizer
 from gradlab.step import SCALARS, read, train_step
 from gradlab.tasks import build_task
 from gradlab.tasks.regression import Regression
-from gradlab.train import COLUMNS, train
+from gradlab.train import COLUMNS, build, train
 
 # Models without batch-dependent layers, on tasks small enough for a CPU test.
 SETUPS = {
@@ -343,3 +345,35 @@ def test_a_model_that_does_not_compile_runs_eagerly_and_says_so(compose, monkeyp
     assert torch._dynamo.config.suppress_errors is False
     columns = ["loss", "grad_norm", "grad_norm_clipped"]
     pd.testing.assert_frame_equal(runs[1][columns], runs[0][columns])
+
+def test_a_run_stops_at_its_target_and_records_the_step(compose):
+    """stop_at_target ends the run at the first evaluation that reaches the target: the same
+    run as without it, up to that step, and no evaluation before it had reached the target."""
+    base = ("model=mlp", "task=digits", "steps=300", "eval_every=10", "log_every=50", "wandb=off")
+    full_conf = compose(*base, "name=full")
+    full = train(full_conf)
+    stopped_conf = compose(*base, "name=stopped", "stop_at_target=eval_acc:0.6")
+    stopped = train(stopped_conf)
+    assert full["status"] == stopped["status"] == "completed"
+    h_full, h_stop = history(full, full_conf), history(stopped, stopped_conf)
+    evals = h_full.dropna(subset=["eval_acc"])
+    first = int(evals.loc[evals["eval_acc"] >= 0.6, "step"].iloc[0])
+    assert 10 <= first < 300  # the test has a subject: the target is reached, before the end
+    assert stopped["target_step"] == stopped["steps_done"] == first and "target_step" not in full
+    assert len(h_stop) == first
+    pd.testing.assert_frame_equal(h_stop[["loss", "grad_norm", "eval_acc"]],
+                                  h_full[["loss", "grad_norm", "eval_acc"]].iloc[:first])
+
+
+@pytest.mark.parametrize("value,message", [
+    ("eval_acc", "write eval_loss:VALUE or eval_acc:VALUE"), ("loss:0.1", "write eval_loss:VALUE"),
+    ("eval_loss:x", "write eval_loss:VALUE"), ("eval_loss:nan", "write eval_loss:VALUE"),
+])
+def test_a_bad_target_is_one_line(compose, value, message):
+    with pytest.raises(ConfigError, match=f"^stop_at_target={re.escape(value)}: {message}"):
+        build(compose("model=mlp", "task=regression", f"stop_at_target={value}"))
+
+
+def test_a_target_needs_evaluations(compose):
+    with pytest.raises(ConfigError, match="^stop_at_target=eval_loss:0.1: needs evaluations during the run"):
+        build(compose("model=mlp", "task=regression", "eval_every=0", "stop_at_target=eval_loss:0.1"))
