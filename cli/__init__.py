@@ -208,11 +208,11 @@ def reproduce(
 
     Extra overrides go to every sweep of the study, e.g. `gradlab reproduce lstm-adding device=cuda wandb=off`."""
     from gradlab.errors import ConfigError
-    from gradlab.experiments import STUDIES, study
+    from gradlab.experiments import STUDIES, study_module
 
     if list_studies or not name:
         for key in STUDIES:
-            typer.echo(f"{key:<24} {study(key).CLAIM}")
+            typer.echo(f"{key:<24} {study_module(key).CLAIM}")
         return
     from pathlib import Path
 
@@ -221,7 +221,7 @@ def reproduce(
     with user_errors():
         if scale not in SCALES:
             raise ConfigError(f"--scale {scale}: choose from {', '.join(SCALES)}")
-        modules = [study(key) for key in (STUDIES if name == "all" else [name])]
+        modules = [study_module(key) for key in (STUDIES if name == "all" else [name])]
         for module in modules:
             report = run_study(module, scale, Path(results_root), [*ctx.args, *_flags(quiet, False)])
             typer.echo(f"{module.NAME}: report -> {report}")

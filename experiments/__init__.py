@@ -22,7 +22,7 @@ STUDIES = {
 }
 
 
-def study(name: str):
+def study_module(name: str):
     """The module of a reproducible study; ConfigError for an unknown name."""
     from gradlab.errors import bad
 

@@ -1,66 +1,52 @@
-"""Study adaptive-vs-fixed: do adaptive modes match the best fixed threshold without tuning?"""
+"""Study adaptive-vs-fixed: under the stress of lstm-adding, do the adaptive modes keep training stable
+where no clipping fails, as their papers claim, and how do they stand against a tuned fixed threshold?
+
+The claims, as their papers make them: ZClip (Kumar et al. 2025; code bluorion-com/ZClip): at an lr
+where no clipping (and fixed clipping) spikes or diverges, ZClip keeps training stable. AutoClip
+(Seetharaman et al. 2020; code pseeth/autoclip): clipping at a percentile of the norm history
+improves training over no clipping without tuning a threshold. AGC (Brock et al. 2021; deepmind-research
+nfnets): unit-wise clipping makes training stable at large learning rates and batch sizes.
+"""
 
 NAME = "adaptive-vs-fixed"
-CLAIM = ("Adaptive clipping (AutoClip, ZClip, AGC) matches the best fixed norm threshold without being "
-         "tuned, also at a deliberately too-high learning rate.")
-SOURCE = ("Seetharaman et al. 2020 (AutoClip); Kumar et al. 2025 (ZClip); Brock et al. 2021 (AGC); the best "
-          "fixed thresholds come from the studies lstm-adding and transformer-lm at the same scale")
-SCALES = {"smoke": "smoke", "quick": "quick", "full": "full"}  # the scale of the threshold studies it reuses
-# matching: on the adding problem, solving (MSE <= 0.01) as many seeds as the best fixed threshold,
-# without divergence; on the LM, a final eval loss within noise of it (experiments/study.py within_noise)
-HIGH_LR = 10  # the too-high learning rate, as a multiple of the task's own
+CLAIM = ("At a learning rate where training without clipping fails, each adaptive mode at its paper's "
+         "defaults (AutoClip, ZClip, AGC) trains stably and solves the task sooner than no clipping.")
+SOURCE = ("Kumar et al. 2025 (ZClip), Seetharaman et al. 2020 (AutoClip), Brock et al. 2021 (AGC); "
+          "the task and stress of the study lstm-adding")
+DEPARTURES = ("One task for all three (the papers: LLM pre-training, source separation, ImageNet with SGD); "
+              "RMSProp rather than AGC's SGD; the fixed threshold is tuned over 0.25, 1 and 5 on seeds 100 "
+              "and 101 (by steps to the target), not on the evaluation seeds, and is reported, not judged.")
+SCALES = {"smoke": {"tune": "100"}, "quick": {"tune": "100,101"}, "full": {"tune": "100,101,102"}}
 ADAPTIVE = ("autoclip", "zclip", "agc")
+FIXED = (0.25, 1, 5)
 
 
-def best_fixed(lab, study, section: str) -> tuple:
-    """The threshold study's best norm arm (lowest mean final eval loss) and its sweep's overrides."""
-    from gradlab.experiments.study import Lab, arms
+def run(lab, size):
+    from gradlab.experiments import lstm_adding
+    from gradlab.experiments.study import (Verdict, against_control, better, control_fails, difference,
+                                           steps_to_target)
 
-    source = Lab(study, lab.scale, lab.dir.parent.parent, lab.extra)
-    study.run(source, study.SCALES[lab.scale])  # finished runs are reused
-    comparison = next(c for label, _, c in source.sections if label == section)
-    norms = {name: r for name, r in arms(comparison).items() if name.startswith("norm")}
-    name = min(norms, key=lambda n: norms[n]["eval_loss_final_mean"])
-    command = next(c for c in source.commands if f" name={section} " in f"{c} ")
-    return float(norms[name]["clip.max_norm"]), command.split()[2:]
-
-
-def run(lab, scale) -> list:
-    from gradlab.experiments import lstm_adding, transformer_lm
-    from gradlab.experiments.study import arms, reached, within_noise
-
-    verdict, matches = [], {mode: [] for mode in ADAPTIVE}
-    # the adding problem is judged as lstm-adding judges it (seeds solved); the LM by final eval loss
-    tasks = [("adding", lstm_adding, f"T{max(lstm_adding.SCALES[scale]['lengths'])}", 3e-3, lstm_adding.TARGET),
-             ("lm", transformer_lm, "lm", transformer_lm.SCALES[scale]["lr"], None)]
-    for label, study, section, lr, target in tasks:
-        threshold, base = best_fixed(lab, study, section)
-        base = [o for o in base if o not in lab.extra and not o.startswith(
-            ("clip=", "max_norm=", "clip_value=", "lr=", "name=", "results_root="))]
-        lrs = f"lr={lr:g},{HIGH_LR * lr:g}"
-        runs = lab.sweep(label, [*base, lrs, "clip=none"], [*base, lrs, "clip=norm", f"max_norm={threshold:g}"],
-                         *[[*base, lrs, f"clip={mode}"] for mode in ADAPTIVE])
-        table = lab.table(label, runs, metric="eval_loss", by=["lr", "clip.mode"], target=target,
-                          note=f"Best fixed threshold from {study.NAME}: max_norm={threshold:g}. Adaptive modes "
-                               f"at their defaults. The second lr is {HIGH_LR}x the task's own.")
-        for value in (lr, HIGH_LR * lr):
-            at = {name.split(" ")[0]: r for name, r in arms(table).items() if name.endswith(f"lr={value:g}")}
-            fixed = at[next(n for n in at if n.startswith("norm"))]
-            line = []
-            for mode in ADAPTIVE:
-                r = at[mode]
-                if target is None:
-                    ok = r["completed"] > 0 and within_noise(r, [fixed, r], "eval_loss_final")
-                else:
-                    ok = reached(r) >= reached(fixed) and r["diverged"] == 0
-                matches[mode].append(ok)
-                solved = f", solved {r['reached_target']}" if target else ""
-                line.append(f"{mode} {r['eval_loss_final_mean']:.4f}{solved} ({'matches' if ok else 'worse'})")
-            solved = f", solved {fixed['reached_target']}" if target else ""
-            verdict.append(f"{label}, lr={value:g}: best fixed norm {threshold:g} {fixed['eval_loss_final_mean']:.4f}"
-                           f"{solved}, none {at['none']['eval_loss_final_mean']:.4f}; " + ", ".join(line) + ".")
-    winners = [mode for mode, oks in matches.items() if all(oks)]
-    verdict.append(("Matching the best fixed threshold everywhere without tuning: " + ", ".join(winners) + "."
-                    if winners else "No adaptive mode matches the best fixed threshold in every setting: "
-                    "the claim does not hold here."))
+    shared = lstm_adding.SCALES[lab.scale]
+    budget = shared["steps"]
+    base = ["experiment=lstm_adding", *lstm_adding.STRESS, f"task.length={shared['length']}", f"steps={budget}",
+            f"stop_at_target=eval_loss:{lstm_adding.TARGET:g}", *shared["extra"]]
+    tuning = lab.sweep("tune", [*base, f"seed={size['tune']}", "clip=norm",
+                                "max_norm=" + ",".join(f"{t:g}" for t in FIXED)])
+    tuning = tuning.assign(to_target=tuning["target_step"].fillna(budget) if "target_step" in tuning else budget)
+    tuned = float(tuning.groupby("clip.max_norm")["to_target"].mean().idxmin())
+    evaluation = [*base, f"seed={shared['seeds']}"]
+    runs = lab.sweep("adding", [*evaluation, "clip=none"], [*evaluation, "clip=norm", f"max_norm={tuned:g}"],
+                     *[[*evaluation, f"clip={mode}"] for mode in ADAPTIVE])
+    lab.table("adding", runs, metric="eval_loss", target=lstm_adding.TARGET, by=["clip.mode"],
+              note=f"Adding problem under lstm-adding's stress. Fixed threshold tuned on seeds {size['tune']}: "
+                   f"max_norm={tuned:g}. Adaptive modes at their defaults.")
+    none, fixed = {"clip.mode": "none"}, {"clip.mode": "norm"}
+    verdict = Verdict()
+    verdict.control(*control_fails(runs, none, "no clipping at the stress lr"))
+    for mode in ADAPTIVE:
+        against_control(verdict, runs, mode, {"clip.mode": mode}, none, budget)
+        against = better(difference(steps_to_target(runs, fixed, budget), steps_to_target(runs, {"clip.mode": mode},
+                                                                                           budget)), True)
+        verdict.note(f"{mode} against the tuned fixed norm {tuned:g}, steps to the target (not part of the claim): "
+                     f"{against.outcome}, {against.text}.")
     return verdict

@@ -1,55 +1,79 @@
-"""Study zhang-lr-clip: smoothness grows with the gradient norm; clipping lets a large lr train."""
+"""Study zhang-lr-clip: smoothness grows with the gradient norm; clipping lets a large lr train.
+
+The paper's setting (Zhang, He, Sra & Jadbabaie 2020; code JingzhaoZhang/why-clipping-accelerates):
+AWD-LSTM on PTB with SGD; clipped SGD at lr 30 with the norm clipped at 0.25 against unclipped SGD
+tuned over a grid of learning rates; smoothness estimated along the trajectory from two gradients
+on the same data.
+"""
 
 NAME = "zhang-lr-clip"
 CLAIM = ("In LSTM language models the local smoothness grows with the gradient norm ((L0, L1)-smoothness), "
-         "and clipping lets a much larger learning rate train than without clipping.")
-SOURCE = "Zhang, He, Sra & Jadbabaie 2020, \"Why gradient clipping accelerates training\" (ICLR 2020)"
+         "and clipped SGD at a large learning rate trains better than unclipped SGD at its best tuned "
+         "learning rate.")
+SOURCE = ("Zhang, He, Sra & Jadbabaie 2020, \"Why gradient clipping accelerates training\" (ICLR 2020); "
+          "code JingzhaoZhang/why-clipping-accelerates")
+DEPARTURES = ("A 64-unit LSTM on this Python's own sources for 400 steps (the paper: AWD-LSTM on PTB); the "
+              "smoothness is gradlab's ||g(t+1) - g(t)|| / ||w(t+1) - w(t)|| on consecutive mini-batches, not "
+              "the paper's same-batch estimate, so it is reported, not judged; the unclipped lr is tuned on "
+              "seeds 100 and 101, not the evaluation seeds.")
 SCALES = {
-    "smoke": {"seeds": "0", "steps": 12, "lrs": (1, 30), "extra": ["model.hidden_size=8", "task.seq_len=16",
-                                                                    "eval_every=6", "smoothness_every=3"]},
-    "quick": {"seeds": "0,1,2", "steps": 400, "lrs": (1, 30), "extra": ["model.hidden_size=64"]},
-    "full": {"seeds": "0,1,2", "steps": 20000, "lrs": (1, 30), "extra": ["model.hidden_size=512"]},
+    "smoke": {"seeds": "0,1", "tune": "100", "steps": 8, "grid": (1, 30), "extra": [
+        "model.hidden_size=8", "task.seq_len=16", "eval_every=4", "smoothness_every=2"]},
+    "quick": {"seeds": "0,1,2,3,4", "tune": "100,101", "steps": 400, "grid": (0.3, 1, 3, 10, 30),
+              "extra": ["model.hidden_size=64"]},
+    "full": {"seeds": "0,1,2,3,4", "tune": "100,101,102", "steps": 20000, "grid": (0.3, 1, 3, 10, 30),
+             "extra": ["model.hidden_size=512"]},
 }
+LARGE, CLIP = 30, 0.25  # the paper's clipped setting
+
+
+def final_losses(runs):
+    """Final eval loss, a run that did not complete counting as twice the worst completed one."""
+    worst = 2 * runs.loc[runs["status"] == "completed", "eval_loss_final"].max()
+    return runs.assign(final=runs["eval_loss_final"].where(runs["status"] == "completed", worst))
+
+
+def run(lab, size):
+    from gradlab.experiments.study import Verdict, better, difference, fired, per_seed
+
+    base = ["experiment=zhang_lstm_lm", f"steps={size['steps']}", *size["extra"]]
+    grid = ",".join(f"{lr:g}" for lr in size["grid"])
+    tuning = final_losses(lab.sweep("tune", [*base, f"seed={size['tune']}", "clip=none", f"lr={grid}"]))
+    tuned = float(tuning.groupby("lr")["final"].mean().idxmin())
+    evaluation = [*base, f"seed={size['seeds']}"]
+    runs = final_losses(lab.sweep("lm", [*evaluation, "clip=none", f"lr={tuned:g},{LARGE:g}"],
+                                  [*evaluation, "clip=norm", f"max_norm={CLIP:g}", f"lr={LARGE:g}"]))
+    lab.table("lm", runs, metric="eval_loss", by=["lr", "clip.mode"],
+              note=f"Byte-level LSTM LM, plain SGD. Unclipped lr tuned over {grid} on seeds {size['tune']}: {tuned:g}.")
+    none_large = {"clip.mode": "none", "lr": float(LARGE)}
+    failed = per_seed(runs, "status", none_large) != "completed"
+    worse = per_seed(runs, "final", none_large) > per_seed(runs, "final", {"clip.mode": "none", "lr": tuned})
+    bad = failed | worse if tuned != LARGE else failed
+    verdict = Verdict()
+    verdict.control(int(bad.sum()) * 2 > len(bad), f"unclipped SGD at lr {LARGE:g} diverges, or ends worse than at "
+                    f"the tuned lr {tuned:g}, in {int(bad.sum())}/{len(bad)} seeds (it must in more than half)")
+    clipped = {"clip.mode": "norm", "lr": float(LARGE)}
+    finding = better(difference(per_seed(runs, "final", {"clip.mode": "none", "lr": tuned}),
+                                per_seed(runs, "final", clipped)), True)
+    verdict.compare(f"clipped SGD (norm {CLIP:g}, lr {LARGE:g}) against unclipped SGD at its tuned lr {tuned:g}, "
+                    "final eval loss", finding._replace(text=f"{finding.text}; clipped on {fired(runs, clipped):.1%} of steps"))
+    pairs = smoothness_pairs(runs["path"])
+    rho = pairs["grad_norm"].corr(pairs["smoothness"], method="spearman") if len(pairs) > 2 else float("nan")
+    verdict.note(f"Smoothness against gradient norm, {len(pairs)} estimates pooled over the evaluation runs: "
+                 f"Spearman {rho:.2f} (reported only: see the departures).")
+    return verdict
 
 
 def smoothness_pairs(paths):
     """(grad_norm, smoothness) at every step where a smoothness estimate was taken."""
+    import numpy as np
     import pandas as pd
 
     from gradlab.compare import read_history
 
-    import numpy as np
-
     frames = [read_history(p, ["grad_norm", "smoothness"]) for p in paths]
-    pairs = pd.concat([f for f in frames if f is not None], ignore_index=True)
+    frames = [f for f in frames if f is not None]
+    if not frames:
+        return pd.DataFrame(columns=["grad_norm", "smoothness"])
+    pairs = pd.concat(frames, ignore_index=True)
     return pairs[np.isfinite(pairs).all(axis=1) & (pairs["grad_norm"] > 0) & (pairs["smoothness"] > 0)]
-
-
-def run(lab, size) -> list:
-    from gradlab.experiments.study import arms
-
-    small, large = size["lrs"]
-    base = ["experiment=zhang_lstm_lm", f"steps={size['steps']}", f"seed={size['seeds']}", *size["extra"],
-            f"lr={small},{large}"]
-    runs = lab.sweep("lm", [*base, "clip=none"], [*base, "clip=norm", "max_norm=0.25,5"])
-    table = lab.table("lm", runs, metric="eval_loss", by=["lr", "clip.mode", "clip.max_norm"],
-                      note="Byte-level LSTM LM, plain SGD. Smoothness: ||g(t+1) - g(t)|| / ||w(t+1) - w(t)||.")
-    pairs = smoothness_pairs(runs["path"])
-    correlation = pairs["grad_norm"].corr(pairs["smoothness"], method="spearman") if len(pairs) > 2 else float("nan")
-    arm = arms(table)
-    at_large = {name.split(" ")[0]: r for name, r in arm.items() if name.endswith(f"lr={large:g}")}
-    none, clipped = at_large["none"], [at_large["norm0.25"], at_large["norm5"]]
-    best_clipped = min(clipped, key=lambda r: r["eval_loss_final_mean"] if r["completed"] else float("inf"))
-    trains = best_clipped["completed"] > 0 and (none["completed"] == 0 or
-                                                best_clipped["eval_loss_final_mean"] < none["eval_loss_final_mean"])
-    return [
-        f"Smoothness against gradient norm ({len(pairs)} finite estimates over all runs): Spearman "
-        f"correlation {correlation:.2f}: "
-        + ("smoothness grows with the gradient norm, as claimed." if correlation > 0.3 else
-           "no clear growth of smoothness with the gradient norm here."),
-        f"At lr={large:g}: " + ", ".join(
-            f"{n} {r['completed']}/{r['runs']} completed ({r['diverged']} diverged), final eval CE "
-            f"{r['eval_loss_final_mean']:.4f}" for n, r in at_large.items())
-        + ("; clipping lets the large learning rate train better than no clipping, as claimed." if trains else
-           "; clipping does not let the large learning rate train better than no clipping here."),
-    ]

@@ -1,4 +1,4 @@
-"""Optimizers (`optim=sgd|adam|adamw`, conf/optim/) and the learning-rate schedule."""
+"""Optimizers (`optim=sgd|adam|adamw|rmsprop`, conf/optim/) and the learning-rate schedule."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import torch
 
 from gradlab.errors import bad
 
-OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
+              "rmsprop": torch.optim.RMSprop}
 SCHEDULES = ("constant", "cosine")
 
 

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from gradlab.cli import app
 from gradlab.experiments import STUDIES
+from gradlab.experiments.study import OUTCOMES
 
 
 def reproduce(args, cwd):
@@ -20,9 +21,11 @@ def reproduce(args, cwd):
     return out
 
 
-def verdict(report: Path) -> list[str]:
-    lines = report.read_text().split("## Verdict (computed from the tables below)\n\n")[1].split("\n\n")[0]
-    return lines.splitlines()
+def verdict(report: Path) -> tuple[str, list[str]]:
+    """The report's outcome and its verdict lines."""
+    text = report.read_text().split("## Verdict: ")[1]
+    outcome, rest = text.split("\n", 1)
+    return outcome, [line[2:] for line in rest.split("\n\n")[1].splitlines()]
 
 
 def test_list_names_every_study():
@@ -40,7 +43,9 @@ def test_every_study_runs_and_reports_at_smoke_scale(tmp_path):
         text = report.read_text()
         assert text.startswith(f"# {name} (smoke scale)")
         assert "**Claim.**" in text and "**Source.**" in text and "gradlab sweep " in text
-        assert verdict(report), name  # at least one computed verdict line
+        outcome, lines = verdict(report)
+        assert outcome in OUTCOMES and lines[0].startswith("Negative control: "), name
+        assert "**Statistics.**" in text and "**Departures from the paper.**" in text
         for image in Path(report.parent).glob("*/curves.png"):
             assert f"({image.parent.name}/curves.png)" in text
 
@@ -48,20 +53,23 @@ def test_every_study_runs_and_reports_at_smoke_scale(tmp_path):
 def test_verdict_follows_the_records_and_finished_runs_are_reused(tmp_path):
     reproduce(["seed-004", "--scale", "smoke", "wandb=off", "-q"], tmp_path)
     report = tmp_path / "results" / "seed-004" / "smoke" / "report.md"
-    before = verdict(report)
-    assert before[-1].endswith("it neither helps nor hurts, as claimed.")
+    _, before = verdict(report)
+    compared = next(line for line in before if line.startswith("norm 1.0 against none, final MSE"))
+    assert ": **holds**." in compared  # clipping at 1.0 leaves the tutorial's run as it was
     summaries = sorted(report.parent.glob("*/*/summary.json"))
     written = [p.stat().st_mtime_ns for p in summaries]
-    clipped = next(p for p in summaries if "norm" in p.parent.name)
-    record = json.loads(clipped.read_text())
-    record["train_loss_final"] = 9.0  # as if clipping had wrecked the run
-    clipped.write_text(json.dumps(record))
+    clipped = [p for p in summaries if "norm" in p.parent.name]
+    for p in clipped:
+        record = json.loads(p.read_text())
+        record["train_loss_final"] = 9.0 + record["seed"]  # as if clipping had wrecked the run
+        p.write_text(json.dumps(record))
 
     reproduce(["seed-004", "--scale", "smoke", "wandb=off", "-q"], tmp_path)
-    after = verdict(report)
-    assert [p.stat().st_mtime_ns for p in summaries if p != clipped] == [
-        t for p, t in zip(summaries, written) if p != clipped]  # no run was trained again
-    assert "norm 1.0 9.000" in after[0] and after[-1].endswith("it does change the outcome, against the claim.")
+    outcome, after = verdict(report)
+    assert [p.stat().st_mtime_ns for p in summaries if p not in clipped] == [
+        t for p, t in zip(summaries, written) if p not in clipped]  # no run was trained again
+    compared = next(line for line in after if line.startswith("norm 1.0 against none, final MSE"))
+    assert ": **holds**." not in compared and outcome != "holds"
 
 
 def test_unknown_study_and_scale_are_one_line(tmp_path, monkeypatch):
@@ -75,5 +83,6 @@ def test_unknown_study_and_scale_are_one_line(tmp_path, monkeypatch):
 
 def test_accumulation_study_finds_correct_accumulation_equals_the_big_batch(tmp_path):
     reproduce(["accumulation", "--scale", "smoke", "wandb=off", "-q"], tmp_path)
-    lines = verdict(tmp_path / "results" / "accumulation" / "smoke" / "report.md")
-    assert lines[0].endswith("the same run.")
+    _, lines = verdict(tmp_path / "results" / "accumulation" / "smoke" / "report.md")
+    correct = next(line for line in lines if line.startswith("correct accumulation against the big batch"))
+    assert ": **holds**. +0 [+0, +0]" in correct  # the same run, to the last bit
