@@ -17,8 +17,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 # columns of StepOutput.scalars, in order; `read` turns a row of them into what the history records
-SCALARS = ("loss", "grad_norm", "grad_norm_clipped", "fired", "smoothness", "spike_skipped")
-RECORDED = ("loss", "grad_norm", "grad_norm_clipped", "clipped", "scaler_skipped", "smoothness", "spike_skipped")
+SCALARS = ("loss", "grad_norm", "grad_norm_clipped", "fired", "smoothness", "smoothness_grad_norm", "spike_skipped")
+RECORDED = ("loss", "grad_norm", "grad_norm_clipped", "clipped", "scaler_skipped", "smoothness", "smoothness_grad_norm",
+            "spike_skipped")
 
 
 class StepOutput(NamedTuple):
@@ -37,7 +38,7 @@ def train_step(model, micro_batches, loss_fn, optimizer, clip, scaler, autocast,
     clip_each_micro_batch clips the running sum after every micro-batch; no_loss_division
     skips loss / k (the threshold becomes k times looser); clip_scaled measures and clips
     fp16 gradients before unscaling them. `probe(params)`, if given, sees the unclipped
-    gradients and returns a 0-d diagnostic (or None). `spike_guard` (skip_spikes=true) may skip
+    gradients and returns a 2-vector diagnostic (or None). `spike_guard` (skip_spikes=true) may skip
     the clip and the update of a spiking step.
     """
     total_samples = sum(len(x) for x, _ in micro_batches)
@@ -80,10 +81,10 @@ def finish_step(loss, optimizer, clip, scaler, norm_type: float, mistake: str | 
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     device = loss.device
-    scalars = torch.stack([loss, grad_norm.float(), norm_after.float(),
-                           fired.float() if isinstance(fired, torch.Tensor) else _constant(float(fired), device),
-                           _constant(math.nan, device) if diagnostic is None else diagnostic.float(),
-                           _constant(float(spike), device)])
+    scalars = torch.cat([torch.stack([loss, grad_norm.float(), norm_after.float(),
+                                      fired.float() if isinstance(fired, torch.Tensor) else _constant(float(fired), device)]),
+                         _constant((math.nan, math.nan), device) if diagnostic is None else diagnostic.float(),
+                         _constant((float(spike),), device)])
     return StepOutput(scalars, layer_norms)
 
 
@@ -101,8 +102,9 @@ def read(values: list, fp16: bool) -> dict:
 
 
 @functools.lru_cache(maxsize=None)
-def _constant(value: float, device: torch.device) -> torch.Tensor:
-    """A 0-d float32 tensor on the device, made once (a new one each step would be one more kernel)."""
+def _constant(value, device: torch.device) -> torch.Tensor:
+    """A float32 tensor of `value` (a number: 0-d; a tuple: 1-d) on the device, made once (a new one
+    each step would be one more kernel)."""
     return torch.tensor(value, device=device)
 
 

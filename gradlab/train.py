@@ -275,7 +275,8 @@ class Stepper:
         self.scheduler = (None if constant_lr(conf["optim"])  # no per-step call where nothing is scheduled
                           else torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(conf["optim"], self.steps)))
         names = [n for n, p in model.named_parameters() if p.requires_grad]
-        self.probe = Smoothness(conf["smoothness_every"]) if conf["smoothness_every"] else None
+        self.probe = (Smoothness(conf["smoothness_every"], model, self.objective, self.eval_set, self.autocast)
+                      if conf["smoothness_every"] else None)
         self.per_layer_fired = torch.zeros(len(names), device=device) if hasattr(clip, "last_fired") else None
         self.step_args = (self.objective, optimizer, clip, self.scaler, self.autocast, norm_type(conf["norm_type"]),
                           conf["mistake"], self.probe, guard)
@@ -377,7 +378,8 @@ class _Log:
         return None
 
 
-SPIKE_FACTOR, SPIKE_WINDOW = 1.5, 50  # a loss spike: a step above 1.5x the median of the previous 50 steps
+# a loss spike: a step above 1.5x the median of the previous 50 steps (at least 10: counted from step 11 on)
+SPIKE_FACTOR, SPIKE_WINDOW, SPIKE_MIN = 1.5, 50, 10
 
 
 def _figures(history: list) -> dict:
@@ -389,7 +391,7 @@ def _figures(history: list) -> dict:
         return {"steps_done": 0}
     finite = h[h["loss"].map(math.isfinite)]
     smooth = finite["loss"].rolling(10, min_periods=1).mean()
-    trailing_median = finite["loss"].rolling(SPIKE_WINDOW).median().shift(1)
+    trailing_median = finite["loss"].rolling(SPIKE_WINDOW, min_periods=SPIKE_MIN).median().shift(1)
     ev = h.dropna(subset=["eval_loss"])
     figures = {
         "steps_done": int(h["step"].iloc[-1]),

@@ -41,6 +41,8 @@ def why_alone(conf: dict) -> str | None:
         return "devices > 1"
     if conf["compile"]:
         return "compile=true"
+    if conf["smoothness_every"]:
+        return "smoothness_every (its estimates run the model alone)"
     return None
 
 

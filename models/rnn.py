@@ -38,8 +38,30 @@ def _recurrence(mode: str, x, w_ih, w_hh, b_ih, b_hh):
     return torch.stack(states, 2)
 
 
+INITS = ("default", "smart_tanh")
+
+
+def smart_tanh_(rnn: nn.RNN, head: nn.Linear, nonzero: int = 15, radius: float = 0.95) -> None:
+    """Pascanu et al.'s `smart_tanh` initialisation (pascanur/trainingRNNs RNN.py): input, recurrent
+    and output weights N(0, 0.01^2); each hidden unit keeps `nonzero` random incoming recurrent
+    weights; the recurrent matrix is rescaled to spectral radius `radius`; biases zero."""
+    with torch.no_grad():
+        for name, w in rnn.named_parameters():
+            if name.startswith("bias"):
+                w.zero_()
+            else:
+                w.normal_(0.0, 0.01)
+            if name.startswith("weight_hh"):
+                h = w.shape[0]
+                keep = torch.rand(h, h).argsort(dim=1)[:, :nonzero]  # per unit, its inputs from the others
+                w.mul_(torch.zeros(h, h).scatter_(1, keep, 1.0))
+                w.mul_(radius / torch.linalg.eigvals(w.double()).abs().max().float())
+        head.weight.normal_(0.0, 0.01)
+        head.bias.zero_()
+
+
 class RecurrentNet(nn.Module):
-    def __init__(self, spec, cell: str, hidden_size: int, num_layers: int = 1):
+    def __init__(self, spec, cell: str, hidden_size: int, num_layers: int = 1, init: str = "default"):
         super().__init__()
         if spec.input == "vector":
             raise cannot_consume(cell, spec, "no sequence axis")
@@ -52,6 +74,10 @@ class RecurrentNet(nn.Module):
         extra = {"nonlinearity": "tanh"} if cell == "rnn" else {}
         self.rnn = CELLS[cell](features, hidden_size, num_layers, batch_first=True, **extra)
         self.head = nn.Linear(hidden_size, spec.n_out)
+        if init not in INITS or (init == "smart_tanh" and cell != "rnn"):
+            raise bad("model.init", init, "choose from default, smart_tanh (smart_tanh: cell rnn only)")
+        if init == "smart_tanh":
+            smart_tanh_(self.rnn, self.head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         states, _ = self.rnn(as_sequence(x, self.spec))

@@ -116,3 +116,23 @@ def test_per_position_outputs_are_causal(name, task, training):
         before, after = model(x), model(changed)
     torch.testing.assert_close(after[:, :t], before[:, :t], rtol=0, atol=1e-6)
     assert not torch.allclose(after[:, t], before[:, t], atol=1e-4)
+
+
+def test_smart_tanh_is_pascanus_initialisation():
+    """Sparse recurrent weights (15 inputs per unit) at spectral radius 0.95, N(0, 0.01^2)
+    elsewhere, biases zero: pascanur/trainingRNNs RNN.py's smart_tanh."""
+    torch.manual_seed(0)
+    model = build_model(model_cfg("rnn", hidden_size=50, init="smart_tanh"), spec("temporal_order"))
+    w_hh = model.rnn.weight_hh_l0.detach()
+    assert ((w_hh != 0).sum(dim=1) == 15).all()
+    assert abs(float(torch.linalg.eigvals(w_hh.double()).abs().max()) - 0.95) < 1e-5
+    for w in (model.rnn.weight_ih_l0, model.head.weight):
+        assert 0.007 < float(w.std()) < 0.013
+    assert all(float(b.abs().max()) == 0 for b in (model.rnn.bias_ih_l0, model.rnn.bias_hh_l0, model.head.bias))
+
+
+def test_smart_tanh_is_for_the_tanh_rnn_only():
+    with pytest.raises(ConfigError, match="^model.init=smart_tanh: choose from default, smart_tanh"):
+        build_model(model_cfg("lstm", init="smart_tanh"), spec("adding"))
+    with pytest.raises(ConfigError, match="^model.init=xavier: "):
+        build_model(model_cfg("rnn", init="xavier"), spec("adding"))

@@ -377,3 +377,64 @@ def test_a_bad_target_is_one_line(compose, value, message):
 def test_a_target_needs_evaluations(compose):
     with pytest.raises(ConfigError, match="^stop_at_target=eval_loss:0.1: needs evaluations during the run"):
         build(compose("model=mlp", "task=regression", "eval_every=0", "stop_at_target=eval_loss:0.1"))
+
+
+def test_loss_spikes_are_counted_from_the_eleventh_step():
+    """A loss spike: a step above 1.5x the median of the previous (up to 50, at least 10) losses."""
+    from gradlab.train import _figures
+
+    losses = [1.0] * 60
+    losses[4] = losses[14] = losses[40] = 2.0  # step 5: too early to tell; steps 15 and 41: spikes
+    losses[20] = 1.4                           # under 1.5x the median: not a spike
+    history = [{"step": i + 1, "loss": v, "grad_norm": 1.0, "clipped": 0.0, "spike_skipped": 0.0,
+                "scaler_skipped": 0.0, "time_s": i + 1.0} for i, v in enumerate(losses)]
+    assert _figures(history)["loss_spikes"] == 2
+
+
+def test_smoothness_is_zhangs_estimate_and_leaves_the_run_as_it_was(compose):
+    """Both gradients on the same data (the eval set) at theta and at the midpoint of the step,
+    worked out here with plain backward passes on copies of the model; a run with estimates
+    records the same losses as the run without."""
+    from gradlab.diagnostics import Smoothness
+
+    conf = compose("model=mlp", "task=regression", "wandb=off")
+    run = build(conf)
+    run.task.load(run.device)
+    model, data, objective = run.model, run.task.eval_batches(), loss_fn(run.task.spec)
+    probe = Smoothness(1, model, objective, data, contextlib.nullcontext)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = next(run.task.batches(16, seed=0))
+    theta = copy.deepcopy(model)
+    objective(model(x), y).backward()
+    assert probe(list(model.parameters())) is None  # step 1: theta saved
+    optimizer.step()
+    optimizer.zero_grad()
+    objective(model(x), y).backward()
+    own = [p.grad.clone() for p in model.parameters()]
+    estimate = probe(list(model.parameters()))  # step 2: the estimate of step 1
+
+    def full_gradient(net):
+        net.zero_grad()
+        n = sum(len(b[0]) for b in data)
+        sum(objective(net(bx), by) * (len(bx) / n) for bx, by in data).backward()
+        return torch.cat([p.grad.flatten() for p in net.parameters()])
+
+    middle = copy.deepcopy(theta)
+    with torch.no_grad():
+        for m, a, b in zip(middle.parameters(), theta.parameters(), model.parameters()):
+            m.copy_((a + b) / 2)
+    g0, g1 = full_gradient(theta), full_gradient(middle)
+    move = torch.cat([(m - a).flatten() for m, a in zip(middle.parameters(), theta.parameters())]).norm()
+    torch.testing.assert_close(estimate, torch.stack([(g1 - g0).norm() / move, g0.norm()]), rtol=1e-4, atol=0)
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), own))  # the step's gradients untouched
+
+    losses = []
+    for every in (0, 3):
+        c = compose("model=mlp", "task=regression", "steps=12", "log_every=1", f"smoothness_every={every}",
+                    f"name=smooth{every}", "wandb=off")
+        summary = train(c)
+        losses.append(history(summary, c))
+    pd.testing.assert_series_equal(losses[0]["loss"], losses[1]["loss"])
+    # steps 3, 6, 9 (and 12) measured; their estimates recorded at 4, 7, 10
+    assert losses[1].loc[losses[1]["smoothness"].notna(), "step"].tolist() == [4, 7, 10]
+    assert losses[0]["smoothness"].isna().all()
