@@ -194,14 +194,14 @@ def difference(a: pd.Series, b: pd.Series) -> Difference:
     return Difference(n, mean, mean - half, mean + half, p, sd)
 
 
-def better(diff: Difference, lower_is_better: bool, margin: float = 0.0) -> Finding:
-    """Is b better than a? holds when the whole interval lies on the better side (by more than
-    `margin`), contradicted when it lies wholly on the worse side, else indistinguishable."""
+def better(diff: Difference, lower_is_better: bool) -> Finding:
+    """Is b better than a? holds when the whole interval lies on the better side, contradicted
+    when it lies wholly on the worse side, else indistinguishable."""
     sign = -1 if lower_is_better else 1
     gain_low, gain_high = sorted((sign * diff.low, sign * diff.high))
-    if gain_low > margin:
+    if gain_low > 0:
         return Finding(HOLDS, str(diff))
-    if gain_high < -margin:
+    if gain_high < 0:
         return Finding(CONTRADICTED, str(diff))
     return Finding(INDISTINGUISHABLE, f"{diff}; {seeds_to_tell(diff)}")
 
@@ -311,15 +311,19 @@ def fired(runs: pd.DataFrame, where: dict) -> float:
 def against_control(verdict: Verdict, runs: pd.DataFrame, name: str, arm: dict, control: dict, budget: int) -> None:
     """The claim "arm reaches the target, where the control does not": steps to the target
     (censored at the budget), paired t, as the comparison; seeds solved, exact McNemar, beside it.
-    An arm that rarely clipped is said to be the same run as none, whatever the numbers."""
+    An arm that clipped on under 1% of steps is the same run as none: its comparison never holds."""
     share = fired(runs, arm)
     c = counts(solved(runs, control), solved(runs, arm))
     finding = better(difference(steps_to_target(runs, control, budget), steps_to_target(runs, arm, budget)),
                      lower_is_better=True)
-    verdict.compare(f"{name} against the control, steps to the target (censored at {budget})",
-                    finding._replace(text=f"{finding.text}; seeds solved {c}; clipped on {share:.1%} of steps"))
-    if share < RARE:
-        verdict.note(f"{name} rarely fired ({share:.2%} of steps): the same run as none, not support for the claim.")
+    if not (c.a or c.b):
+        finding = finding._replace(text=f"neither arm reached the target within {budget} steps: a longer budget, "
+                                        "not more seeds, could tell")
+    finding = finding._replace(text=f"{finding.text}; seeds solved {c}; clipped on {share:.1%} of steps")
+    if share < RARE:  # whatever its numbers say, it is not support for the claim
+        finding = finding._replace(outcome=INDISTINGUISHABLE if finding.outcome == HOLDS else finding.outcome,
+                                   text=f"{finding.text}; rarely fired ({share:.2%} of steps): the same run as none")
+    verdict.compare(f"{name} against the control, steps to the target (censored at {budget})", finding)
 
 
 def control_fails(runs: pd.DataFrame, control: dict, name: str) -> tuple[bool, str]:

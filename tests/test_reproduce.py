@@ -86,3 +86,14 @@ def test_accumulation_study_finds_correct_accumulation_equals_the_big_batch(tmp_
     _, lines = verdict(tmp_path / "results" / "accumulation" / "smoke" / "report.md")
     correct = next(line for line in lines if line.startswith("correct accumulation against the big batch"))
     assert ": **holds**. +0 [+0, +0]" in correct  # the same run, to the last bit
+
+
+def test_every_study_runs_at_least_five_seeds_per_arm_at_quick_scale():
+    """Each arm's evaluation seeds at quick scale (adaptive-vs-fixed evaluates on lstm-adding's)."""
+    from gradlab.experiments import study_module
+
+    for name in STUDIES:
+        quick = study_module(name).SCALES["quick"]
+        seeds = quick.get("seeds") or study_module("lstm-adding").SCALES["quick"]["seeds"]
+        assert len(seeds.split(",")) >= 5, name
+        assert study_module(name).DEPARTURES, name

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from gradlab.experiments.study import (CONTRADICTED, HOLDS, INDISTINGUISHABLE, NOT_STRESSED, Verdict, better,
-                                       counts, difference, per_seed, same)
+from gradlab.experiments.study import (CONTRADICTED, HOLDS, INDISTINGUISHABLE, NOT_STRESSED, Verdict, against_control,
+                                       better, counts, difference, per_seed, same)
 
 SEEDS = range(8)
 
@@ -99,3 +99,15 @@ def test_a_verdict_without_a_control_is_refused_and_one_arm_per_seed():
     runs = pd.concat([synthetic([1] * 8, [1] * 8)] * 2)
     with pytest.raises(ValueError, match="not one arm"):
         per_seed(runs, "eval_loss_final", {"clip.mode": "none"})
+
+
+@pytest.mark.parametrize("share,outcome", [(0.05, HOLDS), (0.005, INDISTINGUISHABLE)])
+def test_an_arm_that_rarely_clipped_is_never_support(share, outcome):
+    """Solved sooner in every seed, but clipped on under 1% of steps: the same run as none."""
+    rows = [{"clip.mode": mode, "seed": seed, "target_step": step, "clip_fraction": fraction}
+            for seed in SEEDS for mode, step, fraction in (("none", math.nan, 0.0), ("norm", 500 + 10 * seed, share))]
+    verdict = Verdict()
+    against_control(verdict, pd.DataFrame(rows), "norm", {"clip.mode": "norm"}, {"clip.mode": "none"}, budget=1000)
+    assert verdict.findings[0].outcome == outcome
+    assert ("the same run as none" in verdict.lines[0]) == (outcome == INDISTINGUISHABLE)
+    assert "seeds solved 8/8" in verdict.lines[0]
