@@ -44,6 +44,7 @@ class Lab:
         self.commands: list[str] = []
         self.sections: list[tuple[str, str, Comparison]] = []  # (label, note, comparison)
         self.made = self.reused = 0  # runs trained by this call of the study, and runs found finished
+        self.run_seconds = 0.0  # the runs' own wall time, however long ago they were made
         self.seeds: dict[str, set] = {}  # sweep label -> the seeds of its runs
 
     def sweep(self, label: str, *arms: list[str]) -> pd.DataFrame:
@@ -61,6 +62,7 @@ class Lab:
             self.made += sum(swept.counts.values()) - swept.counts.get("skipped", 0)
         loaded = load_runs(list(dict.fromkeys(runs)))
         self.seeds.setdefault(label, set()).update(loaded["seed"])
+        self.run_seconds += float(loaded["wall_time_s"].sum())
         return loaded
 
     def table(self, label: str, runs: pd.DataFrame, note: str = "", **options) -> Comparison:
@@ -105,7 +107,8 @@ def write_report(study, lab: Lab, verdict: Verdict, wall_s: float) -> Path:
               f"({platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
               f"{', ' + torch.cuda.get_device_name() if torch.cuda.is_available() else ''}); "
               f"gradlab {gradlab.__version__}, torch {torch.__version__}, python {platform.python_version()}; "
-              f"wall time {wall_s / 60:.1f} min, {runs}.", ""]
+              f"wall time {wall_s / 60:.1f} min, {runs}; the runs' own wall times add up to "
+              f"{lab.run_seconds / 60:.1f} min.", ""]
     for label, note, comparison in lab.sections:
         lines += [f"## {label}", ""] + ([note, ""] if note else [])
         lines += [to_markdown(readable(comparison)), f"![{label}]({label}/curves.png)", ""]
