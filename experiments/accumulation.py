@@ -34,7 +34,8 @@ def run(lab, size):
     control = same(difference(big, arm["no_loss_division"]), margin)
     verdict.control(control.outcome == CONTRADICTED,
                     f"no_loss_division against the big batch, final eval loss {control.text}")
-    verdict.compare("correct accumulation against the big batch, final eval loss", same(difference(big, arm["-"]), margin))
+    verdict.compare("correct accumulation against the big batch, final eval loss",
+                    same(difference(big, arm["-"]), margin))
     verdict.compare("clip_each_micro_batch against correct accumulation, final eval loss",
                     differs(difference(arm["-"], arm["clip_each_micro_batch"]), margin))
     verdict.note(f"Margin: half the big batch's seed-to-seed standard deviation, {margin:.3g}.")

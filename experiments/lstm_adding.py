@@ -2,7 +2,7 @@
 at a learning rate where the unclipped LSTM fails.
 
 The paper's setting (Arjovsky, Shah & Bengio 2016; code amarshah/complex_RNN, adding_problem.py and
-models.py): adding problem, LSTM baseline of 128 units, batch 20, RMSProp (decay 0.9) at lr 1e-3,
+models.py): adding problem, an LSTM baseline, batch 20, RMSProp (decay 0.9) at lr 1e-3,
 gradients clipped elementwise at ±1 for the baselines; T = 100-750.
 """
 
@@ -12,12 +12,12 @@ CLAIM = ("For an LSTM on the adding problem at a learning rate where training wi
          "sooner than no clipping.")
 SOURCE = ("Arjovsky, Shah & Bengio 2016 (uRNN), code amarshah/complex_RNN: the adding problem and its "
           "LSTM baseline (RMSProp, value clipping at 1); Zaremba et al. 2014 (norm 5); seed tutorial 000 (1-5)")
-DEPARTURES = ("T=50 at quick scale (the paper: 100 to 750) and 64 units (128), so that five seeds fit a "
-              "CPU; RMSProp at 100x the paper's lr (0.1), the stress under test, where the paper used "
-              "1e-3; torch's RMSProp starts its squared-gradient average at 0 (theirs at 1e-3); solved = "
-              "held-out MSE <= 0.01 (the paper plots MSE curves; predicting 1 scores 1/6). The stress lr was "
-              "chosen by a pilot (T=50, seeds 0-1, 2,000 steps; lr 0.001 to 0.3 without clipping, 0.1 and 0.3 "
-              "with norm 1) as the lowest lr at which unclipped training failed; the copy task reuses it.")
+DEPARTURES = ("T=50 at quick scale (the paper: 100 to 750) and 64 units, so that five seeds fit a CPU; "
+              "RMSProp at 100x the paper's lr (0.1), the stress under test, where the paper used 1e-3; "
+              "torch's RMSProp starts its squared-gradient average at 0 (theirs at 1e-3); solved = held-out "
+              "MSE <= 0.01 (the paper plots MSE curves; predicting 1 scores 1/6). The stress lr was chosen by "
+              "a pilot (T=50, seeds 0-1, 2,000 steps; lr 0.001 to 0.3 without clipping, 0.1 and 0.3 with "
+              "norm 1) as the lowest lr at which unclipped training failed; the copy task reuses it.")
 SCALES = {
     "smoke": {"length": 6, "seeds": "0,1", "steps": 8, "extra": ["model.hidden_size=8", "eval_every=4"]},
     "quick": {"length": 50, "seeds": "0,1,2,3,4", "steps": 3000, "extra": ["model.hidden_size=64"]},
@@ -28,7 +28,8 @@ STRESS = ["optim=rmsprop", "lr=0.1", "batch_size=20"]  # unclipped fails here (p
 ARMS = {"none": ["clip=none"], "norm 1": ["clip=norm", "max_norm=1"], "norm 5": ["clip=norm", "max_norm=5"],
         "value 1": ["clip=value", "clip_value=1"]}
 WHERE = {"none": {"clip.mode": "none"}, "norm 1": {"clip.mode": "norm", "clip.max_norm": 1.0},
-         "norm 5": {"clip.mode": "norm", "clip.max_norm": 5.0}, "value 1": {"clip.mode": "value", "clip.clip_value": 1.0}}
+         "norm 5": {"clip.mode": "norm", "clip.max_norm": 5.0},
+         "value 1": {"clip.mode": "value", "clip.clip_value": 1.0}}
 
 
 def run(lab, size):

@@ -1,6 +1,6 @@
 """Study lstm-copy: the recurrent thresholds of lstm-adding on the copy (memory) task.
 
-The paper's setting (Arjovsky, Shah & Bengio 2016; code amarshah/complex_RNN, copying_problem.py):
+The paper's setting (Arjovsky, Shah & Bengio 2016; code amarshah/complex_RNN, memory_problem.py):
 copy 10 symbols from an alphabet of 8 after T blanks, LSTM baseline, batch 20, RMSProp (decay 0.9)
 at lr 1e-3, values clipped at ±1; T = 100-500; the memoryless baseline is 10 log 8 / (T + 20) nats.
 """

@@ -11,7 +11,8 @@ CLAIM = ("For a Transformer language model trained with AdamW, clipping the glob
 SOURCE = "nanoGPT (karpathy/nanoGPT train.py, grad_clip=1.0); GPT-3 (Brown et al. 2020); LLaMA (Touvron et al. 2023)"
 DEPARTURES = ("A 2-layer, 64-wide byte-level model on this Python's own sources at quick scale, for 400 steps; "
               "warm-up off, and on for a tenth of the run (nanoGPT: 2,000 of 600,000 steps); two learning rates, "
-              "a comfortable one and the stress (at quick scale 1e-2 and 1e-1, from a pilot of no clipping at 3e-3 to 1e-1, "
+              "a comfortable one and the stress (at quick scale 1e-2 and 1e-1, from a pilot of no clipping at "
+              "3e-3 to 1e-1, "
               "seeds 0-1, 400 steps: final eval loss 2.07-2.11, 1.90-1.93, 2.22-2.25, 2.64-2.70, no loss spikes), "
               "where the claim is judged without warm-up. Loss spikes: steps "
               "above 1.5x the median loss of the previous 50 (at least 10).")

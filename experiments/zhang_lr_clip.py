@@ -61,7 +61,8 @@ def run(lab, size):
     finding = better(difference(per_seed(runs, "final", {"clip.mode": "none", "lr": tuned}),
                                 per_seed(runs, "final", clipped)), True)
     verdict.compare(f"clipped SGD (norm {CLIP:g}, lr {LARGE:g}) against unclipped SGD at its tuned lr {tuned:g}, "
-                    "final eval loss", finding._replace(text=f"{finding.text}; clipped on {fired(runs, clipped):.1%} of steps"))
+                    "final eval loss",
+                    finding._replace(text=f"{finding.text}; clipped on {fired(runs, clipped):.1%} of steps"))
     tuned_runs = runs[(runs["clip.mode"] == "none") & (runs["lr"] == tuned)]
     slopes = pd.Series({seed: slope(smoothness_pairs([path])) for seed, path in
                         zip(tuned_runs["seed"], tuned_runs["path"])}).dropna()
