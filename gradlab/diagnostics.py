@@ -22,6 +22,7 @@ class Smoothness:
 
     def __init__(self, every: int, model: torch.nn.Module, objective, data: list, autocast):
         self.every, self.model, self.objective, self.data, self.autocast = every, model, objective, data, autocast
+        self.samples = sum(len(x) for x, _ in data)
         self.step, self.before = 0, None
 
     def __call__(self, params) -> torch.Tensor | None:
@@ -53,7 +54,7 @@ class Smoothness:
         with torch.random.fork_rng(devices=devices):
             for x, y in self.data:
                 with self.autocast():
-                    loss = self.objective(self.model(x), y) * (len(x) / sum(len(b[0]) for b in self.data))
+                    loss = self.objective(self.model(x), y) * (len(x) / self.samples)
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
                 torch._foreach_add_(total, [torch.zeros_like(w) if g is None else g for g, w in zip(grads, weights)])
         return total

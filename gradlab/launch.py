@@ -158,8 +158,8 @@ def print_plan(p: Plan, settings: list[str] = ()) -> None:
         print(f"launcher: {p.launcher} ({' '.join(settings)})")
     compiled = {conf["compile"] for conf in confs} - {False}
     if compiled:
-        print(f"compile: {', '.join(str(c).lower() for c in compiled)}: torch.compile each model; a model that does not compile "
-              "runs eagerly, and its summary says how it ran (execution)")
+        print(f"compile: {', '.join(str(c).lower() for c in compiled)}: torch.compile each model; a model that "
+              "does not compile runs eagerly, and its summary says how it ran (execution)")
     for i, (conf, job) in enumerate(zip(confs, expand(p.overrides))):
         done = finished_before(conf)
         how = f", {done.get('execution', 'eager')}" if done and conf["compile"] else ""
