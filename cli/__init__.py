@@ -20,6 +20,8 @@ OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the runs that would be made, and which are done; train nothing.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing while training (progress=none).")]
 Force = Annotated[bool, typer.Option("--force", help="Re-run runs that already finished instead of skipping them.")]
+ConfigDir = Annotated[list[str], typer.Option("--config-dir", help="A folder of your own configs (model/, task/, clip/, "
+                                               "optim/ ... YAML files), used beside gradlab's; may be repeated.")]
 
 
 @contextmanager
@@ -53,46 +55,53 @@ def _handled_interrupt() -> None:
     ctypes.pythonapi.PyRun_SimpleString(b"pass")
 
 
-def _flags(quiet: bool, force: bool) -> list[str]:
-    return (["progress=none"] if quiet else []) + (["force=true"] if force else [])
+def _flags(quiet: bool, force: bool, config_dir: list[str] = ()) -> list[str]:
+    from gradlab.launch import search_override
+
+    return (["progress=none"] if quiet else []) + (["force=true"] if force else []) + search_override(config_dir)
 
 
 @app.command(context_settings=OVERRIDES)
-def train(ctx: typer.Context, dry_run: DryRun = False, quiet: Quiet = False, force: Force = False):
+def train(ctx: typer.Context, dry_run: DryRun = False, quiet: Quiet = False, force: Force = False,
+          config_dir: ConfigDir = ()):
     """One run: gradlab train model=transformer clip=value clip_value=0.5 accum_steps=4"""
     from gradlab import launch
 
     with user_errors():
-        summary = launch.train([*ctx.args, *_flags(quiet, force)], dry_run=dry_run)
+        summary = launch.train([*ctx.args, *_flags(quiet, force, config_dir)], dry_run=dry_run)
     if summary and summary["status"] == "failed":
         raise typer.Exit(1)
 
 
 @app.command(context_settings=OVERRIDES)
-def sweep(ctx: typer.Context, dry_run: DryRun = False, quiet: Quiet = False, force: Force = False):
+def sweep(ctx: typer.Context, dry_run: DryRun = False, quiet: Quiet = False, force: Force = False,
+          config_dir: ConfigDir = ()):
     """A grid of runs (Hydra multirun): gradlab sweep model=lstm clip=norm max_norm=1,5"""
     from gradlab import launch
 
     with user_errors():
-        counts = launch.sweep([*ctx.args, *_flags(quiet, force)], dry_run=dry_run).counts
+        counts = launch.sweep([*ctx.args, *_flags(quiet, force, config_dir)], dry_run=dry_run).counts
     if counts.get("failed") or counts.get("unfinished"):
         raise typer.Exit(1)
 
 
 @app.command("list")
-def list_options():
-    """The config groups with their options, and the top-level keys."""
+def list_options(config_dir: ConfigDir = ()):
+    """The config groups with their options (yours from --config-dir too), and the top-level keys."""
     from importlib import resources
 
     from gradlab.experiments import catalogue, header
+    from gradlab.launch import options, search_override, user_folders
     from gradlab.sweep import GROUPS
 
+    with user_errors():
+        folders = user_folders(search_override(config_dir))
     conf = resources.files("gradlab.conf")
     for group in GROUPS[1:]:
         typer.echo(f"{group}:")
-        for f in sorted(conf.joinpath(group).iterdir(), key=lambda f: f.name):
-            if f.name.endswith(".yaml"):
-                typer.echo(f"  {f.name[:-5]:<16} {header(f.read_text())[0]}")
+        for name, f in options(group, folders).items():
+            mine = "" if f == conf.joinpath(group, f.name) else f" [{f.parent.parent}]"
+            typer.echo(f"  {name:<16} {(header(f.read_text()) or [''])[0]}{mine}")
     typer.echo("experiment:")
     for name, (description, commands) in catalogue().items():
         typer.echo(f"  {name:<16} {description}")

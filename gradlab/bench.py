@@ -65,7 +65,6 @@ def loop(model: str, steps: int, repeats: int, *overrides: str) -> dict:
 
     from gradlab.objective import loss_fn
     from gradlab.progress import RunProgress
-    from gradlab.step import train_step
     from gradlab.tracking import Tracker
     from gradlab.train import Stepper, build
 
@@ -81,7 +80,7 @@ def loop(model: str, steps: int, repeats: int, *overrides: str) -> dict:
                                   tracker=Tracker(conf, None, enabled=False))
         stepper = Stepper(conf, run, session)
         for step in range(1, steps + 1):
-            stepper.record(step, train_step(stepper.net, stepper.batches(step), *stepper.step_args))
+            stepper.record(step, stepper.step(stepper.net, stepper.batches(step), stepper.parts))
         _wait(run.device)
         return time.perf_counter() - start
 
@@ -110,9 +109,9 @@ def clip_costs(model: str, steps: int, repeats: int) -> dict:
     """Median time per step of gradlab's training step under every clip mode."""
     import torch
 
-    from gradlab.clip import REGISTRY
+    from gradlab.components import options
     from gradlab.objective import loss_fn
-    from gradlab.step import train_step
+    from gradlab.step import StepParts, train_step
     from gradlab.train import build
 
     def timer(mode: str):
@@ -122,19 +121,19 @@ def clip_costs(model: str, steps: int, repeats: int) -> dict:
         stream = run.task.batches(conf["batch_size"], seed=0)
         scaler = torch.amp.GradScaler(run.device.type, enabled=False)
         autocast = partial(torch.autocast, run.device.type, enabled=False)
-        objective = loss_fn(run.task.spec)
+        parts = StepParts(loss_fn(run.task.spec), run.optimizer, run.clip, scaler, autocast, 2.0)
 
         def timed() -> float:
             data = [next(stream) for _ in range(steps)]
             start = time.perf_counter()
             for x, y in data:
-                out = train_step(run.model, [(x, y)], objective, run.optimizer, run.clip, scaler, autocast, 2.0)
+                out = train_step(run.model, [(x, y)], parts)
             out.scalars.cpu()  # waits for the device
             return (time.perf_counter() - start) / steps
 
         return timed
 
-    median = alternate({mode: timer(mode) for mode in REGISTRY}, repeats)
+    median = alternate({mode: timer(mode) for mode in options("clip")}, repeats)
     return {"model": model, "steps": steps,
             "modes": {mode: {"ms_per_step": t * 1e3, "vs_none": t / median["none"]} for mode, t in median.items()}}
 
@@ -211,10 +210,10 @@ def run(sections: list[str], models: list[str], steps: int, repeats: int, sweep_
     import torch
 
     from gradlab.config import resolve_device
-    from gradlab.train import _device_name
+    from gradlab.train import device_name
 
     device = resolve_device("auto")
-    report = {"device": _device_name(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+    report = {"device": device_name(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
               "repeats": repeats}
     print(f"gradlab bench on {report['device']}, torch {report['torch']}, {report['threads']} threads, "
           f"medians of {repeats}")

@@ -30,10 +30,16 @@ SWITCHED = {"skip_spikes": ("spike_metric", "spike_sigma", "spike_window", "spik
 
 
 def plain(cfg) -> dict:
-    """The resolved config as plain Python containers, without Hydra's own node."""
+    """The resolved config as plain Python containers, without Hydra's own node. A component
+    config without a name (a user's `model=custom`) is named after its class."""
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+    from gradlab.components import GROUPS, label
+
+    conf = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+    for group in GROUPS:
+        conf[group].setdefault("mode" if group == "clip" else "name", label(group, conf[group]))
+    return conf
 
 
 def _positive_int(conf: dict, key: str) -> None:
@@ -96,7 +102,7 @@ def stop_rule(text) -> tuple | None:
 
 def check_mistake(conf: dict) -> None:
     """A study-only mistake must be one gradlab knows, in a setting where it can happen."""
-    from gradlab.step import MISTAKES
+    from gradlab.mistakes import MISTAKES
 
     mistake = conf["mistake"]
     if mistake is None:
@@ -111,9 +117,11 @@ def check_mistake(conf: dict) -> None:
 
 def sizes(conf: dict) -> str:
     """The sizes that decide a run's memory, for an out-of-memory message: `model=lstm hidden_size=200000 ... batch_size=64`."""
+    from gradlab.components import label
+
     model = conf["model"]
     knobs = [f"{k}={v}" for k, v in model.items() if isinstance(v, int) and not isinstance(v, bool)]
-    return " ".join([f"model={model['name']}", *knobs, f"batch_size={conf['batch_size']}"])
+    return " ".join([f"model={label('model', model)}", *knobs, f"batch_size={conf['batch_size']}"])
 
 
 def resolve_device(name: str):
@@ -170,7 +178,7 @@ def clip_knobs() -> frozenset:
     knobs = set()
     for f in resources.files("gradlab.conf").joinpath("clip").iterdir():
         if f.name.endswith(".yaml"):
-            knobs |= set(yaml.safe_load(f.read_text())) - {"mode"}
+            knobs |= set(yaml.safe_load(f.read_text())) - {"mode", "_target_"}
     return frozenset(knobs)
 
 
@@ -179,27 +187,38 @@ def identity(conf: dict) -> str:
 
     A clip knob counts through its copy under `clip`, so a knob the chosen mode ignores
     (max_norm under clip=none) does not make a new run; nor do an option and its knobs while
-    the option is off (skip_spikes=false), so adding such an option keeps old runs valid."""
+    the option is off (skip_spikes=false), so adding such an option keeps old runs valid.
+    The class of one of gradlab's own options is named by the option, so its `_target_` does
+    not count (run ids made before components had one stay valid); a user's class does."""
+    from gradlab.components import GROUPS, shipped_targets
+
     ignored = {*NOT_IDENTITY, *clip_knobs()}
     for switch, knobs in SWITCHED.items():
         if not conf.get(switch):
             ignored |= {switch, *knobs}
     kept = {k: v for k, v in conf.items() if k not in ignored}
+    for group in GROUPS:
+        if kept[group].get("_target_") in shipped_targets():
+            kept[group] = {k: v for k, v in kept[group].items() if k != "_target_"}
     return hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def clip_label(conf: dict) -> str:
     """`none`, `norm5`, `value0.5`, `autoclip10`, `norm1-p1`: the clip mode and its first knob's value."""
+    from gradlab.components import HYDRA_KEYS, label as named
+
     clip = conf["clip"]
-    first = next((v for k, v in clip.items() if k != "mode"), None)
-    label = clip["mode"] + (f"{first:g}" if isinstance(first, (int, float)) and not isinstance(first, bool) else "")
+    first = next((v for k, v in clip.items() if k != "mode" and k not in HYDRA_KEYS), None)
+    label = named("clip", clip) + (f"{first:g}" if isinstance(first, (int, float)) and not isinstance(first, bool) else "")
     p = norm_type(conf["norm_type"])
     return label if p == 2 else f"{label}-p{p:g}"
 
 
 def display_name(conf: dict) -> str:
     """Readable run name, e.g. `lstm-adding-norm5-s0`."""
-    return f"{conf['model']['name']}-{conf['task']['name']}-{clip_label(conf)}-s{conf['seed']}"
+    from gradlab.components import label
+
+    return f"{label('model', conf['model'])}-{label('task', conf['task'])}-{clip_label(conf)}-s{conf['seed']}"
 
 
 def run_id(conf: dict) -> str:

@@ -12,26 +12,58 @@ import os
 import shutil
 import sys
 from importlib import resources
+from pathlib import Path
 from typing import NamedTuple
 
 from gradlab.errors import ConfigError, Interrupted, LaunchError, bad
 from gradlab.sweep import GROUPS, default_name, expand, key_of
 
 
-def options(group: str) -> list[str]:
-    """Names of the configs of a config group (conf/<group>/*.yaml)."""
-    folder = resources.files("gradlab.conf") / group
-    return sorted(f.name[:-5] for f in folder.iterdir() if f.name.endswith(".yaml"))
+SEARCHPATH = "hydra.searchpath"
 
 
-def _check_override(override: str, known_keys: set) -> None:
+def search_override(folders: list[str]) -> list[str]:
+    """The override that adds users' config folders to Hydra's search path (`--config-dir`);
+    each folder must exist."""
+    paths = []
+    for folder in folders:
+        path = Path(folder).expanduser().resolve()
+        if not path.is_dir():
+            raise bad("--config-dir", folder, "not a folder; give one that holds model/, task/, clip/ ... folders of YAML")
+        paths.append(f"file://{path}")
+    return [f"{SEARCHPATH}=[{','.join(paths)}]"] if paths else []
+
+
+def user_folders(overrides: list[str]) -> list[Path]:
+    """The config folders that a hydra.searchpath override adds (file:// entries only)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    found = []
+    for override in overrides:
+        if key_of(override) == SEARCHPATH:
+            value = OverridesParser.create().parse_overrides([override])[0].value()
+            found += [Path(v[len("file://"):]) for v in value if isinstance(v, str) and v.startswith("file://")]
+    return found
+
+
+def options(group: str, folders: list[Path] = ()) -> dict[str, Path]:
+    """The configs of a config group: gradlab's own (conf/<group>/*.yaml), then those of the
+    user's config folders; name -> file (a user's file of the same name wins, as in Hydra)."""
+    found = {}
+    for folder in [resources.files("gradlab.conf"), *folders]:
+        if (folder / group).is_dir():
+            found.update({f.name[:-5]: f for f in (folder / group).iterdir() if f.name.endswith(".yaml")})
+    return dict(sorted(found.items()))
+
+
+def _check_override(override: str, known_keys: set, folders: list[Path]) -> None:
     key = key_of(override)
     value = override.split("=", 1)[1] if "=" in override else ""
     if override.startswith("+") or key.startswith("hydra"):
         return
     if key in GROUPS:
-        if value not in options(key) and not (key == "experiment" and value == "null"):
-            raise bad(key, value, f"choose from {', '.join(options(key))}")
+        if value not in options(key, folders) and not (key == "experiment" and value == "null"):
+            raise bad(key, value, f"choose from {', '.join(options(key, folders))}")
     elif key.split(".")[0] not in known_keys:
         close = difflib.get_close_matches(key, sorted(known_keys), n=1)
         hint = f"did you mean {close[0]}? " if close else ""
@@ -67,7 +99,8 @@ def _unknown_nested(job: list[str]) -> ConfigError | None:
     from hydra.errors import HydraException
 
     try:
-        base = compose("config", overrides=[o for o in job if key_of(o) in GROUPS])
+        base = compose("config", overrides=[o for o in job if key_of(o) in GROUPS or key_of(o) == SEARCHPATH],
+                       return_hydra_config=True)
     except HydraException:
         return None
     for override in job:
@@ -82,7 +115,7 @@ def _unknown_nested(job: list[str]) -> ConfigError | None:
             siblings = [f"{'.'.join(parents)}.{k}" for k in node.keys()]
             close = difflib.get_close_matches(key, siblings, n=1)
             group = parents[0]
-            owner = f" of {group}={base[group]['name']}" if group in GROUPS and "name" in base[group] else ""
+            owner = f" of {group}={base.hydra.runtime.choices[group]}" if group in base.hydra.runtime.choices else ""
             hint = f"did you mean {close[0]}? " if close else ""
             return ConfigError(f"{key}: unknown key{owner}; {hint}(`gradlab list` shows the options)")
     return None
@@ -98,8 +131,9 @@ def compose_all(jobs: list[list[str]]) -> list:
         known = set(compose("config").keys())
         configs = []
         for job in jobs:
+            folders = user_folders(job)
             for override in job:
-                _check_override(override, known)
+                _check_override(override, known, folders)
             try:
                 configs.append(compose("config", overrides=job, return_hydra_config=True))
             except (HydraException, OmegaConfBaseException) as e:
@@ -131,19 +165,20 @@ def plan(overrides: list[str], multirun: bool) -> Plan:
         raise ConfigError(f"{len(jobs)} configurations given: `gradlab train` runs one; use `gradlab sweep`")
 
     from gradlab.config import check_writable, plain
-    from gradlab.train import build
+    from gradlab.train import check
 
     composed = compose_all(jobs)
     confs = [plain(cfg) for cfg in composed]
+    shapes = {}  # each distinct model, built once on the meta device
     for conf in confs:
-        build(conf)
+        check(conf, shapes)
         check_writable(conf)
     return Plan(overrides, confs, composed[0].hydra.runtime.choices["hydra/launcher"])
 
 
 def print_plan(p: Plan, settings: list[str] = ()) -> None:
     from gradlab.config import run_id, sweep_dir
-    from gradlab.train import finished_before
+    from gradlab.train import earlier_result
 
     confs = p.confs
     print(f"sweep {confs[0]['name']}: {len(confs)} run(s) -> {sweep_dir(confs[0])}")
@@ -161,7 +196,7 @@ def print_plan(p: Plan, settings: list[str] = ()) -> None:
         print(f"compile: {', '.join(str(c).lower() for c in compiled)}: torch.compile each model; a model that "
               "does not compile runs eagerly, and its summary says how it ran (execution)")
     for i, (conf, job) in enumerate(zip(confs, expand(p.overrides))):
-        done = finished_before(conf)
+        done = earlier_result(conf)
         how = f", {done.get('execution', 'eager')}" if done and conf["compile"] else ""
         status = f"done ({done['status']}{how})" if done else "to run"
         shown = " ".join(o for o in job if key_of(o) != "name")
@@ -197,11 +232,11 @@ def sweep(overrides: list[str], dry_run: bool = False) -> Swept:
     """Run (or, dry, list) the sweep: the folders of its runs, and how they ended."""
     from gradlab import parallel
     from gradlab.config import run_id, sweep_dir
-    from gradlab.train import finished_before
+    from gradlab.train import earlier_result
 
     p = plan(overrides, multirun=True)
     runs = list(dict.fromkeys(sweep_dir(conf) / run_id(conf) for conf in p.confs))
-    done_before = {sweep_dir(conf) / run_id(conf) for conf in p.confs if finished_before(conf)}
+    done_before = {sweep_dir(conf) / run_id(conf) for conf in p.confs if earlier_result(conf)}
     settings = _launch_overrides(p, len(runs) - len(done_before))
     vectorized = p.confs[0]["engine"] == "vectorized"
     if vectorized and p.launcher != "basic":
@@ -242,14 +277,14 @@ def _report(p: Plan, done_before: set) -> dict:
     run without a readable record is unfinished, or in progress elsewhere (another sweep)."""
     from gradlab import records
     from gradlab.config import run_id, sweep_dir
-    from gradlab.progress import offline_hint, resolve_mode
+    from gradlab.progress import offline_hint, progress_mode
 
     counts = dict.fromkeys(("completed", "diverged", "failed", "interrupted", "skipped", "elsewhere", "unfinished"), 0)
     seen = set()
     for run in (sweep_dir(conf) / run_id(conf) for conf in p.confs):
         counts["skipped" if run in done_before | seen else _status(run)] += 1
         seen.add(run)
-    if resolve_mode(p.confs[0]["progress"]) != "none":
+    if progress_mode(p.confs[0]["progress"]) != "none":
         folder = sweep_dir(p.confs[0])
         shown = ", ".join(f"{n} {'in progress elsewhere' if k == 'elsewhere' else k}" for k, n in counts.items() if n)
         print(f"sweep finished: {len(p.confs)} runs ({shown}) -> {folder}", flush=True)
@@ -279,7 +314,7 @@ def train(overrides: list[str], dry_run: bool = False) -> dict | None:
 
     from gradlab import distributed, records
     from gradlab.config import run_id, sweep_dir
-    from gradlab.progress import offline_hint, resolve_mode
+    from gradlab.progress import offline_hint, progress_mode
     from gradlab.train import train as run
 
     run_dir = sweep_dir(conf) / run_id(conf)
@@ -296,6 +331,6 @@ def train(overrides: list[str], dry_run: bool = False) -> dict | None:
         raise Interrupted(f"interrupted: the run is recorded as interrupted unless {run_dir} already held a "
                           "finished one, which is kept; running the same command again makes it") from None
     hint = summary.get("wandb", {}).get("sync")
-    if hint and Path(hint).exists() and resolve_mode(conf["progress"]) != "none" and distributed.world().rank == 0:
+    if hint and Path(hint).exists() and progress_mode(conf["progress"]) != "none" and distributed.world().rank == 0:
         print(offline_hint(hint.removesuffix("/wandb")))
     return summary

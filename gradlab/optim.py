@@ -1,4 +1,5 @@
-"""Optimizers (`optim=sgd|adam|adamw|rmsprop`, conf/optim/) and the learning-rate schedule."""
+"""Optimizers (`optim=sgd|adam|adamw|rmsprop`, conf/optim/: any torch.optim class by `_target_`)
+and the learning-rate schedule."""
 
 from __future__ import annotations
 
@@ -6,22 +7,17 @@ import math
 
 import torch
 
+from gradlab import components
 from gradlab.errors import bad
 
-OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
-              "rmsprop": torch.optim.RMSprop}
 SCHEDULES = ("constant", "cosine")
 
 
 def build_optimizer(optim_cfg: dict, params, lr: float, fused: bool = False) -> torch.optim.Optimizer:
-    """torch optimizer named by optim_cfg["name"]; the other keys (but `schedule`, `warmup_steps`) are its arguments.
-    `fused`: torch's one-kernel implementation of the same update (rounding may differ)."""
-    name = optim_cfg["name"]
-    if name not in OPTIMIZERS:
-        raise bad("optim", name, f"choose from {', '.join(OPTIMIZERS)}")
-    kwargs = {k: tuple(v) if isinstance(v, list) else v
-              for k, v in optim_cfg.items() if k not in ("name", "schedule", "warmup_steps")}
-    return OPTIMIZERS[name](params, lr=lr, **kwargs, **({"fused": True} if fused else {}))
+    """The optimizer an optim config names by `_target_`; its keys but `name`, `schedule` and
+    `warmup_steps` are its arguments. `fused`: torch's one-kernel implementation of the same
+    update (rounding may differ), where the class has one."""
+    return components.build("optim", optim_cfg, params, lr=lr, **({"fused": True} if fused else {}))
 
 
 def constant_lr(optim_cfg: dict) -> bool:

@@ -15,7 +15,7 @@ from hydra.experimental.callback import Callback
 MODES = ("auto", "bar", "lines", "none")
 
 
-def resolve_mode(mode: str) -> str:
+def progress_mode(mode: str) -> str:
     if mode not in MODES:
         from gradlab.errors import bad
 
@@ -33,7 +33,7 @@ class RunProgress:
     """Progress of one run: step, loss, grad norm, clip fraction, steps/s, ETA."""
 
     def __init__(self, mode: str, name: str, total: int, lines: int = 10):
-        self.mode, self.name, self.total = resolve_mode(mode), name, total
+        self.mode, self.name, self.total = progress_mode(mode), name, total
         self.every = max(1, total // lines)
         self.next_line = self.every
         self.start = time.perf_counter()
@@ -73,7 +73,7 @@ def describe(summary: dict) -> str:
 
 
 def report_skipped(mode: str, summary: dict, run_dir) -> None:
-    if resolve_mode(mode) != "none":
+    if progress_mode(mode) != "none":
         print(f"{summary['name']}: already {describe(summary)} -> {run_dir} (--force re-runs it)", flush=True)
 
 
@@ -91,7 +91,7 @@ class SweepProgress(Callback):
 
         self.total = len(expand(list(config.hydra.overrides.task)))
         self.counts = {"completed": 0, "diverged": 0, "failed": 0, "skipped": 0}
-        self.quiet = resolve_mode(config.progress) == "none"
+        self.quiet = progress_mode(config.progress) == "none"
         self.pid = os.getpid()
 
     def on_job_end(self, config, job_return, **kwargs) -> None:

@@ -92,7 +92,7 @@ def _load(path: Path, parse):
         raise Unreadable(f"{path.name}: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}") from None
 
 
-def finished(run_dir: Path, config_hash: str) -> dict | None:
+def result(run_dir: Path, config_hash: str) -> dict | None:
     """The summary of a finished run of exactly this configuration, else None."""
     try:
         summary = read(run_dir)

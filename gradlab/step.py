@@ -11,10 +11,13 @@ from __future__ import annotations
 import functools
 import math
 from contextlib import nullcontext
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
+
+from gradlab.clip import measure
+from gradlab.spikes import SpikeGuard
 
 # columns of StepOutput.scalars, in order; `read` turns a row of them into what the history records
 SCALARS = ("loss", "grad_norm", "grad_norm_clipped", "fired", "smoothness", "smoothness_grad_norm", "spike_skipped")
@@ -27,62 +30,61 @@ class StepOutput(NamedTuple):
     layer_norms: torch.Tensor  # pre-clip p-norm of each parameter's gradient
 
 
-MISTAKES = ("clip_each_micro_batch", "no_loss_division", "clip_scaled")  # study-only, see train_step
+class StepParts(NamedTuple):
+    """What a step is made of, besides the model and its batches."""
+
+    loss_fn: Callable            # (output, target) -> mean loss of the batch
+    optimizer: torch.optim.Optimizer
+    clip: Callable               # a clip strategy (gradlab.clip): (params, total_norm) -> ClipResult
+    scaler: torch.amp.GradScaler  # fp16 loss scaling; disabled otherwise
+    autocast: Callable           # () -> the precision context of the forward pass
+    norm_type: float             # p of the measured norms
+    probe: Callable | None = None        # (params) -> 2-vector diagnostic of the unclipped gradients
+    spike_guard: SpikeGuard | None = None  # skip_spikes=true
 
 
-def train_step(model, micro_batches, loss_fn, optimizer, clip, scaler, autocast, norm_type: float,
-               mistake: str | None = None, probe=None, spike_guard=None) -> StepOutput:
+def train_step(model, micro_batches, parts: StepParts) -> StepOutput:
     """Accumulate gradients over `micro_batches`, clip once, take one optimizer step.
 
-    `mistake` reproduces a classic error for the studies that measure it (None = correct):
-    clip_each_micro_batch clips the running sum after every micro-batch; no_loss_division
-    skips loss / k (the threshold becomes k times looser); clip_scaled measures and clips
-    fp16 gradients before unscaling them. `probe(params)`, if given, sees the unclipped
-    gradients and returns a 2-vector diagnostic (or None). `spike_guard` (skip_spikes=true) may skip
-    the clip and the update of a spiking step.
-    """
+    The probe, if any, sees the unclipped gradients; the spike guard may skip the clip and
+    the update of a spiking step."""
     total_samples = sum(len(x) for x, _ in micro_batches)
-    loss, fired_early = None, False
+    loss = None
     ddp = isinstance(model, DistributedDataParallel)
     for i, (x, y) in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         with model.no_sync() if ddp and not last else nullcontext():  # DDP: all-reduce on the last only
-            with autocast():
-                part = loss_fn(model(x), y)
+            with parts.autocast():
+                part = parts.loss_fn(model(x), y)
                 if len(x) != total_samples:  # loss / k, by sample count: a shorter micro-batch weighs less
                     part = part * (len(x) / total_samples)
-            scaler.scale(part * len(micro_batches) if mistake == "no_loss_division" else part).backward()
+            parts.scaler.scale(part).backward()
         loss = part.detach().float() if loss is None else loss + part.detach().float()
-        if mistake == "clip_each_micro_batch" and not last:
-            params, _, running_norm = _measured(optimizer, norm_type)
-            fired_early = clip(params, running_norm).fired | fired_early
 
     if ddp:  # the loss of the whole batch, as the gradient already is
         torch.distributed.all_reduce(loss)
         loss /= torch.distributed.get_world_size()
-    return finish_step(loss, optimizer, clip, scaler, norm_type, mistake, probe, spike_guard, fired_early)
+    return finish_step(loss, parts)
 
 
-def finish_step(loss, optimizer, clip, scaler, norm_type: float, mistake: str | None = None, probe=None,
-                spike_guard=None, fired_early=False) -> StepOutput:
+def finish_step(loss, parts: StepParts) -> StepOutput:
     """The step after the gradients of `loss` (the step's, detached) are in: unscale, measure,
     clip, update. Also what each member of a vectorized group does after the group's backward."""
-    if mistake != "clip_scaled":
-        scaler.unscale_(optimizer)  # true gradients from here on (no-op unless fp16)
-    params, layer_norms, grad_norm = _measured(optimizer, norm_type)
-    diagnostic = probe(params) if probe else None
-    spike = spike_guard is not None and spike_guard.is_spike(loss, grad_norm)  # a host sync, only when asked
+    optimizer, scaler = parts.optimizer, parts.scaler
+    scaler.unscale_(optimizer)  # true gradients from here on (no-op unless fp16)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    params, layer_norms, grad_norm = measure(params, parts.norm_type)
+    diagnostic = parts.probe(params) if parts.probe else None
+    spike = parts.spike_guard is not None and parts.spike_guard.is_spike(loss, grad_norm)  # a host sync, only when asked
     if spike:
-        norm_after, fired = grad_norm, fired_early
+        norm_after, fired = grad_norm, torch.zeros((), dtype=torch.bool, device=loss.device)
     else:
-        norm_after, fired = clip(params, grad_norm)
-        fired = fired | fired_early if mistake == "clip_each_micro_batch" else fired
+        norm_after, fired = parts.clip(params, grad_norm)
         scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     device = loss.device
-    scalars = torch.cat([torch.stack([loss, grad_norm.float(), norm_after.float(),
-                                      fired.float() if isinstance(fired, torch.Tensor) else _constant(float(fired), device)]),
+    scalars = torch.cat([torch.stack([loss, grad_norm.float(), norm_after.float(), fired.float()]),
                          _constant((math.nan, math.nan), device) if diagnostic is None else diagnostic.float(),
                          _constant((float(spike),), device)])
     return StepOutput(scalars, layer_norms)
@@ -106,10 +108,3 @@ def _constant(value, device: torch.device) -> torch.Tensor:
     """A float32 tensor of `value` (a number: 0-d; a tuple: 1-d) on the device, made once (a new one
     each step would be one more kernel)."""
     return torch.tensor(value, device=device)
-
-
-def _measured(optimizer, norm_type: float):
-    """The parameters with gradients, each gradient's p-norm, and their total p-norm."""
-    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    layer_norms = torch.stack(torch._foreach_norm([p.grad for p in params], norm_type))
-    return params, layer_norms, torch.linalg.vector_norm(layer_norms, norm_type)

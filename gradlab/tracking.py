@@ -42,7 +42,7 @@ def has_credentials() -> bool:
         return False
 
 
-def resolve_mode(requested) -> str:
+def wandb_mode(requested) -> str:
     """online | offline | disabled, from the configured mode; ConfigError where impossible."""
     mode = ALIASES.get(requested, requested)
     if mode not in MODES:
@@ -65,7 +65,7 @@ def check_settings(settings: dict) -> str:
     if isinstance(every, bool) or not isinstance(every, int) or every < 0:
         raise bad("logger.wandb.histogram_every", every, "must be an integer >= 0 (0 = off)")
     positive("logger.wandb.init_timeout", settings["init_timeout"], "must be a number of seconds > 0")
-    return resolve_mode(settings["mode"])
+    return wandb_mode(settings["mode"])
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -120,7 +120,7 @@ class Tracker:
 
     def __init__(self, conf: dict, run_dir, enabled: bool = True):
         self.settings = conf["logger"]["wandb"]
-        self.mode = resolve_mode(self.settings["mode"]) if enabled else "disabled"
+        self.mode = wandb_mode(self.settings["mode"]) if enabled else "disabled"
         self.conf, self.run_dir, self.run = conf, run_dir, None
         self.recent_norms: list = []  # pre-clip norms since the last histogram
         self.next_histogram = self.settings["histogram_every"]
@@ -189,7 +189,7 @@ class Tracker:
 def log_report(group: str, tables: dict, images: dict, settings: dict, out_dir) -> str | None:
     """Log comparison tables (name -> DataFrame) and plots (name -> PNG path) as one W&B run of
     job_type `report` in the sweep's group; returns its offline folder, if offline."""
-    mode = resolve_mode(settings["mode"])
+    mode = wandb_mode(settings["mode"])
     if mode == "disabled":
         return None
     import wandb

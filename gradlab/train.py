@@ -7,6 +7,7 @@ exception as `failed`; neither raises, so a sweep always goes on.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -22,6 +23,7 @@ import torch
 import gradlab
 from gradlab import distributed, parallel, records
 from gradlab.clip import build_clip
+from gradlab.components import label
 from gradlab.config import (check_knobs, check_writable, display_name, identity, norm_type, plain, stop_rule,
                             resolve_device, run_id, sizes, sweep_dir)
 from gradlab.diagnostics import Smoothness
@@ -31,8 +33,9 @@ from gradlab.objective import evaluate, loss_fn
 from gradlab.optim import build_optimizer, constant_lr, lr_factor
 from gradlab.errors import bad, out_of_memory
 from gradlab.progress import RunProgress, report_skipped
-from gradlab.progress import resolve_mode as resolve_progress
-from gradlab.step import RECORDED, SCALARS, read, train_step
+from gradlab.progress import progress_mode
+from gradlab.mistakes import mistaken_step
+from gradlab.step import RECORDED, SCALARS, StepParts, read, train_step
 from gradlab.tasks import build_task
 from gradlab.tracking import Tracker, check_settings
 
@@ -50,28 +53,83 @@ class Run(NamedTuple):
 
 def build(conf: dict) -> Run:
     """Every component of a run, seeded; raises ConfigError (one line) on bad input."""
-    check_knobs(conf)
-    resolve_progress(conf["progress"])
-    check_settings(conf["logger"]["wandb"])
-    device = resolve_device(conf["device"])
+    device = _settings(conf)
     task = build_task(conf["task"])
     torch.manual_seed(conf["seed"])
     try:
         model = build_model(conf["model"], task.spec).to(device)
     except RuntimeError as e:
         if out_of_memory(e):
-            raise bad("model", conf["model"]["name"], f"does not fit in memory on {device} with {sizes(conf)}: "
-                      "make it smaller") from None
+            raise bad("model", label("model", conf["model"]), f"does not fit in memory on {device} with "
+                      f"{sizes(conf)}: make it smaller") from None
         raise
     if conf["compile"]:  # in place, so parameter names stay the model's; reduce-overhead replays CUDA graphs
         model.compile(mode="reduce-overhead" if conf["compile"] == "cudagraphs" else None)
+    task.prepare()
+    return Run(device, task, model, *_around(conf, model))
+
+
+def check(conf: dict, shapes: dict) -> None:
+    """What `build` would refuse, found without building the model on the device: the model is
+    built on the meta device (shapes, no memory), once per distinct model and task in `shapes`
+    (a cache the caller keeps across a sweep's runs), so its own checks run (an impossible
+    pairing) and the clip mode and optimizer can be built around it."""
+    from gradlab.vectorized import available
+
+    device = _settings(conf)
+    task = build_task(conf["task"])
+    task.prepare()
+    key = json.dumps([conf["model"], conf["task"]], sort_keys=True, default=str)
+    if key not in shapes:
+        with torch.device("meta"):
+            shapes[key] = build_model(conf["model"], task.spec)
+        _consumes(conf, shapes[key], task.spec)
+    weights = sum(p.numel() * p.element_size() for p in shapes[key].parameters())
+    if weights > available(device):
+        raise bad("model", label("model", conf["model"]), f"does not fit in memory on {device} with {sizes(conf)}: "
+                  f"its weights alone take {weights / 2**30:.1f} GiB; make it smaller")
+    _around(conf, shapes[key])
+
+
+def _consumes(conf: dict, model: torch.nn.Module, spec) -> None:
+    """The model's output and loss on a meta batch of the task's shapes (no memory, no compute):
+    a model that cannot consume the task (a user's, which does not check its spec) fails here in
+    one line, instead of in its first step."""
+    x = torch.empty((2, *spec.shape), dtype=torch.long if spec.input == "tokens" else torch.float32, device="meta")
+    expected = {"classes": (2, spec.n_out), "regression": (2, spec.n_out),
+                "token_classes": (2, spec.shape[0], spec.n_out)}[spec.output]
+    y = torch.empty(expected if spec.output == "regression" else expected[:-1],
+                    dtype=torch.float32 if spec.output == "regression" else torch.long, device="meta")
+    pairing = (f"cannot train on task={label('task', conf['task'])} (input {spec.input} {tuple(spec.shape)}, "
+               f"output {spec.output} {expected[1:]})")
+    try:
+        out = model(x)
+        loss_fn(spec)(out, y)
+    except NotImplementedError:  # an operation without a meta version: the run itself will tell
+        return
+    except Exception as e:
+        raise bad("model", label("model", conf["model"]), f"{pairing}: {one_line(e)}") from None
+    if tuple(out.shape) != expected:
+        raise bad("model", label("model", conf["model"]), f"{pairing}: its output has shape {tuple(out.shape)[1:]} "
+                  f"per sample")
+
+
+def _settings(conf: dict) -> torch.device:
+    """The run's top-level settings checked; its device."""
+    check_knobs(conf)
+    progress_mode(conf["progress"])
+    check_settings(conf["logger"]["wandb"])
+    return resolve_device(conf["device"])
+
+
+def _around(conf: dict, model: torch.nn.Module) -> tuple:
+    """What a run builds around its model: clip mode, optimizer, spike guard."""
     clip = build_clip(conf["clip"], norm_type(conf["norm_type"]), model)
     optimizer = build_optimizer(conf["optim"], model.parameters(), conf["lr"])
     lr_factor(conf["optim"], conf["steps"])
     guard = (SpikeGuard(conf["spike_sigma"], conf["spike_window"], conf["spike_min_history"], conf["spike_metric"])
              if conf["skip_spikes"] else None)
-    task.prepare()
-    return Run(device, task, model, clip, optimizer, guard)
+    return clip, optimizer, guard
 
 
 def train(cfg) -> dict:
@@ -99,12 +157,12 @@ def claim(conf: dict, world: distributed.World = distributed.SOLO):
     """The summary of a run that is not to be made here (finished before, or being made by another
     process: another sweep on the same folder), else None while this process holds the run."""
     run_dir = sweep_dir(conf) / run_id(conf)
-    done = finished(conf)
+    done = skipped(conf)
     distributed.barrier(world)  # every rank has looked before rank 0 starts an attempt
     with records.claimed(run_dir) if world.rank == 0 and not done else nullcontext(True) as mine:
         if not done and not distributed.agree(mine, world):
             done = elsewhere(conf, run_dir)
-        yield done or finished(conf)  # finished: made by another process just before this one took it
+        yield done or skipped(conf)  # finished: made by another process just before this one took it
 
 
 def _attempt(conf: dict, run: Run, world: distributed.World) -> dict:
@@ -115,7 +173,7 @@ def _attempt(conf: dict, run: Run, world: distributed.World) -> dict:
             session.open()
             stepper = Stepper(conf, run, session, world)
             for step in range(1, conf["steps"] + 1):
-                result = stepper.record(step, train_step(stepper.net, stepper.batches(step), *stepper.step_args))
+                result = stepper.record(step, stepper.step(stepper.net, stepper.batches(step), stepper.parts))
                 if result:
                     break
         except Exception as e:  # recorded, not raised: the sweep goes on
@@ -156,14 +214,14 @@ def compiling(requested):
         yield execution
 
 
-def finished_before(conf: dict) -> dict | None:
+def earlier_result(conf: dict) -> dict | None:
     """The summary of this run if it finished before and is not to be forced (force=true)."""
-    return None if conf.get("force") else records.finished(sweep_dir(conf) / run_id(conf), identity(conf))
+    return None if conf.get("force") else records.result(sweep_dir(conf) / run_id(conf), identity(conf))
 
 
-def finished(conf: dict) -> dict | None:
-    """finished_before, said on the console and marked skipped: what a run that is not made returns."""
-    done = finished_before(conf)
+def skipped(conf: dict) -> dict | None:
+    """earlier_result, said on the console and marked skipped: what a run that is not made returns."""
+    done = earlier_result(conf)
     if done and distributed.world().rank == 0:
         report_skipped(conf["progress"], done, sweep_dir(conf) / run_id(conf))
     return {**done, "skipped": True} if done else None
@@ -171,7 +229,7 @@ def finished(conf: dict) -> dict | None:
 
 def elsewhere(conf: dict, run_dir) -> dict:
     """What a run returns that another live process is making (another sweep on the same folder)."""
-    if distributed.world().rank == 0 and resolve_progress(conf["progress"]) != "none":
+    if distributed.world().rank == 0 and progress_mode(conf["progress"]) != "none":
         print(f"{display_name(conf)}: in progress elsewhere (another process holds {run_dir}); skipped", flush=True)
     return {"status": "elsewhere", "run_id": run_dir.name, "name": display_name(conf), "skipped": True}
 
@@ -187,8 +245,8 @@ class Session:
         self.progress = RunProgress(conf["progress"] if self.lead else "none", display_name(conf), conf["steps"])
         self.summary = {"status": "interrupted", "run_id": self.run_dir.name, "name": display_name(conf),
                         "sweep": conf["name"], "config_hash": identity(conf), "seed": conf["seed"],
-                        "device": _device_name(run.device), "execution": "eager", "processes": world.size,
-                        "versions": _versions(),
+                        "device": device_name(run.device), "execution": "eager", "processes": world.size,
+                        "versions": versions(),
                         "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         self.history, self.layers = [], []
         self.start = time.perf_counter()
@@ -205,7 +263,7 @@ class Session:
     def close(self, result: dict) -> dict:
         """Write the record (status `interrupted` unless `result` says otherwise); the summary."""
         summary = self.summary
-        summary.update(result, **_figures(self.history), wall_time_s=round(time.perf_counter() - self.start, 3),
+        summary.update(result, **figures(self.history), wall_time_s=round(time.perf_counter() - self.start, 3),
                        finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                        wandb={"mode": self.tracker.mode, "sync": None})
         if self.lead:
@@ -257,8 +315,9 @@ def failure(e: Exception, conf: dict) -> str:
 
 class Stepper:
     """Everything a run does around its optimizer steps: data, lr schedule, layer figures,
-    evaluation and the log. The step itself is `train_step(stepper.net, stepper.batches(step),
-    *stepper.step_args)`, or, for a member of a vectorized group, its batched equivalent."""
+    evaluation and the log. The step itself is `stepper.step(stepper.net, stepper.batches(step),
+    stepper.parts)` (train_step, or the study's mistaken step), or, for a member of a vectorized
+    group, its batched equivalent."""
 
     def __init__(self, conf: dict, run: Run, session: Session, world: distributed.World = distributed.SOLO):
         device, task, model, clip, optimizer, guard = run
@@ -278,8 +337,9 @@ class Stepper:
         self.probe = (Smoothness(conf["smoothness_every"], model, self.objective, self.eval_set, self.autocast)
                       if conf["smoothness_every"] else None)
         self.per_layer_fired = torch.zeros(len(names), device=device) if hasattr(clip, "last_fired") else None
-        self.step_args = (self.objective, optimizer, clip, self.scaler, self.autocast, norm_type(conf["norm_type"]),
-                          conf["mistake"], self.probe, guard)
+        self.parts = StepParts(self.objective, optimizer, clip, self.scaler, self.autocast,
+                               norm_type(conf["norm_type"]), self.probe, guard)
+        self.step = mistaken_step(conf["mistake"]) if conf["mistake"] else train_step
         self.log = _Log(conf, names, session, samples_per_step=conf["batch_size"] * self.k)
         self.target = stop_rule(conf["stop_at_target"])
         model.train()
@@ -382,7 +442,7 @@ class _Log:
 SPIKE_FACTOR, SPIKE_WINDOW, SPIKE_MIN = 1.5, 50, 10
 
 
-def _figures(history: list) -> dict:
+def figures(history: list) -> dict:
     """Final and best figures of a run's history (finite values only)."""
     import pandas as pd
 
@@ -415,9 +475,9 @@ def _num(x) -> float | None:
     return round(float(x), 6) if x is not None and math.isfinite(x) else None
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})"
 
 
-def _versions() -> dict:
+def versions() -> dict:
     return {"gradlab": gradlab.__version__, "torch": torch.__version__, "python": platform.python_version()}

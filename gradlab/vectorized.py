@@ -142,7 +142,7 @@ def _train_members(members: list[_Member], summaries: dict) -> None:
             losses = _backward(base, names, active, [m.stepper.batches(step) for m in active])
             for m, loss in zip(active, losses):
                 try:
-                    m.result = m.stepper.record(step, finish_step(loss, *_finish_args(m)))
+                    m.result = m.stepper.record(step, finish_step(loss, m.stepper.parts))
                 except Exception as e:  # this member fails; the others go on
                     m.result = {"status": "failed", "error": failure(e, m.conf)}
                 if m.result:
@@ -156,11 +156,6 @@ def _train_members(members: list[_Member], summaries: dict) -> None:
         for m in members:
             if m.index not in summaries:  # interrupted
                 summaries[m.index] = m.session.close(m.result or {})
-
-
-def _finish_args(m: _Member) -> tuple:
-    _, optimizer, clip, scaler, _, norm_type, mistake, probe, guard = m.stepper.step_args
-    return optimizer, clip, scaler, norm_type, mistake, probe, guard
 
 
 def _backward(base, names: list, active: list, batches: list) -> list:
@@ -227,10 +222,10 @@ def fitting(group: list[dict]) -> int:
 
 def run_groups(confs: list[dict]) -> None:
     """Train a sweep's runs group by group; a group too large for memory goes in parts."""
-    from gradlab.progress import resolve_mode
+    from gradlab.progress import progress_mode
     from gradlab.train import train
 
-    talk = resolve_mode(confs[0]["progress"]) != "none"
+    talk = progress_mode(confs[0]["progress"]) != "none"
     parts = []
     for group in groups(confs):
         size = fitting(group) if len(group) > 1 else 1
@@ -241,7 +236,7 @@ def run_groups(confs: list[dict]) -> None:
     for group in parts:
         if talk:
             print(f"[vectorized] {len(group)} run(s) together: {describe(group)}", flush=True)
-        if resolve_mode(group[0]["progress"]) == "bar":  # one live bar at a time: members print lines
+        if progress_mode(group[0]["progress"]) == "bar":  # one live bar at a time: members print lines
             group = [{**conf, "progress": "lines"} for conf in group]
         if len(group) == 1:
             train(group[0])

@@ -16,6 +16,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from gradlab.clip import build_clip
+from gradlab.components import option
 from gradlab.clip.autoclip import AutoClip
 from gradlab.config import sweep_dir
 from gradlab.errors import ConfigError
@@ -38,7 +39,7 @@ SPIKE = STEPS.index(1e3)
 
 
 def strategy(mode, p=2.0, model=None, **knobs):
-    return build_clip({"mode": mode, **KNOBS[mode], **knobs}, p, model)
+    return build_clip(option("clip", mode, **{**KNOBS[mode], **knobs}), p, model)
 
 
 def make_params(seed=0) -> list:
@@ -461,7 +462,7 @@ def test_state_dict_is_a_copy_and_a_foreign_state_is_refused():
 @pytest.mark.parametrize("mode", MODES)
 def test_yaml_composes_builds_and_trains(compose, mode):
     conf = compose(*SMALL["mlp"], f"clip={mode}", "steps=5", "wandb=off", "zclip_warmup=2", "log_every=2")
-    knobs = {k: v for k, v in conf["clip"].items() if k != "mode"}
+    knobs = {k: v for k, v in conf["clip"].items() if k not in ("mode", "_target_")}
     assert conf["clip"]["mode"] == mode and knobs and all(conf[k] == v for k, v in knobs.items())
     build(conf)
     summary = train(conf)

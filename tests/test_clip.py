@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from gradlab.clip import REGISTRY, build_clip
+from gradlab.clip import build_clip
+from gradlab.components import option, options
 from gradlab.errors import ConfigError
 
 NORM_TYPES = [1.0, 2.0, math.inf]
@@ -49,7 +50,7 @@ def total_norm(params, p: float) -> torch.Tensor:
 
 def clip(mode: str, params, p: float):
     """Apply the strategy as the step does: once, with the pre-clip total norm."""
-    return build_clip({"mode": mode, **KNOBS[mode]}, p)(params, total_norm(params, p))
+    return build_clip(option("clip", mode, **KNOBS[mode]), p)(params, total_norm(params, p))
 
 
 def assert_same(a: list, b: list) -> None:
@@ -57,7 +58,7 @@ def assert_same(a: list, b: list) -> None:
 
 
 def test_every_registered_mode_has_test_knobs():
-    assert set(KNOBS) == set(REGISTRY)
+    assert set(KNOBS) == set(options("clip"))
 
 
 GRID = pytest.mark.parametrize("p,scale", list(itertools.product(NORM_TYPES, SCALES)))
@@ -77,7 +78,7 @@ AGAIN_RTOL = {"none": 0.0, "value": 0.0, "norm": 1e-5, "norm_per_layer": 1e-5, "
 
 
 @GRID
-@pytest.mark.parametrize("mode", sorted(REGISTRY))
+@pytest.mark.parametrize("mode", options("clip"))
 def test_contract_of_every_mode(mode, p, scale):
     params = make_params(scale)
     reference = copy_params(params)
@@ -127,7 +128,7 @@ def test_value_clamps_every_element(p, scale):
 def test_none_leaves_gradients_untouched_and_reports_the_measured_norm(p, scale):
     params = make_params(scale)
     before, pre = grads(params), total_norm(params, p)
-    result = build_clip({"mode": "none"}, p)(params, pre)
+    result = build_clip(option("clip", "none"), p)(params, pre)
     assert_same(grads(params), before)
     assert torch.equal(result.norm_after, pre) and not result.fired
 
@@ -143,15 +144,18 @@ def test_none_leaves_gradients_untouched_and_reports_the_measured_norm(p, scale)
 ])
 def test_bad_knob_fails_in_one_line_naming_the_key(mode, key, value):
     with pytest.raises(ConfigError) as err:
-        build_clip({"mode": mode, key: value}, 2.0)
+        build_clip(option("clip", mode, **{key: value}), 2.0)
     message = str(err.value)
     assert message.startswith(f"{key}=") and "\n" not in message
 
 
 @pytest.mark.parametrize("clip_cfg,start", [
-    ({"mode": "norm", "max_norm": 1.0, "clip_value": 0.5}, "clip.clip_value: unknown key"),
-    ({"mode": "nope"}, "clip=nope: choose from"),
+    ({"max_norm": 1.0, "clip_value": 0.5}, "clip.clip_value: unknown key for clip=norm"),
+    ({"_target_": "gradlab.clip.norm.ClipByNorms"}, r"clip._target_=gradlab.clip.norm.ClipByNorms: cannot import it"),
+    ({"_target_": "ClipByNorm"}, "clip._target_=ClipByNorm: name the class as package.module.Class"),
 ])
-def test_unknown_mode_or_key_fails_naming_it(clip_cfg, start):
+def test_unknown_class_or_key_fails_naming_it(clip_cfg, start):
     with pytest.raises(ConfigError, match=f"^{start}"):
-        build_clip(clip_cfg, 2.0)
+        build_clip(option("clip", "norm", **clip_cfg), 2.0)
+    with pytest.raises(ConfigError, match="^clip=nope: choose from agc, autoclip, none"):
+        option("clip", "nope")

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gradlab.config import run_id
+from gradlab.errors import ConfigError
 from gradlab.launch import options
 from gradlab.sweep import GROUPS, expand
 from gradlab.tasks import build_task
@@ -29,6 +31,11 @@ def test_every_conf_folder_is_a_group():
 @pytest.mark.parametrize("group,name", CONFIGS, ids=[f"{g}={n}" for g, n in CONFIGS])
 def test_config_composes_and_builds(compose, group, name):
     overrides = [f"{group}={name}"]
+    if name in ("custom", "dataset"):  # the user's own class or data: without it, one line naming the key
+        key = f"{group}._target_" if name == "custom" else "task.train._target_"
+        with pytest.raises(ConfigError, match=rf"^{re.escape(key)}=\?\?\?: name the class as package.module.Class"):
+            build(compose(*overrides))
+        return
     if group == "task":
         overrides.append(f"model={MODEL_FOR.get(name, 'lstm')}")
     conf = compose(*overrides)
@@ -46,7 +53,7 @@ def test_config_composes_and_builds(compose, group, name):
 
 
 KEY_VALUE = re.compile(r"^\s*([\w.@/]+):\s+(\S.*)$")  # `key: value` at any indent; list items start with '-'
-EXEMPT = ("name", "mode", "defaults")
+EXEMPT = ("name", "mode", "defaults", "_target_")
 
 
 def undocumented(path: Path) -> list:
@@ -83,3 +90,45 @@ def test_readme_sweep_expands_to_one_job_per_value(compose):
     confs = [compose(*job) for job in jobs]
     assert [c["clip"]["max_norm"] for c in confs] == [1, 5]
     assert all(c["model"]["name"] == "lstm" and c["clip"]["mode"] == "norm" for c in confs)
+
+
+# run ids as they were before components named their classes (`_target_`); a built-in run keeps its id
+RUN_IDS = {
+    "": "lstm-adding-norm1-s0-4509799f",
+    "model=mlp": "mlp-digits-norm1-s0-b7d9d21f",
+    "model=rnn": "rnn-adding-norm1-s0-c5c1b297",
+    "model=gru": "gru-adding-norm1-s0-6fcab658",
+    "model=transformer": "transformer-text-norm1-s0-25a5036d",
+    "clip=none": "lstm-adding-none-s0-5b442bd0",
+    "clip=value": "lstm-adding-value0.5-s0-3df50b97",
+    "clip=norm_per_layer": "lstm-adding-norm_per_layer1-s0-930db201",
+    "clip=autoclip": "lstm-adding-autoclip10-s0-cfa1a844",
+    "clip=agc": "lstm-adding-agc0.01-s0-8c622b18",
+    "clip=zclip": "lstm-adding-zclip2.5-s0-d5903707",
+    "optim=sgd lr=0.1": "lstm-adding-norm1-s0-e6cc3c43",
+    "optim=adamw": "lstm-adding-norm1-s0-177636ef",
+    "optim=rmsprop": "lstm-adding-norm1-s0-36723957",
+    "task=copy": "lstm-copy-norm1-s0-2dd1ba1a",
+    "task=temporal_order": "lstm-temporal_order-norm1-s0-cb0de676",
+    "model=mlp task=regression": "mlp-regression-norm1-s0-f096fab8",
+    "model=mlp task=mnist": "mlp-mnist-norm1-s0-d70af8c6",
+    "model=mlp task=cifar10": "mlp-cifar10-norm1-s0-beaec264",
+    "task=digits": "lstm-digits-norm1-s0-077e6061",
+    "experiment=seed004": "mlp-regression-norm1-s0-062c6d4b",
+    "max_norm=5": "lstm-adding-norm5-s0-6629f243",
+    "skip_spikes=true": "lstm-adding-norm1-s0-efe9d6e0",
+    "model=lstm clip=norm max_norm=1": "lstm-adding-norm1-s0-2ebdc99e",  # the README's main job
+}
+
+
+@pytest.mark.parametrize("overrides", RUN_IDS)
+def test_built_in_run_ids_are_unchanged(compose, overrides):
+    assert run_id(compose(*overrides.split())) == RUN_IDS[overrides]
+
+
+def test_a_users_class_is_part_of_the_run_id(compose):
+    from gradlab.components import shipped_targets
+
+    assert "gradlab.models.rnn.RecurrentNet" in shipped_targets() and "torch.optim.Adam" in shipped_targets()
+    mine = compose("model=lstm", "model._target_=torch.nn.LSTM")  # not gradlab's class: another run
+    assert run_id(mine) != RUN_IDS[""] and run_id(mine).startswith("lstm-adding-norm1-s0-")

@@ -17,25 +17,27 @@ import pytest
 import torch
 
 from gradlab.clip import build_clip
+from gradlab.components import option
 from gradlab.config import run_id, sweep_dir
 from gradlab.errors import ConfigError
 from gradlab.models import build_model
 from gradlab.objective import loss_fn
 from gradlab.optim import build_optimizer
-from gradlab.step import SCALARS, read, train_step
+from gradlab.step import SCALARS, StepParts, read, train_step
 from gradlab.tasks import build_task
 from gradlab.tasks.regression import Regression
 from gradlab.train import COLUMNS, build, train
 
 # Models without batch-dependent layers, on tasks small enough for a CPU test.
 SETUPS = {
-    "mlp-digits": ({"name": "mlp", "hidden": [16], "activation": "tanh"}, {"name": "digits"}),
-    "mlp-regression": ({"name": "mlp", "hidden": [16]}, {"name": "regression", "n_samples": 32, "features": 5}),
-    "lstm-adding": ({"name": "lstm", "cell": "lstm", "hidden_size": 8}, {"name": "adding", "length": 8, "eval_size": 10}),
+    "mlp-digits": (option("model", "mlp", hidden=[16], activation="tanh"), option("task", "digits")),
+    "mlp-regression": (option("model", "mlp", hidden=[16]), option("task", "regression", n_samples=32, features=5)),
+    "lstm-adding": (option("model", "lstm", hidden_size=8), option("task", "adding", length=8, eval_size=10)),
 }
 # Thresholds low enough that clipping fires on every step of these setups.
-CLIPS = {"none": {"mode": "none"}, "value": {"mode": "value", "clip_value": 0.01}, "norm": {"mode": "norm", "max_norm": 0.1}}
-OPTIMS = {"sgd": ({"name": "sgd"}, 0.1), "adam": ({"name": "adam"}, 1e-2)}
+CLIPS = {"none": option("clip", "none"), "value": option("clip", "value", clip_value=0.01),
+         "norm": option("clip", "norm", max_norm=0.1)}
+OPTIMS = {"sgd": (option("optim", "sgd"), 0.1), "adam": (option("optim", "adam"), 1e-2)}
 SGD = OPTIMS["sgd"]
 TIMING = ["time_s", "steps_per_s", "samples_per_s"]
 FP32 = contextlib.nullcontext
@@ -58,8 +60,8 @@ def run_steps(model, task, batches, k, clip_cfg, optim, autocast=FP32, scaler=No
     optimizer = build_optimizer(optim_cfg, model.parameters(), lr)
     clip = build_clip(clip_cfg, p)
     scaler = scaler or torch.amp.GradScaler("cpu", enabled=False)
-    outs = [train_step(model, list(zip(x.chunk(k), y.chunk(k))), loss_fn(task.spec), optimizer, clip, scaler, autocast, p)
-            for x, y in batches]
+    parts = StepParts(loss_fn(task.spec), optimizer, clip, scaler, autocast, p)
+    outs = [train_step(model, list(zip(x.chunk(k), y.chunk(k))), parts) for x, y in batches]
     return model, torch.stack([out.scalars for out in outs])
 
 
@@ -142,7 +144,7 @@ def test_fp16_clips_the_unscaled_gradients(factor):
     batch = next(task.batches(K * B, seed=0))
     _, [exact] = run_steps(model, task, [batch], K, CLIPS["none"], SGD)
     true_norm = float(exact[SCALARS.index("grad_norm")])
-    clip_cfg = {"mode": "norm", "max_norm": factor * true_norm}
+    clip_cfg = option("clip", "norm", max_norm=factor * true_norm)
 
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
     half, [out] = run_steps(model, task, [batch], K, clip_cfg, SGD, autocast, scaler)
@@ -164,8 +166,8 @@ def test_step_skipped_by_the_scaler_is_not_counted_as_clipped(clip):
     model = torch.nn.Linear(1, 1, bias=False)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
-    out = train_step(model, [(torch.ones(1, 1), torch.zeros(1, 1))], overflow, optimizer,
-                     build_clip(CLIPS[clip], 2.0), scaler, FP32, 2.0)
+    out = train_step(model, [(torch.ones(1, 1), torch.zeros(1, 1))],
+                     StepParts(overflow, optimizer, build_clip(CLIPS[clip], 2.0), scaler, FP32, 2.0))
     row = read(out.scalars.tolist(), fp16=True)
     assert row["grad_norm"] == math.inf and row["scaler_skipped"] == 1
     assert row["clipped"] == 0
@@ -381,14 +383,14 @@ def test_a_target_needs_evaluations(compose):
 
 def test_loss_spikes_are_counted_from_the_eleventh_step():
     """A loss spike: a step above 1.5x the median of the previous (up to 50, at least 10) losses."""
-    from gradlab.train import _figures
+    from gradlab.train import figures
 
     losses = [1.0] * 60
     losses[4] = losses[14] = losses[40] = 2.0  # step 5: too early to tell; steps 15 and 41: spikes
     losses[20] = 1.4                           # under 1.5x the median: not a spike
     history = [{"step": i + 1, "loss": v, "grad_norm": 1.0, "clipped": 0.0, "spike_skipped": 0.0,
                 "scaler_skipped": 0.0, "time_s": i + 1.0} for i, v in enumerate(losses)]
-    assert _figures(history)["loss_spikes"] == 2
+    assert figures(history)["loss_spikes"] == 2
 
 
 def test_smoothness_is_zhangs_estimate_and_leaves_the_run_as_it_was(compose):
@@ -438,3 +440,62 @@ def test_smoothness_is_zhangs_estimate_and_leaves_the_run_as_it_was(compose):
     # steps 3, 6, 9 (and 12) measured; their estimates recorded at 4, 7, 10
     assert losses[1].loc[losses[1]["smoothness"].notna(), "step"].tolist() == [4, 7, 10]
     assert losses[0]["smoothness"].isna().all()
+
+
+# --- the studies' deliberate mistakes (gradlab/mistakes.py), each against a reference worked out here
+
+def mistaken(model, micro_batches, mistake, clip_cfg, scaler=None, autocast=FP32, lr=0.1):
+    """One SGD step of a copy of `model` made with `mistake` (None = the correct step); (model, recorded row)."""
+    from gradlab.mistakes import mistaken_step
+
+    model = copy.deepcopy(model)
+    scaler = scaler or torch.amp.GradScaler("cpu", enabled=False)
+    parts = StepParts(torch.nn.functional.mse_loss, torch.optim.SGD(model.parameters(), lr=lr),
+                      build_clip(clip_cfg, 2.0), scaler, autocast, 2.0)
+    out = (mistaken_step(mistake) if mistake else train_step)(model, micro_batches, parts)
+    return model, read(out.scalars.tolist(), fp16=scaler.is_enabled())
+
+
+def regression_batch(k=4, b=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(k * b, 5, generator=g), torch.randn(k * b, 1, generator=g)
+    return list(zip(x.chunk(k), y.chunk(k)))
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+
+
+def test_no_loss_division_makes_the_update_k_times_larger_and_records_the_true_loss():
+    model, batches = tiny_model(), regression_batch(k=4)
+    right, row = mistaken(model, batches, None, CLIPS["none"])
+    wrong, wrong_row = mistaken(model, batches, "no_loss_division", CLIPS["none"])
+    assert math.isclose(wrong_row["grad_norm"], 4 * row["grad_norm"], rel_tol=1e-6)
+    assert wrong_row["loss"] == row["loss"]
+    torch.testing.assert_close(flat(wrong) - flat(model), 4 * (flat(right) - flat(model)), rtol=1e-5, atol=1e-7)
+
+
+def test_clip_each_micro_batch_clips_the_running_sum_then_the_total():
+    model, batches, c = tiny_model(), regression_batch(k=2), 0.05
+    wrong, row = mistaken(model, batches, "clip_each_micro_batch", option("clip", "norm", max_norm=c), lr=1.0)
+    reference = copy.deepcopy(model)  # by hand: clip after the first micro-batch, add the second, clip again
+    for i, (x, y) in enumerate(batches):
+        (torch.nn.functional.mse_loss(reference(x), y) / 2).backward()
+        torch.nn.utils.clip_grad_norm_(reference.parameters(), c)
+    with torch.no_grad():
+        for p in reference.parameters():
+            p -= p.grad
+    torch.testing.assert_close(flat(wrong), flat(reference), rtol=1e-6, atol=1e-7)
+    right, _ = mistaken(model, batches, None, option("clip", "norm", max_norm=c), lr=1.0)
+    assert not torch.allclose(flat(right), flat(wrong), rtol=1e-4)  # the mistake changes the update
+    assert row["clipped"] == 1
+
+
+def test_clip_scaled_measures_the_loss_scaled_gradients():
+    model, batches = tiny_model(), regression_batch(k=1)
+    fp16 = partial(torch.autocast, "cpu", dtype=torch.float16)
+    scaled = lambda: torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    _, right = mistaken(model, batches, None, CLIPS["none"], scaled(), fp16)
+    _, wrong = mistaken(model, batches, "clip_scaled", CLIPS["none"], scaled(), fp16)
+    assert math.isclose(wrong["grad_norm"], 2**10 * right["grad_norm"], rel_tol=1e-3)

@@ -1,4 +1,4 @@
-"""Training tasks: each one a small class behind a registry keyed by `task.name`.
+"""Training tasks: each one a small class, named by `_target_` in conf/task/<name>.yaml.
 
 A task knows its per-sample input/output shapes statically (`spec`), makes its data
 available before any run starts (`prepare`, which may download), and once built
@@ -11,20 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
-from gradlab.registry import construct
-
-# task.name -> "module:Class" (imported lazily: some tasks pull in torchvision or sklearn)
-REGISTRY = {
-    "adding": "gradlab.tasks.adding:Adding",
-    "copy": "gradlab.tasks.copy:Copy",
-    "temporal_order": "gradlab.tasks.temporal_order:TemporalOrder",
-    "digits": "gradlab.tasks.digits:Digits",
-    "text": "gradlab.tasks.text:Text",
-    "mnist": "gradlab.tasks.vision:MNIST",
-    "fashion_mnist": "gradlab.tasks.vision:FashionMNIST",
-    "cifar10": "gradlab.tasks.vision:CIFAR10",
-    "regression": "gradlab.tasks.regression:Regression",
-}
+from gradlab import components
+from gradlab.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -68,6 +56,10 @@ class Task:
 
 
 def build_task(task_cfg: dict) -> Task:
-    """Instantiate the task named by task_cfg["name"] with the remaining keys as knobs."""
-    knobs = {k: v for k, v in task_cfg.items() if k not in ("name", "steps", "batch_size")}
-    return construct("task", REGISTRY, task_cfg["name"], knobs)
+    """The task a config names by `_target_`, with its knobs. Its class is imported only when
+    chosen: some pull in torchvision or scikit-learn."""
+    task = components.build("task", task_cfg)
+    if not isinstance(getattr(task, "spec", None), TaskSpec):
+        raise ConfigError(f"task._target_={task_cfg['_target_']}: a task needs a `spec` (a gradlab.tasks.TaskSpec); "
+                          "see Task's docstring")
+    return task

@@ -1,0 +1,1 @@
+"""gradlab inside other training loops (optional extras: `pip install gradlab[lightning]`)."""
