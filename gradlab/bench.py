@@ -7,9 +7,10 @@ Sections (each a table on stdout and a key of the JSON file):
          evaluation) on the same model, data and optimizer, alternating in one process.
 - clip:  time per step of gradlab's training step under each clip mode, relative to clip=none.
 - sweep: runs per minute of one 16-run sweep (4 thresholds x 4 seeds) started as a user
-         starts it: one run at a time (basic launcher), launcher=local, engine=vectorized.
+         starts it: one run at a time (engine=sequential), launcher=local, engine=vectorized,
+         engine=auto (the default).
 - scale: wall time of N runs (1, 4, 16, 64) trained one after another in one process vs
-         together (engine=vectorized), and for the LSTM by sequence length.
+         together (engine=vectorized) vs as engine=auto chooses, and for the LSTM by sequence length.
 - fixed: wall time of a whole 1-step run in a fresh process (start, imports, data, W&B init).
 - compile (asked for by name): the loop section again with compile=true (both loops run the
          compiled model), and the seconds the first compiled step takes.
@@ -151,7 +152,8 @@ def sweep_throughput(model: str, steps: int, repeats: int, seeds: int = 4) -> di
     """Runs per minute of a sweep of 4 norm thresholds x `seeds` seeds, by launcher (alternating)."""
     sweep = ["sweep", f"model={model}", "clip=norm", "max_norm=0.5,1,2,5", f"seed=range({seeds})", f"steps={steps}",
              "eval_every=0", "wandb=offline"]
-    launchers = {"sequential": [], "joblib": ["launcher=local"], "vectorized": ["engine=vectorized"]}
+    launchers = {"sequential": ["engine=sequential"], "joblib": ["launcher=local"], "vectorized": ["engine=vectorized"],
+                 "auto": ["engine=auto"]}
     times = {name: [] for name in launchers}
     for _ in range(repeats):
         for name, extra in launchers.items():
@@ -164,9 +166,10 @@ def sweep_throughput(model: str, steps: int, repeats: int, seeds: int = 4) -> di
 
 
 def scaling(model: str, count: int, steps: int, *overrides: str) -> dict:
-    """Seconds to train `count` runs (seeds 0..count-1) one after another vs as one vectorized group."""
+    """Seconds to train `count` runs (seeds 0..count-1) one after another, as one vectorized group,
+    and as engine=auto chooses."""
     from gradlab.train import train
-    from gradlab.vectorized import train_group
+    from gradlab.vectorized import run_groups, train_group
 
     with tempfile.TemporaryDirectory() as root:
         confs = [_conf(f"model={model}", f"steps={steps}", f"seed={seed}", "eval_every=0", f"results_root={root}",
@@ -178,8 +181,12 @@ def scaling(model: str, count: int, steps: int, *overrides: str) -> dict:
         start = time.perf_counter()
         train_group([{**conf, "name": "vectorized"} for conf in confs])
         vectorized = time.perf_counter() - start
+        start = time.perf_counter()
+        run_groups([{**conf, "name": "auto", "engine": "auto"} for conf in confs])
+        auto = time.perf_counter() - start
     return {"model": model, "runs": count, "steps": steps, "overrides": list(overrides),
-            "sequential_s": sequential, "vectorized_s": vectorized, "speedup": sequential / vectorized}
+            "sequential_s": sequential, "vectorized_s": vectorized, "auto_s": auto, "speedup": sequential / vectorized,
+            "auto_speedup": sequential / auto}
 
 
 def _first_step(model: str) -> float:
@@ -236,9 +243,10 @@ def run(sections: list[str], models: list[str], steps: int, repeats: int, sweep_
                   lambda r: "   ".join(f"{name} {rate:6.1f} ({r['vs_sequential'][name]:.2f}x)"
                                        for name, rate in r["runs_per_min"].items())),
         "scale": (scale_rows, f"scale: seconds for N runs of {scale_steps} steps, one after another vs vectorized "
-                              "(one process)",
+                              "vs engine=auto (one process)",
                   lambda r: f"{' '.join(r['overrides']):<16} N={r['runs']:<3} sequential {r['sequential_s']:7.2f}   "
-                            f"vectorized {r['vectorized_s']:7.2f}   {r['speedup']:.2f}x"),
+                            f"vectorized {r['vectorized_s']:7.2f} ({r['speedup']:.2f}x)   "
+                            f"auto {r['auto_s']:7.2f} ({r['auto_speedup']:.2f}x)"),
         "fixed": (lambda: [fixed_cost(m, repeats) for m in models],
                   "fixed: seconds for a whole 1-step run in a fresh process (start, imports, data, W&B init)",
                   lambda r: f"{r['seconds']:.2f} s"),

@@ -19,7 +19,7 @@ from gradlab.errors import bad, positive
 # tests/test_distributed.py, test_vectorized.py, test_step.py)
 NOT_IDENTITY = ("name", "results_root", "progress", "force", "wandb", "logger", "workers", "devices", "save_model",
                 "engine", "group_size", "compile")
-ENGINES = ("sequential", "vectorized")
+ENGINES = ("auto", "sequential", "vectorized")
 COMPILE = (False, True, "cudagraphs")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_MAX = 1e30  # larger rates overflow float32 in the optimizers' own arithmetic (Adam: lr / (1 - beta1))

@@ -182,13 +182,14 @@ def print_plan(p: Plan, settings: list[str] = ()) -> None:
 
     confs = p.confs
     print(f"sweep {confs[0]['name']}: {len(confs)} run(s) -> {sweep_dir(confs[0])}")
-    if confs[0]["engine"] == "vectorized":
-        from gradlab.vectorized import describe, groups
+    if confs[0]["engine"] != "sequential" and p.launcher == "basic":
+        from gradlab.vectorized import describe, schedule
 
-        parts = groups(confs)
-        print(f"engine: vectorized, {len(parts)} group(s)")
-        for group in parts:
-            print(f"  {len(group):>3} run(s) together: {describe(group)}")
+        parts = schedule(confs)
+        print(f"engine: {confs[0]['engine']}, {len(parts)} group(s)")
+        for part in parts:
+            how = "together" if part.engine == "vectorized" else "one at a time"
+            print(f"  {len(part.runs):>3} run(s) {how}: {describe(part.runs)} ({part.why})")
     elif settings:
         print(f"launcher: {p.launcher} ({' '.join(settings)})")
     compiled = {conf["compile"] for conf in confs} - {False}
@@ -238,14 +239,13 @@ def sweep(overrides: list[str], dry_run: bool = False) -> Swept:
     runs = list(dict.fromkeys(sweep_dir(conf) / run_id(conf) for conf in p.confs))
     done_before = {sweep_dir(conf) / run_id(conf) for conf in p.confs if earlier_result(conf)}
     settings = _launch_overrides(p, len(runs) - len(done_before))
-    vectorized = p.confs[0]["engine"] == "vectorized"
-    if vectorized and p.launcher != "basic":
+    if p.confs[0]["engine"] == "vectorized" and p.launcher != "basic":
         raise bad("engine", "vectorized", "trains its groups in this process; use it with launcher=basic")
     if dry_run:
         print_plan(p, settings)
         return Swept(runs, {})
     try:
-        if vectorized:
+        if p.launcher == "basic" and _vectorizes(p.confs):
             from gradlab.vectorized import run_groups
 
             run_groups(p.confs)
@@ -269,6 +269,13 @@ def sweep(overrides: list[str], dry_run: bool = False) -> Swept:
         raise LaunchError(f"the {p.launcher} launcher stopped ({type(e).__name__}: {first}); finished runs are "
                           "kept, and running the same command again makes the rest") from None
     return Swept(runs, _report(p, done_before))
+
+
+def _vectorizes(confs: list[dict]) -> bool:
+    """Does the sweep's engine train any of its groups together? (Else Hydra's launcher runs it.)"""
+    from gradlab.vectorized import schedule
+
+    return confs[0]["engine"] != "sequential" and any(part.engine == "vectorized" for part in schedule(confs))
 
 
 def _report(p: Plan, done_before: set) -> dict:

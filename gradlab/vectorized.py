@@ -14,12 +14,16 @@ batch; the others go on.
 
 Runs differ in seed, clip mode and knobs, and learning rate; anything else that differs
 (model, task, batch size, accumulation, steps, precision, ...) puts them in another group.
+
+engine=auto (the default) trains a group this way only where gradlab bench measured it faster
+(MEASURED); `schedule` says, for every group, which engine it gets and why.
 """
 
 from __future__ import annotations
 
 import copy
 from contextlib import ExitStack
+from typing import NamedTuple
 
 import torch
 
@@ -27,6 +31,16 @@ from gradlab.config import NOT_IDENTITY, clip_knobs, run_id, sweep_dir
 from gradlab.distributed import SOLO
 
 FREE = ("seed", "lr", "clip")  # what may differ within a group (besides the clip knobs)
+# engine=auto's evidence: built-in models at their default sizes, on this project's 2-core CPU;
+# `scaling` of gradlab bench, median of 3 (README, Speed). (class, cell) -> (fewest runs that
+# train faster together, or None: never; the figure)
+MEASURED = {
+    ("gradlab.models.mlp.MLP", None): (16, "mlp: 16 runs 1.5x faster together; 4-8 runs 0.9-1.4x, not safe"),
+    ("gradlab.models.rnn.RecurrentNet", "rnn"): (4, "rnn: 4 and 16 runs 1.5x faster together"),
+    ("gradlab.models.rnn.RecurrentNet", "gru"): (4, "gru: 4 and 16 runs 1.3x faster together"),
+    ("gradlab.models.rnn.RecurrentNet", "lstm"): (None, "lstm: 16 runs 0.55x together; torch's fused LSTM wins"),
+    ("gradlab.models.transformer.Transformer", None): (None, "transformer: 2-8 runs 0.64-0.94x together"),
+}
 
 
 def why_alone(conf: dict) -> str | None:
@@ -63,6 +77,44 @@ def groups(confs: list[dict]) -> list[list[dict]]:
         by_key.setdefault(group_key(conf) if not why_alone(conf) else run_id(conf), []).append(conf)
     size = unique[0]["group_size"]
     return [members[i:i + size] for members in by_key.values() for i in range(0, len(members), size)]
+
+
+class Part(NamedTuple):
+    runs: list      # configs of runs that share an engine
+    engine: str     # vectorized (trained together) | sequential (one after another)
+    why: str        # the reason, shown by --dry-run
+
+
+def schedule(confs: list[dict]) -> list[Part]:
+    """How a sweep's runs are trained under its `engine`: vectorized puts every compatible group
+    together; auto only those where `auto_choice` expects it to be faster; sequential none."""
+    engine, parts = confs[0]["engine"], []
+    for group in groups(confs):
+        if len(group) == 1:
+            parts.append(Part(group, "sequential", f"alone ({why_alone(group[0])})" if why_alone(group[0]) else "one run"))
+        elif engine == "vectorized":
+            parts.append(Part(group, "vectorized", "engine=vectorized"))
+        else:
+            together, why = auto_choice(group) if engine == "auto" else (False, "engine=sequential")
+            parts.append(Part(group, "vectorized" if together else "sequential", why))
+    return parts
+
+
+def auto_choice(group: list[dict]) -> tuple[bool, str]:
+    """engine=auto: train the group together only where gradlab bench measured it faster (README,
+    Speed); anything not measured stays sequential, so the default never costs time."""
+    from gradlab.config import resolve_device
+
+    first = group[0]
+    device = resolve_device(first["device"])
+    measured = MEASURED.get((first["model"].get("_target_"), first["model"].get("cell")))
+    if device.type != "cpu" or measured is None:
+        where = "a GPU" if device.type != "cpu" else f"model {first['model']['name']}"
+        return False, f"auto: not measured on {where}, so sequential"
+    least, figure = measured
+    if least is None or len(group) < least:
+        return False, f"auto: {figure}"
+    return True, f"auto: {figure}"
 
 
 def describe(group: list[dict]) -> str:
@@ -221,20 +273,24 @@ def fitting(group: list[dict]) -> int:
 
 
 def run_groups(confs: list[dict]) -> None:
-    """Train a sweep's runs group by group; a group too large for memory goes in parts."""
+    """Train a sweep's runs as `schedule` says; a group too large for memory goes in parts."""
     from gradlab.progress import progress_mode
     from gradlab.train import train
 
     talk = progress_mode(confs[0]["progress"]) != "none"
     parts = []
-    for group in groups(confs):
-        size = fitting(group) if len(group) > 1 else 1
+    for part in schedule(confs):
+        group = part.runs
+        if part.engine == "sequential":
+            parts += [[conf] for conf in group]
+            continue
+        size = fitting(group)
         if size < len(group) and talk:
             print(f"[vectorized] {len(group)} runs ({describe(group)}) do not fit in memory together "
                   f"(about {member_bytes(group[0]) / 2**20:.0f} MiB each); training them {size} at a time", flush=True)
         parts += [group[i:i + size] for i in range(0, len(group), size)]
     for group in parts:
-        if talk:
+        if talk and len(group) > 1:
             print(f"[vectorized] {len(group)} run(s) together: {describe(group)}", flush=True)
         if progress_mode(group[0]["progress"]) == "bar":  # one live bar at a time: members print lines
             group = [{**conf, "progress": "lines"} for conf in group]

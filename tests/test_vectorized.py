@@ -120,3 +120,50 @@ def vectorized_summary(conf: dict) -> dict:
     from gradlab import records
 
     return records.read(sweep_dir(conf) / run_id(conf))
+
+
+# --- engine=auto: together only where gradlab bench measured it faster
+
+def auto_part(compose, runs: int, *overrides):
+    from gradlab.vectorized import schedule
+
+    (part,) = schedule([compose(*overrides, f"seed={seed}") for seed in range(runs)])
+    return part
+
+
+@pytest.mark.parametrize("model,runs,engine,figure", [
+    ("mlp", 16, "vectorized", "1.5x faster"),
+    ("mlp", 8, "sequential", "4-8 runs 0.9-1.4x, not safe"),
+    ("rnn", 4, "vectorized", "1.5x faster"),
+    ("gru", 4, "vectorized", "1.3x faster"),
+    ("lstm", 16, "sequential", "0.55x"),
+    ("transformer", 8, "sequential", "0.64-0.94x"),
+])
+def test_auto_trains_together_only_what_was_measured_faster(compose, model, runs, engine, figure):
+    part = auto_part(compose, runs, f"model={model}")
+    assert part.engine == engine and len(part.runs) == runs and figure in part.why
+
+
+def test_auto_leaves_what_was_not_measured_sequential_and_the_engines_can_be_forced(compose):
+    mine = auto_part(compose, 16, "model=custom", "model._target_=mynets.nets.ResidualMLP")
+    assert mine.engine == "sequential" and mine.why == "auto: not measured on model residualmlp, so sequential"
+    assert auto_part(compose, 16, "model=lstm", "engine=vectorized").engine == "vectorized"
+    assert auto_part(compose, 16, "model=mlp", "engine=sequential").engine == "sequential"
+
+
+def test_dry_run_says_which_engine_each_group_gets_and_why(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "gradlab", "sweep", "model=rnn,lstm", "seed=0,1,2,3", "--dry-run"],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "engine: auto, 2 group(s)" in out.stdout
+    assert "4 run(s) together: rnn on adding, batch 64, 1500 steps (auto: rnn: 4 and 16 runs 1.5x faster together)" in out.stdout
+    assert "4 run(s) one at a time: lstm on adding, batch 64, 1500 steps (auto: lstm: 16 runs 0.55x together" in out.stdout
+
+
+def test_an_auto_sweep_trains_the_measured_groups_together(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "gradlab", "sweep", "model=rnn", "model.hidden_size=8", "task.length=8",
+                          "seed=0,1,2,3", "steps=6", "eval_every=3", "wandb=off", "name=auto"], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "[vectorized] 4 run(s) together: rnn on adding" in out.stdout
+    assert "sweep finished: 4 runs (4 completed)" in out.stdout
