@@ -62,14 +62,15 @@ def knobs(group: str, cfg: dict) -> dict:
     return {k: v for k, v in cfg.items() if k not in RESERVED.get(group, ()) and k not in HYDRA_KEYS}
 
 
-def check(group: str, cfg: dict, context: dict = None) -> None:
-    """The config's knobs fit its class's signature: none unknown, none missing."""
+def check(group: str, cfg: dict, context: dict = None) -> dict:
+    """The config's knobs fit its class's signature: none unknown, none missing. The `context`
+    values that the signature takes."""
     cls = locate(group, cfg)
     given, context = knobs(group, cfg), context or {}
     try:
         params = inspect.signature(cls).parameters
     except (TypeError, ValueError):  # a builtin without a signature: instantiate will say
-        return
+        return context
     open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     accepted = [n for n, p in params.items() if n not in context and n not in ("self", "params")
                 and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
@@ -82,6 +83,7 @@ def check(group: str, cfg: dict, context: dict = None) -> None:
     if missing:
         raise ConfigError(f"{group}.{missing[0]}: required by {target(group, cfg)}; set it with "
                           f"+{group}.{missing[0]}=VALUE or in the {group}'s config")
+    return {k: v for k, v in context.items() if open_ended or k in params}
 
 
 def build(group: str, cfg: dict, *args, **context):
@@ -89,18 +91,11 @@ def build(group: str, cfg: dict, *args, **context):
     `context` values that its signature takes."""
     from hydra.utils import instantiate
 
-    check(group, cfg, context)
-    cls = locate(group, cfg)
-    try:
-        params = inspect.signature(cls).parameters
-        takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        context = {k: v for k, v in context.items() if takes_all or k in params}
-    except (TypeError, ValueError):
-        pass
+    taken = check(group, cfg, context)
     special = {k: cfg[k] for k in HYDRA_KEYS if k in cfg}
     # a partial first: context objects (a TaskSpec, the model) must not pass through OmegaConf
     factory = instantiate({**special, **knobs(group, cfg)}, _partial_=True, _convert_="all")
-    return factory(*args, **context)
+    return factory(*args, **taken)
 
 
 def options(group: str) -> list[str]:

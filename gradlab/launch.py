@@ -282,7 +282,6 @@ def _report(p: Plan, done_before: set) -> dict:
     """The sweep's outcome, read from its records: the same under every launcher. A job whose
     run had finished before, or was made by an earlier job of the sweep, counts as skipped; a
     run without a readable record is unfinished, or in progress elsewhere (another sweep)."""
-    from gradlab import records
     from gradlab.config import run_id, sweep_dir
     from gradlab.progress import offline_hint, progress_mode
 

@@ -22,7 +22,7 @@ from gradlab.spikes import SpikeGuard
 # columns of StepOutput.scalars, in order; `read` turns a row of them into what the history records
 SCALARS = ("loss", "grad_norm", "grad_norm_clipped", "fired", "smoothness", "smoothness_grad_norm", "spike_skipped")
 RECORDED = ("loss", "grad_norm", "grad_norm_clipped", "clipped", "scaler_skipped", "smoothness", "smoothness_grad_norm",
-            "spike_skipped")
+            "spike_skipped", "clip_coef")
 
 
 class StepOutput(NamedTuple):
@@ -93,13 +93,15 @@ def finish_step(loss, parts: StepParts) -> StepOutput:
 def read(values: list, fp16: bool) -> dict:
     """One step's row of StepOutput.scalars, read on the host, as the history records it (RECORDED).
 
-    Two flags follow from the gradient norm, so the step leaves them to the host: a step whose
-    norm is inf/nan is never `clipped` (it is skipped or diverges), and with fp16 the scaler
-    skips exactly those steps (`scaler_skipped`)."""
+    What follows from the norms, the step leaves to the host: a step whose norm is inf/nan is
+    never `clipped` (it is skipped or diverges), with fp16 the scaler skips exactly those steps
+    (`scaler_skipped`), and `clip_coef` is the post- to pre-clip norm ratio (1 where undefined)."""
     row = dict(zip(SCALARS, values))
-    finite = math.isfinite(row["grad_norm"])
+    pre, post = row["grad_norm"], row["grad_norm_clipped"]
+    finite = math.isfinite(pre)
     row["clipped"] = float(row.pop("fired") > 0 and finite)
     row["scaler_skipped"] = float(fp16 and not finite)
+    row["clip_coef"] = post / pre if pre > 0 and finite else 1.0
     return row
 
 

@@ -60,8 +60,7 @@ def build(conf: dict) -> Run:
         model = build_model(conf["model"], task.spec).to(device)
     except RuntimeError as e:
         if out_of_memory(e):
-            raise bad("model", label("model", conf["model"]), f"does not fit in memory on {device} with "
-                      f"{sizes(conf)}: make it smaller") from None
+            raise too_big(conf, device, "make it smaller") from None
         raise
     if conf["compile"]:  # in place, so parameter names stay the model's; reduce-overhead replays CUDA graphs
         model.compile(mode="reduce-overhead" if conf["compile"] == "cudagraphs" else None)
@@ -86,9 +85,14 @@ def check(conf: dict, shapes: dict) -> None:
         _consumes(conf, shapes[key], task.spec)
     weights = sum(p.numel() * p.element_size() for p in shapes[key].parameters())
     if weights > available(device):
-        raise bad("model", label("model", conf["model"]), f"does not fit in memory on {device} with {sizes(conf)}: "
-                  f"its weights alone take {weights / 2**30:.1f} GiB; make it smaller")
+        raise too_big(conf, device, f"its weights alone take {weights / 2**30:.1f} GiB; make it smaller")
     _around(conf, shapes[key])
+
+
+def too_big(conf: dict, device, advice: str):
+    """The ConfigError for a model that does not fit in memory, with the sizes that decide it."""
+    return bad("model", label("model", conf["model"]),
+               f"does not fit in memory on {device} with {sizes(conf)}: {advice}")
 
 
 def _consumes(conf: dict, model: torch.nn.Module, spec) -> None:
@@ -298,7 +302,7 @@ class Session:
 
 
 LAYER_COLUMNS = ["step", "layer", "grad_norm", "update_ratio", "clip_fraction"]
-COLUMNS = ["step", *RECORDED, "clip_coef", "clip_fraction", "lr", "eval_loss", "eval_acc",
+COLUMNS = ["step", *RECORDED, "clip_fraction", "lr", "eval_loss", "eval_acc",
            "time_s", "steps_per_s", "samples_per_s"]
 
 
@@ -421,16 +425,14 @@ class _Log:
         for (step, _, lr, layer_figures, metrics), row_values in zip(self.pending, values):
             row = {**read(row_values, self.grads_may_overflow), "step": step, "lr": lr}
             self.clipped += row["clipped"]
-            pre, post = row["grad_norm"], row["grad_norm_clipped"]
-            row.update(clip_coef=post / pre if pre > 0 and math.isfinite(pre) else 1.0,
-                       clip_fraction=self.clipped / step, time_s=now - self.start,
+            row.update(clip_fraction=self.clipped / step, time_s=now - self.start,
                        steps_per_s=rate, samples_per_s=rate * self.samples_per_step)
             if metrics is not None:
                 row.update(eval_loss=metrics[0].item(), eval_acc=metrics[1].item())
             if layer_figures is not None:
                 self.layers += [(step, n, *v) for n, v in zip(self.names, layer_figures.T.tolist())]
             self.history.append(row)
-            if not math.isfinite(row["loss"]) or not (math.isfinite(pre) or self.grads_may_overflow):
+            if not math.isfinite(row["loss"]) or not (math.isfinite(row["grad_norm"]) or self.grads_may_overflow):
                 self.pending = []
                 return step
         self.pending = []

@@ -180,8 +180,7 @@ class GradlabClipping(lightning.Callback):
             values = {"loss": loss, "grad_norm": pre, "grad_norm_clipped": post, "fired": fired, "spike_skipped": 0.0}
             row = {**read([values.get(k, math.nan) for k in SCALARS], self.fp16), "step": step, "lr": lr}
             self.clipped += row["clipped"]
-            row.update(clip_coef=post / pre if pre > 0 and math.isfinite(pre) else 1.0,
-                       clip_fraction=self.clipped / (len(self.history) + 1), time_s=now - self.start, steps_per_s=rate)
+            row.update(clip_fraction=self.clipped / (len(self.history) + 1), time_s=now - self.start, steps_per_s=rate)
             self.history.append(row)
         at = 4 * len(self.pending)
         for step, names, _ in self.pending_layers:

@@ -64,6 +64,18 @@ class Synthetic(Task):
         return in_chunks(*self.eval)
 
 
+def permutations(size: int, n: int, g: torch.Generator):
+    """Endless index batches of n over `size` samples, on the generator's device: random
+    permutations chained, so a batch that crosses an epoch boundary is still full and every
+    sample is seen once per epoch."""
+    order = torch.empty(0, dtype=torch.long, device=g.device)
+    while True:
+        while len(order) < n:
+            order = torch.cat([order, torch.randperm(size, generator=g, device=g.device)])
+        idx, order = order[:n], order[n:]
+        yield idx
+
+
 class Stored(Task):
     """A finite data set on the device: subclasses set `train` and `test`, each (x, y), in load()."""
 
@@ -71,15 +83,8 @@ class Stored(Task):
     test: tuple
 
     def batches(self, n: int, seed: int):
-        # Permutations are chained, so a batch that crosses an epoch boundary is still full
-        # and every sample is seen once per epoch.
         x, y = self.train
-        g = torch.Generator(y.device).manual_seed(seed)
-        order = torch.empty(0, dtype=torch.long, device=y.device)
-        while True:
-            while len(order) < n:
-                order = torch.cat([order, torch.randperm(len(y), generator=g, device=y.device)])
-            idx, order = order[:n], order[n:]
+        for idx in permutations(len(y), n, torch.Generator(y.device).manual_seed(seed)):
             yield x[idx], y[idx]
 
     def eval_batches(self) -> list:

@@ -26,7 +26,7 @@ from torch.utils.data import default_collate
 from gradlab import components
 from gradlab.errors import bad
 from gradlab.tasks import Task, TaskSpec
-from gradlab.tasks._base import EVAL_BATCH, integer
+from gradlab.tasks._base import EVAL_BATCH, integer, permutations
 
 LOSSES = ("cross_entropy", "mse")
 
@@ -42,6 +42,7 @@ class DatasetTask(Task):
         if loss == "cross_entropy":
             integer("task.classes", classes, 2)
         self.loss, self.classes, self.vocab = loss, classes, integer("task.vocab", vocab, 0)
+        self.built = {}  # which -> its Dataset, once built
 
     @functools.cached_property
     def spec(self) -> TaskSpec:
@@ -58,10 +59,11 @@ class DatasetTask(Task):
         per_position = y.dim() == 1
         return TaskSpec(kind, tuple(x.shape), "token_classes" if per_position else "classes", self.classes, self.vocab)
 
-    @functools.cache
     def dataset(self, which: str):
         """The training or held-out Dataset, built from its config (once)."""
-        return components.build(f"task.{which}", self.configs[which])
+        if which not in self.built:
+            self.built[which] = components.build(f"task.{which}", self.configs[which])
+        return self.built[which]
 
     def load(self, device) -> None:
         self.device = torch.device(device)
@@ -78,12 +80,7 @@ class DatasetTask(Task):
 
     def batches(self, n: int, seed: int):
         train = self.dataset("train")
-        g = torch.Generator().manual_seed(seed)
-        order = torch.empty(0, dtype=torch.long)
-        while True:  # chained permutations: every sample once per epoch, every batch full
-            while len(order) < n:
-                order = torch.cat([order, torch.randperm(len(train), generator=g)])
-            idx, order = order[:n], order[n:]
+        for idx in permutations(len(train), n, torch.Generator().manual_seed(seed)):
             yield self._batch(train, idx.tolist())
 
     def eval_batches(self) -> list:
