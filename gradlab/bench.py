@@ -71,7 +71,6 @@ def loop(model: str, steps: int, repeats: int, *overrides: str) -> dict:
 
     conf = _conf(f"model={model}", f"steps={steps}", "eval_every=0", *overrides)
     run = build(conf)
-    run.task.load(run.device)
     objective = loss_fn(run.task.spec)
     params = [p for p in run.model.parameters() if p.requires_grad]
 
@@ -118,7 +117,6 @@ def clip_costs(model: str, steps: int, repeats: int) -> dict:
     def timer(mode: str):
         conf = _conf(f"model={model}", f"clip={mode}")
         run = build(conf)
-        run.task.load(run.device)
         stream = run.task.batches(conf["batch_size"], seed=0)
         scaler = torch.amp.GradScaler(run.device.type, enabled=False)
         autocast = partial(torch.autocast, run.device.type, enabled=False)
@@ -198,7 +196,6 @@ def _first_step(model: str) -> float:
 
     torch._dynamo.reset()
     run = build(_conf(f"model={model}", "compile=true"))
-    run.task.load(run.device)
     x, y = next(run.task.batches(8, 0))
     start = time.perf_counter()
     loss_fn(run.task.spec)(run.model(x), y).backward()

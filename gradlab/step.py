@@ -85,8 +85,8 @@ def finish_step(loss, parts: StepParts) -> StepOutput:
     optimizer.zero_grad(set_to_none=True)
     device = loss.device
     scalars = torch.cat([torch.stack([loss, grad_norm.float(), norm_after.float(), fired.float()]),
-                         _constant((math.nan, math.nan), device) if diagnostic is None else diagnostic.float(),
-                         _constant((float(spike),), device)])
+                         constant((math.nan, math.nan), device) if diagnostic is None else diagnostic.float(),
+                         constant((float(spike),), device)])
     return StepOutput(scalars, layer_norms)
 
 
@@ -106,7 +106,7 @@ def read(values: list, fp16: bool) -> dict:
 
 
 @functools.lru_cache(maxsize=None)
-def _constant(value, device: torch.device) -> torch.Tensor:
+def constant(value, device: torch.device) -> torch.Tensor:
     """A float32 tensor of `value` (a number: 0-d; a tuple: 1-d) on the device, made once (a new one
     each step would be one more kernel)."""
     return torch.tensor(value, device=device)

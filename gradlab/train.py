@@ -22,7 +22,7 @@ import torch
 
 import gradlab
 from gradlab import distributed, parallel, records
-from gradlab.clip import build_clip
+from gradlab.clip import build_clip, tensor_norms
 from gradlab.components import label
 from gradlab.config import (check_knobs, check_writable, display_name, identity, norm_type, plain, stop_rule,
                             resolve_device, run_id, sizes, sweep_dir)
@@ -36,7 +36,7 @@ from gradlab.progress import RunProgress, report_skipped
 from gradlab.progress import progress_mode
 from gradlab.mistakes import mistaken_step
 from gradlab.step import RECORDED, SCALARS, StepParts, read, train_step
-from gradlab.tasks import build_task
+from gradlab.tasks import build_task, loaded
 from gradlab.tracking import Tracker, check_settings
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -64,8 +64,7 @@ def build(conf: dict) -> Run:
         raise
     if conf["compile"]:  # in place, so parameter names stay the model's; reduce-overhead replays CUDA graphs
         model.compile(mode="reduce-overhead" if conf["compile"] == "cudagraphs" else None)
-    task.prepare()
-    return Run(device, task, model, *_around(conf, model))
+    return Run(device, loaded(conf["task"], device), model, *_around(conf, model))
 
 
 def check(conf: dict, shapes: dict) -> None:
@@ -328,7 +327,6 @@ class Stepper:
         self.conf, self.run, self.world = conf, run, world
         self.net = distributed.wrap(model, world.size)  # what trains; `model` is measured and evaluated
         self.steps, self.k = conf["steps"], conf["accum_steps"]
-        task.load(device)
         self.stream = task.batches(conf["batch_size"] * self.k, conf["seed"])
         self.eval_set = task.eval_batches()
         self.objective = loss_fn(task.spec)
@@ -365,8 +363,8 @@ class Stepper:
             self.scheduler.step()
         if self.per_layer_fired is not None:  # a step skipped as a spike was not clipped
             self.per_layer_fired += clip.last_fired * (1 - out.scalars[SCALARS.index("spike_skipped")])
-        layers_now = (_layer_figures(model, self.before, out.layer_norms, self.per_layer_fired, step)
-                      if self.before is not None else None)
+        layers_now = (layer_figures([w.detach() for w in model.parameters() if w.requires_grad], self.before,
+                                    out.layer_norms, self.per_layer_fired, step) if self.before is not None else None)
         at_eval = step == self.steps or (self.conf["eval_every"] and step % self.conf["eval_every"] == 0)
         metrics = evaluate(model, self.eval_set, self.run.task.spec, self.autocast) if at_eval else None
         self.log.add(step, out.scalars, self.lr, layers_now, metrics)
@@ -375,25 +373,25 @@ class Stepper:
             diverged_at = self.log.flush()  # the one host-device sync of the interval
             if diverged_at:
                 return {"status": "diverged", "diverged_step": diverged_at}
-        if checks_target and _reached(self.log.history[-1], *self.target):
+        if checks_target and reached(self.log.history[-1], *self.target):
             return {"status": "completed", "target_step": step}
         return {"status": "completed"} if step == self.steps else None
 
 
-def _reached(row: dict, metric: str, value: float) -> bool:
+def reached(row: dict, metric: str, value: float) -> bool:
     """Has this history row's evaluation reached the stop_at_target value?"""
     return row[metric] >= value if metric == "eval_acc" else row[metric] <= value
 
 
-def _layer_figures(model, before, grad_norms, fired, step: int) -> torch.Tensor:
+def layer_figures(after, before, grad_norms, fired, step: int, stacked: bool = False) -> torch.Tensor:
     """Per parameter tensor (rows: LAYER_COLUMNS[2:]): pre-clip gradient norm, update-to-weight
-    norm ratio of this step, and the share of steps so far that clipped it (nan unless the clip
-    mode works per layer). Stays on the device."""
-    after = [w.detach() for w in model.parameters() if w.requires_grad]
-    moved = torch.stack(torch._foreach_norm(torch._foreach_sub(after, before)))
-    ratio = moved / torch.stack(torch._foreach_norm(before)).clamp(min=1e-12)
+    norm ratio of this step (`before` and `after` it, the trainable weights), and the share of steps
+    so far that clipped it (nan unless the clip mode works per layer). Stays on the device.
+    `stacked` members (a first axis): one such (3, L) block per member."""
+    moved = tensor_norms(torch._foreach_sub(after, before), 2.0, stacked)
+    ratio = moved / tensor_norms(before, 2.0, stacked).clamp(min=1e-12)
     share = fired / step if fired is not None else torch.full_like(ratio, float("nan"))
-    return torch.stack([grad_norms.float(), ratio.float(), share.float()])
+    return torch.stack([grad_norms.float(), ratio.float(), share.float()], dim=-2)
 
 
 class _Log:

@@ -3,17 +3,20 @@ together as one batch of K models.
 
 Each member is built exactly as it would be alone (`build`: its own seeded initialisation,
 its own clip mode and knobs, its own optimizer, lr and state, its own data stream) and keeps
-its own record and W&B run. Only the forward and backward passes are shared: every
-micro-batch, the members' parameters are stacked along a leading axis (`torch.stack`, so each
-member's gradient flows back into its own parameters), the K models run as one batched model
-(torch.func.vmap over functional_call, or a model's own `forward_stacked`), and one backward
-of the sum of the members' losses gives every member the gradient of its own loss. Then each
-member takes the rest of its step alone (`finish_step`: measure, clip, update), with the same
-code as a run trained alone. A member that diverges or fails is recorded and dropped from the
-batch; the others go on.
+its own record and W&B run. The whole step is batched (`Group`): the members' parameters
+are stacked along a leading (member) axis for the life of the group; the K models run as one
+batched model (a model's own `forward_stacked`, else torch.func.vmap over functional_call),
+and one backward of the sum of the members' losses gives every member the gradient of its
+own loss; each parameter's per-member norms are one reduction; each clip mode clips all its
+members at once (gradlab.clip.stack: per-member knobs and adaptive state as tensors); one
+optimizer step (gradlab.optim.StackedOptimizer) updates all members with their own lrs;
+one pass evaluates them all; and their metrics are read from the device once per log
+interval. A member that diverges, fails or reaches its target is recorded and leaves the
+group; the others go on.
 
 Runs differ in seed, clip mode and knobs, and learning rate; anything else that differs
-(model, task, batch size, accumulation, steps, precision, ...) puts them in another group.
+(model, task, batch size, accumulation, steps, precision, optimizer options, ...) puts them in
+another group.
 
 engine=auto (the default) trains a group this way only where gradlab bench measured it faster
 (MEASURED); `schedule` says, for every group, which engine it gets and why.
@@ -22,13 +25,19 @@ engine=auto (the default) trains a group this way only where gradlab bench measu
 from __future__ import annotations
 
 import copy
+import math
 from contextlib import ExitStack
 from typing import NamedTuple
 
 import torch
 
-from gradlab.config import NOT_IDENTITY, clip_knobs, run_id, sweep_dir
+from gradlab.clip import Slab, select, stack, tensor_norms
+from gradlab.config import NOT_IDENTITY, check_writable, clip_knobs, norm_type, run_id, stop_rule, sweep_dir
 from gradlab.distributed import SOLO
+from gradlab.objective import evaluate, member_losses
+from gradlab.optim import StackedOptimizer, lr_factor, why_not_stacked
+from gradlab.step import constant
+from gradlab.train import Session, Stepper, reached, build, claim, failure, layer_figures, train
 
 FREE = ("seed", "lr", "clip")  # what may differ within a group (besides the clip knobs)
 # engine=auto's evidence: built-in models at their default sizes, on this project's 2-core CPU;
@@ -57,7 +66,9 @@ def why_alone(conf: dict) -> str | None:
         return "compile=true"
     if conf["smoothness_every"]:
         return "smoothness_every (its estimates run the model alone)"
-    return None
+    if conf["skip_spikes"]:
+        return "skip_spikes (each run decides on its own steps)"
+    return why_not_stacked(conf["optim"])
 
 
 def group_key(conf: dict) -> str:
@@ -136,25 +147,26 @@ def stacked_forward(base: torch.nn.Module, params: dict, x: torch.Tensor) -> tor
 
 class _Member:
     def __init__(self, index: int, conf: dict):
-        from gradlab.optim import build_optimizer
-        from gradlab.train import Session, Stepper, build
-
         self.index, self.conf, self.result = index, conf, None
-        run = build(conf)
-        # torch's fused kernel for the same update: in a group, the per-member optimizer step is
-        # most of what is not shared, and the fused one takes a third of the time on a CPU
-        fused = build_optimizer(conf["optim"], run.model.parameters(), conf["lr"], fused=True)
-        self.run = run._replace(optimizer=fused)
+        self.run = build(conf)
         self.session = Session(conf, self.run, SOLO)
         self.stepper = Stepper(conf, self.run, self.session)
-        self.params = [p for p in self.run.model.parameters() if p.requires_grad]
+        self.clip_key = clip_key(conf["clip"])
+
+
+def clip_key(clip_cfg: dict) -> str:
+    """Members with equal keys share one stacked clip strategy: the same mode, equal but for the
+    knobs its class stacks (STACKED)."""
+    import json
+
+    from gradlab import components
+
+    stacked = getattr(components.locate("clip", clip_cfg), "STACKED", ())
+    return json.dumps({k: v for k, v in clip_cfg.items() if k not in stacked}, sort_keys=True, default=str)
 
 
 def train_group(confs: list[dict]) -> list[dict]:
     """Train the runs of one group together; their summaries, in order."""
-    from gradlab.config import check_writable
-    from gradlab.train import claim
-
     summaries = {}
     with ExitStack() as held:  # each member's run is held (records.claimed) until the group ends
         members = []
@@ -171,63 +183,185 @@ def train_group(confs: list[dict]) -> list[dict]:
 
 def _train_members(members: list[_Member], summaries: dict) -> None:
     """Train the members (each holding its run) together, putting each one's summary in `summaries`."""
-    from gradlab.step import finish_step
-    from gradlab.train import failure
+    def end(m: _Member, result: dict) -> None:
+        m.result = result
+        summaries[m.index] = m.session.close(result)
 
-    if not members:
-        return
-    first = members[0]
-    base = copy.deepcopy(first.run.model)  # the shape (and buffers) that functional_call fills in
-    names = [n for n, p in base.named_parameters() if p.requires_grad]
-    steps = first.conf["steps"]
     try:
         for m in members:
             try:
                 m.session.open()
             except Exception as e:  # e.g. a full disk: this member fails, the others go on
-                m.result = {"status": "failed", "error": failure(e, m.conf)}
-                summaries[m.index] = m.session.close(m.result)
-        for step in range(1, steps + 1):
-            active = [m for m in members if m.result is None]
-            if not active:
-                break
-            losses = _backward(base, names, active, [m.stepper.batches(step) for m in active])
-            for m, loss in zip(active, losses):
-                try:
-                    m.result = m.stepper.record(step, finish_step(loss, m.stepper.parts))
-                except Exception as e:  # this member fails; the others go on
-                    m.result = {"status": "failed", "error": failure(e, m.conf)}
-                if m.result:
-                    summaries[m.index] = m.session.close(m.result)
-    except Exception as e:  # the shared pass failed: every member still in it fails with it
+                end(m, {"status": "failed", "error": failure(e, m.conf)})
+        live = [m for m in members if m.result is None]
+        if live:
+            group = Group(live)
+            for step in range(1, group.steps + 1):
+                for m, result in group.step(step):
+                    end(m, result)
+                if not group.members:
+                    break
+    except Exception as e:  # the shared step failed: every member still in it fails with it
         for m in members:
             if m.result is None:
-                m.result = {"status": "failed", "error": failure(e, m.conf)}
-                summaries[m.index] = m.session.close(m.result)
+                end(m, {"status": "failed", "error": failure(e, m.conf)})
     finally:
         for m in members:
             if m.index not in summaries:  # interrupted
                 summaries[m.index] = m.session.close(m.result or {})
 
 
-def _backward(base, names: list, active: list, batches: list) -> list:
-    """One shared forward and backward over the members' micro-batches; each member's loss (detached)."""
-    stepper = active[0].stepper
-    objective, autocast = stepper.objective, stepper.autocast
-    per_member = torch.func.vmap(objective)
-    total = sum(len(x) for x, _ in batches[0])
-    losses = None
-    for i in range(len(batches[0])):
-        x = torch.stack([b[i][0] for b in batches])
-        y = torch.stack([b[i][1] for b in batches])
-        params = {n: torch.stack([m.params[j] for m in active]) for j, n in enumerate(names)}
-        with autocast():
-            parts = per_member(stacked_forward(base, params, x), y)
-            if len(x[0]) != total:  # loss / k, as in train_step
-                parts = parts * (len(x[0]) / total)
-        parts.sum().backward()
-        losses = parts.detach().float() if losses is None else losses + parts.detach().float()
-    return list(losses.unbind())
+class Group:
+    """The members' step, batched: their parameters stacked along a first (member) axis for the life
+    of the group, one forward and backward for all, per-member norms in one reduction per tensor,
+    each clip mode once for its members (a stacked strategy, gradlab.clip.stack), one optimizer step
+    (gradlab.optim.StackedOptimizer) with per-member lrs, one evaluation pass, and the metrics of all
+    members read from the device once per log interval. A member that ends (diverged, failed, its
+    target reached, or its last step) is written back to its own model, handed over, and removed."""
+
+    def __init__(self, members: list[_Member]):
+        members.sort(key=lambda m: m.clip_key)  # each clip mode's members in one range of the member axis
+        first = members[0]
+        self.conf, self.device, self.members = first.conf, first.run.device, members
+        self.steps, self.k = self.conf["steps"], self.conf["accum_steps"]
+        self.base = copy.deepcopy(first.run.model)  # the shape (and buffers) that functional_call fills in
+        self.names = [n for n, p in self.base.named_parameters() if p.requires_grad]
+        self.norm_type = norm_type(self.conf["norm_type"])
+        self.factor = lr_factor(self.conf["optim"], self.steps)
+        self.autocast, self.eval_set = first.stepper.autocast, first.stepper.eval_set
+        self.target = stop_rule(self.conf["stop_at_target"])
+        self.per_member_loss = member_losses(first.run.task.spec)
+        self._stack([torch.stack([dict(m.run.model.named_parameters())[n].detach() for m in members])
+                     for n in self.names])
+        self.optimizer = StackedOptimizer(first.run.optimizer, self.params)
+        self.fired = torch.zeros(len(members), len(self.names), device=self.device)  # per-layer clips so far
+        self.pending = []
+
+    def _stack(self, weights: list, keep: torch.Tensor | None = None) -> None:
+        """Make `weights` (stacked, one per parameter) the group's parameters, with gradients that
+        live as long (zeroed after each step, so the clip strategies' Slabs stay valid). `keep`: the
+        members (old indices) that stay, of a group that had more; their optimizer and clip state."""
+        self.params = [w.detach().clone().requires_grad_() for w in weights]
+        for p in self.params:
+            p.grad = torch.zeros_like(p)
+        if keep is not None:
+            self.optimizer.select(keep.to(self.device), self.params)
+        old = {key: (start, strategy) for key, start, _, strategy, _ in getattr(self, "clips", [])}
+        self.clips, start = [], 0
+        for key in dict.fromkeys(m.clip_key for m in self.members):
+            stop = start + sum(m.clip_key == key for m in self.members)
+            slabs = [Slab(n, p.detach()[start:stop], p.grad[start:stop]) for n, p in zip(self.names, self.params)]
+            if keep is None:
+                strategy = stack([m.run.clip for m in self.members[start:stop]], self.device)
+            else:  # the members of this key that stay, by their place in its old range
+                was, strategy = old[key]
+                strategy = select(strategy, (keep[start:stop] - was).to(self.device))
+            self.clips.append((key, start, stop, strategy, slabs))
+            start = stop
+        self.per_layer = torch.tensor([hasattr(m.run.clip, "last_fired") for m in self.members], device=self.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The members' outputs on their inputs x (K, batch, ...)."""
+        return stacked_forward(self.base, dict(zip(self.names, self.params)), x)
+
+    def forward_all(self, x: torch.Tensor) -> torch.Tensor:
+        """The members' outputs on one batch x, the same for all (the held-out set)."""
+        return self.forward(x.expand(len(self.members), *x.shape))
+
+    def step(self, step: int) -> list:
+        """One optimizer step of every member; the members that ended with it, and their results."""
+        members, conf = self.members, self.conf
+        lrs = [m.conf["lr"] * self.factor(step - 1) for m in members]
+        x, y = map(torch.stack, zip(*(next(m.stepper.stream) for m in members)))
+        at_layers = conf["layer_norms_every"] and step % conf["layer_norms_every"] == 0
+        before = [p.detach().clone() for p in self.params] if at_layers else None
+        loss = self._backward(list(zip(x.chunk(self.k, dim=1), y.chunk(self.k, dim=1))))
+        grads = [p.grad for p in self.params]
+        with torch.no_grad():
+            layer_norms = tensor_norms(grads, self.norm_type, stacked=True)
+            total = torch.linalg.vector_norm(layer_norms, self.norm_type, dim=-1)
+            after, fired, per_layer = [], [], []
+            for _, start, stop, strategy, slabs in self.clips:
+                result = strategy(slabs, total[start:stop])
+                after.append(result.norm_after)
+                fired.append(result.fired)
+                per_layer.append(getattr(strategy, "last_fired", torch.zeros(stop - start, len(grads),
+                                                                               device=self.device)))
+            after, fired = torch.cat(after), torch.cat(fired)
+            self.fired += torch.cat(per_layer).float()
+            self.optimizer.lrs = lrs
+            self.optimizer.step()
+            torch._foreach_zero_(grads)
+            nan2, zero = constant((math.nan, math.nan), self.device), constant((0.0,), self.device)
+            scalars = torch.cat([torch.stack([loss, total.float(), after.float(), fired.float()], dim=-1),
+                                 nan2.expand(len(members), 2), zero.expand(len(members), 1)], dim=-1)
+            layers = None
+            if before is not None:  # the per-layer clip counts, nan for members whose mode is not per layer
+                fired_so_far = torch.where(self.per_layer[:, None], self.fired, math.nan)
+                layers = layer_figures([p.detach() for p in self.params], before, layer_norms, fired_so_far, step,
+                                       stacked=True)
+            at_eval = step == self.steps or (conf["eval_every"] and step % conf["eval_every"] == 0)
+            metrics = (torch.stack(evaluate(self.base, self.eval_set, members[0].run.task.spec, self.autocast,
+                                            self.forward_all), dim=-1) if at_eval else None)
+        self.pending.append((step, scalars, lrs, layers, metrics))
+        if step % conf["log_every"] == 0 or step == self.steps or (at_eval and self.target is not None):
+            return self._flush(step, at_eval)
+        return []
+
+    def _backward(self, micro_batches: list) -> torch.Tensor:
+        """One forward and backward of every member on its micro-batches; each member's loss (K,)."""
+        total, losses = micro_batches[0][0].shape[1] * len(micro_batches), None
+        for x, y in micro_batches:
+            with self.autocast():
+                parts = self.per_member_loss(self.forward(x), y)
+                if x.shape[1] != total:  # loss / k, as in train_step
+                    parts = parts * (x.shape[1] / total)
+            parts.sum().backward()
+            losses = parts.detach().float() if losses is None else losses + parts.detach().float()
+        return losses
+
+    def _flush(self, step: int, at_eval: bool) -> list:
+        """Read the pending metrics of every member at once, hand each member its rows; the members
+        that ended, and their results (they leave the group)."""
+        steps = [p[0] for p in self.pending]
+        scalars = torch.stack([p[1] for p in self.pending]).cpu()  # the one read of the interval
+        layers = [None if p[3] is None else p[3].cpu() for p in self.pending]
+        metrics = [None if p[4] is None else p[4].cpu() for p in self.pending]
+        lrs = [p[2] for p in self.pending]
+        self.pending = []
+        ended, kept = [], []
+        for i, m in enumerate(self.members):
+            log = m.stepper.log
+            log.pending = [(s, scalars[t, i], lrs[t][i], None if layers[t] is None else layers[t][i],
+                            None if metrics[t] is None else metrics[t][i]) for t, s in enumerate(steps)]
+            try:
+                diverged_at = log.flush()
+                result = ({"status": "diverged", "diverged_step": diverged_at} if diverged_at else
+                          {"status": "completed", "target_step": step}
+                          if at_eval and self.target is not None and reached(log.history[-1], *self.target) else
+                          {"status": "completed"} if step == self.steps else None)
+            except Exception as e:  # this member fails; the others go on
+                result = {"status": "failed", "error": failure(e, m.conf)}
+            if result is None:
+                kept.append(i)
+            else:
+                self._write_back(m, i)
+                ended.append((m, result))
+        if ended and kept:
+            keep = torch.tensor(kept)
+            self.members = [self.members[i] for i in kept]
+            self.fired = self.fired[keep.to(self.device)]
+            self._stack([p.detach()[keep.to(self.device)] for p in self.params], keep)
+        elif ended:
+            self.members = []
+        return ended
+
+    def _write_back(self, m: _Member, i: int) -> None:
+        """The member's weights into its own model (what its record saves, with save_model)."""
+        with torch.no_grad():
+            own = dict(m.run.model.named_parameters())
+            for n, p in zip(self.names, self.params):
+                own[n].copy_(p[i])
 
 
 def member_bytes(conf: dict) -> int:
@@ -235,10 +369,8 @@ def member_bytes(conf: dict) -> int:
     micro-batches (measured on a one-member pass), plus its parameters, their gradients, two
     optimizer states and the stacked copy (5x the parameters)."""
     from gradlab.objective import loss_fn
-    from gradlab.train import build
 
     run = build(conf)
-    run.task.load(run.device)
     x, y = next(run.task.batches(conf["batch_size"], conf["seed"]))
     params = {n: p.detach()[None].requires_grad_() for n, p in run.model.named_parameters()}
     saved = 0
@@ -275,7 +407,6 @@ def fitting(group: list[dict]) -> int:
 def run_groups(confs: list[dict]) -> None:
     """Train a sweep's runs as `schedule` says; a group too large for memory goes in parts."""
     from gradlab.progress import progress_mode
-    from gradlab.train import train
 
     talk = progress_mode(confs[0]["progress"]) != "none"
     parts = []

@@ -31,3 +31,17 @@ class MLP(nn.Module):
         if self.spec.input == "tokens":
             x = nn.functional.one_hot(x, self.spec.vocab).float()
         return self.net(x.flatten(1))
+
+    def forward_stacked(self, params: dict, x: torch.Tensor) -> torch.Tensor:
+        """The forward pass of K networks of this shape at once: `params` holds each parameter
+        stacked over a leading member axis, `x` (K, batch, ...); each layer is one batched matmul
+        (faster on a CPU than vmap's)."""
+        if self.spec.input == "tokens":
+            x = nn.functional.one_hot(x, self.spec.vocab).float()
+        h = x.flatten(2)
+        for i, layer in enumerate(self.net):
+            if isinstance(layer, nn.Linear):
+                h = torch.baddbmm(params[f"net.{i}.bias"].unsqueeze(1), h, params[f"net.{i}.weight"].transpose(1, 2))
+            else:
+                h = layer(h)
+        return h

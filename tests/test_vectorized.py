@@ -1,9 +1,11 @@
 """engine=vectorized: each member of a batch of models computes the run it would compute alone.
 
 Tolerance: the shared pass runs the K models as batched matmuls (and the recurrent nets as a
-written-out recurrence instead of torch's fused kernel), so sums are taken in another order.
-Every recorded figure of every step must agree to rtol 1e-4 (atol 1e-6), and clipping must
-fire at the same steps.
+written-out recurrence instead of torch's fused kernel), so sums are taken in another order;
+the stacked optimizer computes torch's formulas with per-member lrs as tensors, and float32
+knobs where a run alone has Python floats. Every recorded figure of every step must agree to
+rtol 1e-4 (atol 1e-6), and clipping must fire at the same steps. The stacked parts on their
+own (one clip call, one optimizer step, given the same gradients) agree to rtol 1e-6.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 
 import pandas as pd
 import pytest
+import torch
 
 from gradlab.config import run_id, sweep_dir
 from gradlab.train import train
@@ -30,16 +33,15 @@ COMPARED = ["loss", "grad_norm", "grad_norm_clipped", "eval_loss", "lr"]
 COMMON = ["steps=8", "log_every=4", "eval_every=4", "layer_norms_every=4", "wandb=off", "engine=vectorized"]
 
 
-def histories(confs: list[dict]) -> list[pd.DataFrame]:
-    return [pd.read_csv(sweep_dir(c) / run_id(c) / "history.csv") for c in confs]
+def histories(confs: list[dict], name: str = "history.csv") -> list[pd.DataFrame]:
+    return [pd.read_csv(sweep_dir(c) / run_id(c) / name) for c in confs]
 
 
-@pytest.mark.parametrize("model", list(SMALL))
-def test_every_member_matches_its_run_alone(model, compose, tmp_path):
-    together = [compose(f"model={model}", *SMALL[model], *COMMON, *m, "name=together") for m in MEMBERS]
+def assert_members_match_alone(compose, together: list, *extra):
+    """Train `together` as one group and each run alone; every figure and every clip agree."""
     assert len(groups(together)) == 1
     summaries = train_group(together)
-    alone = [compose(f"model={model}", *SMALL[model], *COMMON, *m, "name=alone") for m in MEMBERS]
+    alone = [{**conf, "name": "alone"} for conf in together]
     for conf in alone:
         train(conf)
     for conf, summary, h, expected in zip(together, summaries, histories(together), histories(alone)):
@@ -47,7 +49,153 @@ def test_every_member_matches_its_run_alone(model, compose, tmp_path):
         assert len(h) == conf["steps"]
         assert (h["clipped"] == expected["clipped"]).all(), conf["clip"]
         pd.testing.assert_frame_equal(h[COMPARED], expected[COMPARED], rtol=1e-4, atol=1e-6)
-    assert sum(h["clipped"].sum() > 0 for h in histories(together)) >= len(MEMBERS) - 1  # the clips do fire
+    for layers, expected in zip(histories(together, "layer_norms.csv"), histories(alone, "layer_norms.csv")):
+        pd.testing.assert_frame_equal(layers, expected, rtol=1e-4, atol=1e-6)
+    assert sum(h["clipped"].sum() > 0 for h in histories(together)) >= len(together) - 1  # the clips do fire
+
+
+@pytest.mark.parametrize("model", list(SMALL))
+def test_every_member_matches_its_run_alone(model, compose):
+    assert_members_match_alone(compose, [compose(f"model={model}", *SMALL[model], *COMMON, *m, "name=together")
+                                         for m in MEMBERS])
+
+
+# every option the stacked optimizer takes, each on; lrs differ between members (MEMBERS)
+OPTIMIZERS = {
+    "sgd": ["optim=sgd", "optim.momentum=0.9", "optim.weight_decay=0.01", "+optim.dampening=0.1"],
+    "sgd_nesterov": ["optim=sgd", "optim.momentum=0.9", "+optim.nesterov=true", "optim.schedule=cosine"],
+    "adam": ["optim=adam", "optim.weight_decay=0.01", "optim.warmup_steps=3"],
+    "adam_amsgrad": ["optim=adam", "+optim.amsgrad=true"],
+    "adamw": ["optim=adamw", "optim.schedule=cosine", "optim.warmup_steps=2"],
+    "rmsprop": ["optim=rmsprop", "optim.momentum=0.5", "optim.weight_decay=0.01"],
+    "rmsprop_centered": ["optim=rmsprop", "+optim.centered=true"],
+}
+
+
+@pytest.mark.parametrize("optim", list(OPTIMIZERS))
+def test_every_member_matches_its_run_alone_under_every_optimizer(optim, compose):
+    lrs = ["lr=0.05"] if optim.startswith("sgd") else []  # plain SGD at 1e-3 barely moves
+    together = [compose("model=mlp", *SMALL["mlp"], *COMMON, *OPTIMIZERS[optim], *m, *lrs, "name=together")
+                for m in MEMBERS]
+    assert_members_match_alone(compose, together)
+
+
+def test_members_that_end_early_leave_the_others_as_they_were(compose):
+    """A member that diverges in the middle of a clip mode's range of adaptive members: the group
+    goes on without it, each adaptive state kept for the members that stay."""
+    runs = [["clip=zclip", "zclip_warmup=2", "zclip_z=0.5", "seed=0"],
+            ["clip=zclip", "zclip_warmup=2", "zclip_z=0.5", "seed=1", "optim=sgd", "lr=1e30"],
+            ["clip=zclip", "zclip_warmup=3", "zclip_z=0.8", "seed=2"],
+            ["clip=autoclip", "clip_percentile=50", "seed=3", "optim=sgd", "lr=1e30"],
+            ["clip=autoclip", "clip_percentile=30", "seed=4"]]
+    optim = ["optim=sgd", "lr=0.05", "optim.momentum=0.9"]
+    together = [compose("model=mlp", *SMALL["mlp"], *COMMON, *optim, *r, "steps=12", "name=together") for r in runs]
+    summaries = train_group(together)
+    assert [s["status"] for s in summaries] == ["completed", "diverged", "completed", "diverged", "completed"]
+    alone = [{**conf, "name": "alone"} for conf in together]
+    for conf in alone:
+        train(conf)
+    for i in (0, 2, 4):
+        h, expected = histories([together[i]])[0], histories([alone[i]])[0]
+        assert (h["clipped"] == expected["clipped"]).all() and h["clipped"].sum() > 0
+        pd.testing.assert_frame_equal(h[COMPARED], expected[COMPARED], rtol=1e-4, atol=1e-6)
+
+
+def test_a_member_that_reaches_its_target_stops_there_as_it_would_alone(compose):
+    """Members reach stop_at_target at different evaluations (their lrs differ); each stops where
+    it stops alone, and the ones after it go on to theirs."""
+    runs = [compose("model=mlp", *SMALL["mlp"], *COMMON, "steps=40", "eval_every=2", "stop_at_target=eval_acc:0.5",
+                    f"lr={lr}", "seed=0", "name=together") for lr in (0.03, 0.01, 0.001)]
+    summaries = train_group(runs)
+    alone = [train({**conf, "name": "alone"}) for conf in runs]
+    assert [s.get("target_step") for s in summaries] == [s.get("target_step") for s in alone]
+    stops = [s.get("target_step") for s in summaries]
+    assert stops[0] < stops[1] < 40 and stops[2] is None, stops  # one stops first, one later, one never
+    for h, expected in zip(histories(runs), histories([{**c, "name": "alone"} for c in runs])):
+        pd.testing.assert_frame_equal(h[COMPARED], expected[COMPARED], rtol=1e-4, atol=1e-6)
+
+
+# --- the stacked parts on their own, against each member's own strategy and torch's optimizer
+
+def member_grads(k: int, shapes: list, seed: int) -> list:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(k, *s, generator=g) * torch.logspace(-2, 1, k).view(k, *[1] * len(s)) for s in shapes]
+
+
+STACKED_CLIPS = [("none", [{}] * 3), ("value", [{"clip_value": v} for v in (0.01, 0.1, 100.0)]),
+                 ("norm", [{"max_norm": v} for v in (0.1, 1.0, 100.0)]),
+                 ("norm_per_layer", [{"max_norm": v} for v in (0.05, 0.5, 100.0)]),
+                 ("agc", [{"agc_lambda": v, "agc_eps": e} for v, e in ((0.01, 1e-3), (0.1, 1e-2), (10.0, 1e-3))]),
+                 ("autoclip", [{"clip_percentile": p} for p in (10, 50, 90)]),
+                 ("autoclip", [{"clip_percentile": p, "autoclip_scope": "per_parameter", "autoclip_current": False,
+                                "autoclip_window": 3} for p in (10, 50, 90)]),
+                 ("zclip", [{"zclip_z": z, "zclip_warmup": w, "zclip_alpha": a, "zclip_max_norm": c}
+                            for z, w, a, c in ((0.5, 2, 0.9, None), (1.0, 3, 0.5, 5.0), (2.5, 2, 0.97, None))])]
+
+
+@pytest.mark.parametrize("mode,knobs", STACKED_CLIPS, ids=[f"{m}-{i}" for i, (m, _) in enumerate(STACKED_CLIPS)])
+def test_a_stacked_strategy_clips_each_member_as_its_own_would(mode, knobs):
+    from gradlab.clip import Slab, build_clip, config, stack, tensor_norms
+
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3))
+    names = [n for n, _ in model.named_parameters()]
+    own = [build_clip(config(mode, **k), 2.0, model) for k in knobs]
+    stacked = stack(own, torch.device("cpu"))
+    weights = member_grads(len(knobs), [p.shape for p in model.parameters()], seed=1)
+    fired_steps = 0
+    for step in range(6):  # adaptive state carried over steps
+        grads = member_grads(len(knobs), [p.shape for p in model.parameters()], seed=10 + step)
+        slabs = [Slab(n, w, g.clone()) for n, w, g in zip(names, weights, grads)]
+        total = torch.linalg.vector_norm(tensor_norms([s.grad for s in slabs], 2.0, stacked=True), dim=-1)
+        result = stacked(slabs, total)
+        for k, strategy in enumerate(own):
+            params = list(model.parameters())  # agc knows the final layer of the model by its parameters
+            with torch.no_grad():
+                for p, w, g in zip(params, weights, grads):
+                    p.copy_(w[k])
+                    p.grad = g[k].clone()
+            alone = strategy(params, torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+            assert bool(result.fired[k]) == bool(alone.fired), (mode, k, step)
+            fired_steps += bool(alone.fired)
+            torch.testing.assert_close(result.norm_after[k], alone.norm_after, rtol=1e-6, atol=1e-7)
+            for s, p in zip(slabs, params):
+                torch.testing.assert_close(s.grad[k], p.grad, rtol=1e-6, atol=1e-7)
+            if hasattr(strategy, "last_fired"):
+                assert torch.equal(stacked.last_fired[k], strategy.last_fired)
+    assert mode == "none" or fired_steps > 0
+
+
+@pytest.mark.parametrize("optim", ["sgd", "sgd_nesterov", "adam", "adam_amsgrad", "adamw", "rmsprop",
+                                   "rmsprop_centered"])
+def test_the_stacked_optimizer_steps_each_member_as_torch_does(optim):
+    from gradlab.optim import StackedOptimizer
+
+    options = {"sgd": (torch.optim.SGD, {"momentum": 0.9, "dampening": 0.1, "weight_decay": 0.01}),
+               "sgd_nesterov": (torch.optim.SGD, {"momentum": 0.9, "nesterov": True}),
+               "adam": (torch.optim.Adam, {"weight_decay": 0.01}), "adam_amsgrad": (torch.optim.Adam, {"amsgrad": True}),
+               "adamw": (torch.optim.AdamW, {"weight_decay": 0.1, "betas": (0.9, 0.95)}),
+               "rmsprop": (torch.optim.RMSprop, {"momentum": 0.5, "weight_decay": 0.01, "alpha": 0.9}),
+               "rmsprop_centered": (torch.optim.RMSprop, {"centered": True})}
+    kind, opts = options[optim]
+    lrs, shapes = [1e-3, 3e-2, 0.1], [(4, 5), (4,), (3, 4)]
+    weights = member_grads(3, shapes, seed=2)
+    stacked_params = [w.clone().requires_grad_() for w in weights]
+    members = [[torch.nn.Parameter(w[k].clone()) for w in weights] for k in range(3)]
+    torch_optims = [kind(params, lr=lr, **opts) for params, lr in zip(members, lrs)]
+    stacked = StackedOptimizer(torch_optims[0], stacked_params)
+    for step in range(5):
+        grads = member_grads(3, shapes, seed=20 + step)
+        for p, g in zip(stacked_params, grads):
+            p.grad = g.clone()
+        stacked.lrs = [lr * (0.5 if step >= 3 else 1.0) for lr in lrs]  # a schedule moves the lrs
+        stacked.step()
+        for k, (params, opt) in enumerate(zip(members, torch_optims)):
+            opt.param_groups[0]["lr"] = stacked.lrs[k]
+            for p, g in zip(params, grads):
+                p.grad = g[k].clone()
+            opt.step()
+            for s, p in zip(stacked_params, params):
+                torch.testing.assert_close(s.detach()[k], p.detach(), rtol=1e-6, atol=1e-7)
 
 
 def test_a_diverging_member_is_frozen_and_the_others_finish(compose):

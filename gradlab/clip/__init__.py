@@ -16,6 +16,13 @@ Strategies are built with their knobs and two context values: `norm_type`, and t
 (see TensorState), so a run can be saved and resumed and an engine can carry the
 state of each member. `Chain` applies several in turn.
 
+A vectorized group (gradlab.vectorized) clips the gradients of K runs at once: its
+parameters are stacked along a leading member axis, and `stack` turns the K members'
+strategies of one class into one whose STACKED knobs (the knobs that may differ between
+members, named as in the config) are (K,) tensors and whose state tensors are stacked. It is
+called with Slabs in place of parameters and a (K,) total norm, and returns (K,) results;
+every strategy's arithmetic runs along the last axis, so the same code serves both.
+
 Outside gradlab's own loop, `make` gives any mode as a `Clipper` that measures too:
 
     clipper = gradlab.clip.make("zclip", z=2.5)
@@ -26,6 +33,7 @@ Adding a strategy: one module here, one conf/clip/<mode>.yaml naming it, its tes
 
 from __future__ import annotations
 
+import copy
 from typing import NamedTuple
 
 import torch
@@ -41,7 +49,55 @@ class ClipResult(NamedTuple):
 
 def unchanged(total_norm: torch.Tensor) -> ClipResult:
     """The result of a call that left every gradient as it was."""
-    return ClipResult(total_norm, torch.zeros((), dtype=torch.bool, device=total_norm.device))
+    return ClipResult(total_norm, torch.zeros_like(total_norm, dtype=torch.bool))
+
+
+class Slab(NamedTuple):
+    """The stacked weights and gradients of one parameter of a vectorized group's members, (K, ...):
+    what a stacked strategy gets in place of a parameter."""
+
+    name: str             # the parameter's name in the model
+    weight: torch.Tensor
+    grad: torch.Tensor
+
+    def detach(self) -> torch.Tensor:
+        return self.weight
+
+    @property
+    def shape(self) -> torch.Size:
+        """The parameter's own shape (one member's)."""
+        return self.weight.shape[1:]
+
+
+def per_member(value, like: torch.Tensor):
+    """A knob or a per-run figure shaped to broadcast against `like`: a (K,) tensor (one value per
+    member of a stacked call) gets trailing 1s; a number or a 0-d tensor (a run alone) is as is."""
+    if isinstance(value, torch.Tensor) and value.dim():
+        return value.view(*value.shape, *(1,) * (like.dim() - value.dim()))
+    return value
+
+
+def tensor_norms(tensors, norm_type: float, stacked: bool = False) -> torch.Tensor:
+    """The p-norm of each tensor: (L,); with stacked members (first axis), (K, L)."""
+    if not stacked:
+        return torch.stack(torch._foreach_norm(tensors, norm_type))
+    return torch.stack([torch.linalg.vector_norm(t.flatten(1), norm_type, dim=1) for t in tensors], dim=-1)
+
+
+def total_norm_of(tensors, norm_type: float, stacked: bool = False) -> torch.Tensor:
+    """The total p-norm of the tensors (0-d), or of each member's (K,)."""
+    return torch.linalg.vector_norm(tensor_norms(tensors, norm_type, stacked), norm_type, dim=-1)
+
+
+def scale_(grads, coefs) -> None:
+    """Multiply the gradients in place: by one factor (0-d, or (K,) one per member), or by one per
+    tensor (a sequence)."""
+    if isinstance(coefs, torch.Tensor) and coefs.dim() == 0:
+        torch._foreach_mul_(grads, coefs)
+    elif isinstance(coefs, torch.Tensor):
+        torch._foreach_mul_(grads, [per_member(coefs, g).to(g.dtype) for g in grads])
+    else:
+        torch._foreach_mul_(grads, [per_member(c, g).to(g.dtype) for c, g in zip(coefs, grads)])
 
 
 class TensorState:
@@ -80,10 +136,36 @@ def build_clip(clip_cfg: dict, norm_type: float, model: torch.nn.Module | None =
     return components.build("clip", clip_cfg, norm_type=norm_type, model=model)
 
 
+def stack(strategies: list, device: torch.device):
+    """One strategy for K members that clips as each of `strategies` (the members', of one class and
+    equal but for their STACKED knobs) would clip its own run."""
+    first = strategies[0]
+    if isinstance(first, Chain):
+        return Chain([stack(list(links), device) for links in zip(*(s.links for s in strategies))])
+    batch = copy.copy(first)
+    for name in getattr(first, "STACKED", ()):
+        setattr(batch, name, torch.tensor([float(getattr(s, name)) for s in strategies], device=device))
+    if isinstance(first, TensorState):
+        batch.state = {k: torch.stack([s.state[k] for s in strategies]).to(device) for k in first.state}
+    return batch
+
+
+def select(batch, keep: torch.Tensor):
+    """A stacked strategy for the members `keep` (indices) of `batch`'s."""
+    if isinstance(batch, Chain):
+        return Chain([select(link, keep) for link in batch.links])
+    kept = copy.copy(batch)
+    for name in getattr(batch, "STACKED", ()):
+        setattr(kept, name, getattr(batch, name)[keep])
+    if isinstance(batch, TensorState):
+        kept.state = {k: v[keep] for k, v in batch.state.items()}
+    return kept
+
+
 def measure(params, norm_type: float) -> tuple:
     """The parameters that have gradients, each gradient's p-norm (a vector) and their total p-norm."""
     params = [p for p in params if p.grad is not None]
-    layer_norms = torch.stack(torch._foreach_norm([p.grad for p in params], norm_type))
+    layer_norms = tensor_norms([p.grad for p in params], norm_type)
     return params, layer_norms, torch.linalg.vector_norm(layer_norms, norm_type)
 
 

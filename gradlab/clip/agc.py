@@ -34,7 +34,7 @@ diverged.
 
 import torch
 
-from gradlab.clip import ClipResult, unchanged
+from gradlab.clip import ClipResult, per_member, scale_, total_norm_of, unchanged
 from gradlab.errors import bad, positive
 
 UNITS = ("nfnets", "first_nonsingleton")
@@ -54,10 +54,12 @@ def units(shape: torch.Size, rule: str = "nfnets") -> tuple:
 class AdaptiveGradClip:
     """Clip each unit's gradient to `agc_lambda` times its weight norm (floored at `agc_eps`)."""
 
+    STACKED = ("agc_lambda", "agc_eps")
+
     def __init__(self, agc_lambda: float, agc_eps: float, agc_exclude_final: bool, norm_type: float,
                  agc_units: str = "nfnets", model=None):
-        self.lam = positive("agc_lambda", agc_lambda, "must be a number > 0 (largest gradient/weight norm ratio)")
-        self.eps = positive("agc_eps", agc_eps, "must be a number > 0 (floor on a unit's weight norm)")
+        self.agc_lambda = positive("agc_lambda", agc_lambda, "must be a number > 0 (largest gradient/weight norm ratio)")
+        self.agc_eps = positive("agc_eps", agc_eps, "must be a number > 0 (floor on a unit's weight norm)")
         if not isinstance(agc_exclude_final, bool):
             raise bad("agc_exclude_final", agc_exclude_final, "must be true or false")
         if agc_exclude_final and model is None:
@@ -66,11 +68,13 @@ class AdaptiveGradClip:
             raise bad("agc_units", agc_units, f"choose from {', '.join(UNITS)}")
         self.rule, self.norm_type = agc_units, norm_type
         self.last_fired = torch.zeros(0, dtype=torch.bool)  # per tensor: clipped by the last call (a per-layer mode)
-        self.final = ()
+        self.final, self.final_names = (), ()  # the final layer's parameters (a Slab goes by name)
         if agc_exclude_final:
             last = [name for name, _ in model.named_parameters()][-1]
-            owner = model.get_submodule(last.rpartition(".")[0])
-            self.final = tuple(owner.parameters(recurse=False))
+            prefix = last.rpartition(".")[0]
+            owned = list(model.get_submodule(prefix).named_parameters(recurse=False))
+            self.final = tuple(p for _, p in owned)
+            self.final_names = tuple(f"{prefix}.{n}" if prefix else n for n, _ in owned)
         self._key = self._value = None  # the layout of the last parameter list (see _layout)
 
     @torch.no_grad()
@@ -80,16 +84,17 @@ class AdaptiveGradClip:
             self.last_fired = torch.zeros(0, dtype=torch.bool, device=total_norm.device)
             return unchanged(total_norm)
         counts, shapes, free, owner = self._layout(params, total_norm.device)
-        grads = [p.grad for p in params]
-        grad = unit_norms(grads, counts)
-        limit = self.lam * unit_norms([p.detach() for p in params], counts).clamp(min=self.eps)
+        grads, members = [p.grad for p in params], total_norm.shape  # (K,) for stacked members, else ()
+        grad = unit_norms(grads, counts, members)
+        weight = unit_norms([p.detach() for p in params], counts, members)
+        limit = per_member(self.agc_lambda, weight) * weight.clamp(min=per_member(self.agc_eps, weight))
         clip = (grad > limit) & torch.isfinite(grad) & free
         factor = torch.where(clip, limit / grad, 1.0)
-        torch._foreach_mul_(grads, [f.reshape(s).to(g.dtype) for f, s, g in zip(factor.split(counts), shapes, grads)])
+        scale_(grads, [f.reshape((*members, *s)) for f, s in zip(factor.split(counts, dim=-1), shapes)])
         # per tensor, in the order given: were any of its units clipped
-        self.last_fired = torch.zeros(len(params), device=grad.device).index_add_(0, owner, clip.float()) > 0
-        after = torch.nn.utils.get_total_norm(grads, self.norm_type, foreach=True)
-        return ClipResult(after, clip.any())
+        fired = torch.zeros((*members, len(params)), device=grad.device).index_add_(-1, owner, clip.float())
+        self.last_fired = fired > 0
+        return ClipResult(total_norm_of(grads, self.norm_type, bool(members)), clip.any(-1))
 
     def _layout(self, params, device) -> tuple:
         """Per tensor: its number of units and their factor's shape; per unit: may it be
@@ -98,12 +103,15 @@ class AdaptiveGradClip:
         key = (tuple(map(id, params)), tuple(p.shape for p in params), device)
         if self._key != key:
             counts, shapes = zip(*(units(p.shape, self.rule) for p in params))
-            free = [not any(p is q for q in self.final) for p in params]
+            free = [not (any(p is q for q in self.final) or getattr(p, "name", None) in self.final_names)
+                    for p in params]
             per_unit = lambda values: torch.tensor([v for v, n in zip(values, counts) for _ in range(n)], device=device)
             self._key, self._value = key, (list(counts), shapes, per_unit(free), per_unit(range(len(params))))
         return self._value
 
 
-def unit_norms(tensors, counts) -> torch.Tensor:
-    """The L2 norm of every unit of every tensor (tensor i has counts[i] units, its rows), in one vector."""
-    return torch.cat([torch.linalg.vector_norm(t.reshape(n, -1), dim=1) for t, n in zip(tensors, counts)])
+def unit_norms(tensors, counts, members: tuple = ()) -> torch.Tensor:
+    """The L2 norm of every unit of every tensor (tensor i has counts[i] units, its rows), in one vector;
+    for stacked members (`members` = (K,), the tensors' first axis), one such vector per member."""
+    return torch.cat([torch.linalg.vector_norm(t.reshape(*members, n, -1), dim=-1) for t, n in zip(tensors, counts)],
+                     dim=-1)

@@ -33,7 +33,7 @@ The package's quantile is torch.quantile of a fraction (0.9 by default): clip_pe
 
 import torch
 
-from gradlab.clip import ClipResult, TensorState
+from gradlab.clip import ClipResult, TensorState, per_member, scale_, tensor_norms, total_norm_of
 from gradlab.clip.norm import clip_coef, rescale_
 from gradlab.errors import bad
 
@@ -44,6 +44,7 @@ class AutoClip(TensorState):
     """Clip at the `clip_percentile` (0-100] percentile of the last `autoclip_window` norms (0 = all)."""
 
     CAPACITY = 1024  # first size of the unbounded history
+    STACKED = ("clip_percentile",)
 
     def __init__(self, clip_percentile: float, autoclip_window: int, norm_type: float,
                  autoclip_current: bool = True, autoclip_scope: str = "global", model=None):
@@ -61,7 +62,7 @@ class AutoClip(TensorState):
         if self.per_parameter and model is None:
             raise bad("autoclip_scope", autoclip_scope, "needs the model to count its tensors (build_clip(..., model))")
         rows = sum(p.requires_grad for p in model.parameters()) if self.per_parameter else 1
-        self.q, self.window, self.current, self.norm_type = p / 100, w, autoclip_current, norm_type
+        self.clip_percentile, self.window, self.current, self.norm_type = p, w, autoclip_current, norm_type
         self.resizable = ("history",) if w == 0 else ()
         # history: recorded norms, one row per history (+inf = empty slot); count: norms recorded in each
         self.state = {"history": torch.full((rows, w or self.CAPACITY), torch.inf),
@@ -72,40 +73,39 @@ class AutoClip(TensorState):
 
     def __call__(self, params, total_norm: torch.Tensor) -> ClipResult:
         s = self.on(total_norm.device)
-        if self.window == 0 and self._calls >= s["history"].shape[1]:
-            s["history"] = torch.cat([s["history"], torch.full_like(s["history"], torch.inf)], dim=1)
+        if self.window == 0 and self._calls >= s["history"].shape[-1]:
+            s["history"] = torch.cat([s["history"], torch.full_like(s["history"], torch.inf)], dim=-1)
         self._calls += 1
-        history, count = s["history"], s["count"]
-        grads = [p.grad for p in params if p.grad is not None]
-        if self.per_parameter and len(grads) != len(history):
-            raise RuntimeError(f"autoclip_scope=per_parameter keeps {len(history)} histories, one per trainable "
+        history, count = s["history"], s["count"]  # (rows, slots), (rows); stacked members: (K, rows, ...)
+        grads, stacked = [p.grad for p in params if p.grad is not None], total_norm.dim() > 0
+        if self.per_parameter and len(grads) != history.shape[-2]:
+            raise RuntimeError(f"autoclip_scope=per_parameter keeps {history.shape[-2]} histories, one per trainable "
                                f"tensor, but {len(grads)} tensors have gradients")
-        norms = torch.stack(torch._foreach_norm(grads, self.norm_type)) if self.per_parameter else total_norm.view(1)
-        norms = norms.float()
+        norms = (tensor_norms(grads, self.norm_type, stacked) if self.per_parameter else total_norm.unsqueeze(-1)).float()
         finite = torch.isfinite(norms)
         before = None if self.current else self._percentile(history, count)
-        slot = (count % history.shape[1]).view(-1, 1)
-        history.scatter_(1, slot, torch.where(finite.view(-1, 1), norms.view(-1, 1), history.gather(1, slot)))
+        slot = (count % history.shape[-1]).unsqueeze(-1)
+        history.scatter_(-1, slot, torch.where(finite.unsqueeze(-1), norms.unsqueeze(-1), history.gather(-1, slot)))
         count += finite
         threshold = torch.where(finite, self._percentile(history, count) if self.current else before, torch.inf)
         if not self.per_parameter:
-            return rescale_(params, total_norm, threshold[0])
+            return rescale_(params, total_norm, threshold[..., 0])
         coefs = clip_coef(norms, threshold)
-        torch._foreach_mul_(grads, [c.to(g.dtype) for c, g in zip(coefs.unbind(), grads)])
+        scale_(grads, coefs.unbind(-1))
         self.last_fired = coefs < 1
-        after = torch.nn.utils.get_total_norm(grads, self.norm_type, foreach=True)
-        return ClipResult(after, self.last_fired.any())
+        return ClipResult(total_norm_of(grads, self.norm_type, stacked), self.last_fired.any(-1))
 
     def _percentile(self, history: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
         """Per row, the q-quantile of its recorded values (the last `window` of count),
         linearly interpolated (numpy's default); +inf for a row with none."""
-        n = torch.clamp(count, max=history.shape[1])
+        n = torch.clamp(count, max=history.shape[-1])
         last = (n - 1).clamp(min=0)
-        ranked = torch.sort(history, dim=1).values
-        position = last.double() * self.q
+        ranked = torch.sort(history, dim=-1).values
+        p = per_member(self.clip_percentile, last)
+        position = last.double() * ((p.double() if isinstance(p, torch.Tensor) else p) / 100)
         below = position.floor().long()
         above = torch.minimum(below + 1, last)
-        low, high = ranked.gather(1, below.view(-1, 1))[:, 0], ranked.gather(1, above.view(-1, 1))[:, 0]
+        low, high = ranked.gather(-1, below.unsqueeze(-1))[..., 0], ranked.gather(-1, above.unsqueeze(-1))[..., 0]
         value = low + (high - low) * (position - below).float()
         return torch.where(n > 0, value, torch.inf)
 

@@ -9,7 +9,7 @@ which choose max_norm per step.
 
 import torch
 
-from gradlab.clip import ClipResult
+from gradlab.clip import ClipResult, scale_
 from gradlab.errors import positive
 
 
@@ -25,16 +25,19 @@ def clip_coef(norm: torch.Tensor, max_norm) -> torch.Tensor:
 
 
 def rescale_(params, total_norm: torch.Tensor, max_norm) -> ClipResult:
-    """Global-norm clipping of the gradients of `params` at `max_norm` (a float or 0-d tensor)."""
+    """Global-norm clipping of the gradients of `params` at `max_norm` (a float or a tensor shaped
+    like total_norm: 0-d, or (K,) for stacked members)."""
     coef = clip_coef(total_norm, max_norm)
     grads = [p.grad for p in params if p.grad is not None]
     if grads:
-        torch._foreach_mul_(grads, coef)
+        scale_(grads, coef)
     return ClipResult(total_norm * coef, coef < 1)
 
 
 class ClipByNorm:
     """Global-norm clipping at `max_norm` (> 0) of the p-norm chosen by `norm_type`."""
+
+    STACKED = ("max_norm",)  # knobs that may differ between the members of a stacked call
 
     def __init__(self, max_norm: float, norm_type: float, model=None):
         self.max_norm = positive("max_norm", max_norm, "must be a number > 0 (clip=none turns clipping off)")

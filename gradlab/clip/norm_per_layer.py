@@ -17,7 +17,7 @@ clipped as usual; the fp16 scaler skips such a step, an fp32 run ends as diverge
 
 import torch
 
-from gradlab.clip import ClipResult, unchanged
+from gradlab.clip import ClipResult, per_member, scale_, tensor_norms, total_norm_of, unchanged
 from gradlab.clip.norm import clip_coef
 from gradlab.errors import positive
 
@@ -25,18 +25,20 @@ from gradlab.errors import positive
 class ClipNormPerLayer:
     """Per-tensor norm clipping at `max_norm` (> 0); see the module docstring for `last_fired`."""
 
+    STACKED = ("max_norm",)
+
     def __init__(self, max_norm: float, norm_type: float, model=None):
         self.max_norm = positive("max_norm", max_norm, "must be a number > 0 (clip=none turns clipping off)")
         self.norm_type = norm_type
         self.last_fired = torch.zeros(0, dtype=torch.bool)
 
     def __call__(self, params, total_norm: torch.Tensor) -> ClipResult:
-        grads = [p.grad for p in params if p.grad is not None]
+        grads, stacked = [p.grad for p in params if p.grad is not None], total_norm.dim() > 0
         if not grads:
-            self.last_fired = torch.zeros(0, dtype=torch.bool, device=total_norm.device)
+            self.last_fired = torch.zeros((*total_norm.shape, 0), dtype=torch.bool, device=total_norm.device)
             return unchanged(total_norm)
-        coefs = clip_coef(torch.stack(torch._foreach_norm(grads, self.norm_type)), self.max_norm)
-        torch._foreach_mul_(grads, list(coefs.unbind()))
+        norms = tensor_norms(grads, self.norm_type, stacked)
+        coefs = clip_coef(norms, per_member(self.max_norm, norms))
+        scale_(grads, coefs.unbind(-1))
         self.last_fired = coefs < 1
-        after = torch.nn.utils.get_total_norm(grads, self.norm_type, foreach=True)
-        return ClipResult(after, self.last_fired.any())
+        return ClipResult(total_norm_of(grads, self.norm_type, stacked), self.last_fired.any(-1))

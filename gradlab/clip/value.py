@@ -6,20 +6,26 @@ clip_grad_value_ does the clamping (fused foreach path).
 
 import torch
 
-from gradlab.clip import ClipResult
+from gradlab.clip import ClipResult, per_member, tensor_norms, total_norm_of
 from gradlab.errors import positive
 
 
 class ClipByValue:
     """Elementwise clipping at `clip_value` (> 0); the norm after it is measured again."""
 
+    STACKED = ("clip_value",)
+
     def __init__(self, clip_value: float, norm_type: float, model=None):
         self.clip_value = positive("clip_value", clip_value, "must be a number > 0 (clip=none turns clipping off)")
         self.norm_type = norm_type
 
     def __call__(self, params, total_norm: torch.Tensor) -> ClipResult:
-        grads = [p.grad for p in params]
-        largest = torch.stack(torch._foreach_norm(grads, float("inf"))).max()
-        torch.nn.utils.clip_grad_value_(params, self.clip_value, foreach=True)
-        after = torch.nn.utils.get_total_norm(grads, self.norm_type, foreach=True)
-        return ClipResult(after, largest > self.clip_value)
+        grads, stacked = [p.grad for p in params], total_norm.dim() > 0
+        largest = tensor_norms(grads, float("inf"), stacked).amax(-1)
+        if stacked:
+            for g in grads:
+                limit = per_member(self.clip_value, g)
+                g.clamp_(-limit, limit)
+        else:
+            torch.nn.utils.clip_grad_value_(params, self.clip_value, foreach=True)
+        return ClipResult(total_norm_of(grads, self.norm_type, stacked), largest > self.clip_value)

@@ -33,6 +33,8 @@ EPS = 1e-6  # added to sigma in the z-score (the authors' default)
 class ZClip(TensorState):
     """Z-score spike clipping with EMA statistics of the total norm (see the module docstring)."""
 
+    STACKED = ("zclip_alpha", "zclip_warmup", "zclip_z", "zclip_max_norm")
+
     def __init__(self, zclip_alpha: float, zclip_warmup: int, zclip_z: float, zclip_max_norm, norm_type: float,
                  model=None):
         a = zclip_alpha
@@ -40,9 +42,9 @@ class ZClip(TensorState):
             raise bad("zclip_alpha", a, "must be a number in (0, 1)")
         if isinstance(zclip_warmup, bool) or not isinstance(zclip_warmup, int) or zclip_warmup < 1:
             raise bad("zclip_warmup", zclip_warmup, "must be an integer >= 1 (steps before z-clipping starts)")
-        self.alpha, self.warmup = float(a), zclip_warmup
-        self.z = positive("zclip_z", zclip_z, "must be a number > 0")
-        self.max_norm = math.inf if zclip_max_norm is None else positive(
+        self.zclip_alpha, self.zclip_warmup = float(a), zclip_warmup
+        self.zclip_z = positive("zclip_z", zclip_z, "must be a number > 0")
+        self.zclip_max_norm = math.inf if zclip_max_norm is None else positive(
             "zclip_max_norm", zclip_max_norm, "must be a number > 0, or null = no cap")
         # mean, var: statistics of the norm; count: finite norms seen (warm-up while < zclip_warmup)
         self.state = {"mean": torch.zeros(()), "var": torch.zeros(()), "count": torch.zeros((), dtype=torch.long)}
@@ -50,13 +52,13 @@ class ZClip(TensorState):
     def __call__(self, params, total_norm: torch.Tensor) -> ClipResult:
         s = self.on(total_norm.device)
         mean, var, count = s["mean"], s["var"], s["count"]
-        g, a = total_norm.float(), self.alpha
-        finite, warm = torch.isfinite(g), count < self.warmup
+        g, a, z_max = total_norm.float(), self.zclip_alpha, self.zclip_z
+        finite, warm = torch.isfinite(g), count < self.zclip_warmup
         std = var.sqrt()
         z = (g - mean) / (std + EPS)
-        spike = finite & ~warm & (z > self.z)
-        seen = torch.where(spike, mean + self.z * std / (z / self.z), g)  # g': the norm after z-clipping
-        result = rescale_(params, total_norm, torch.where(spike, seen, torch.inf).clamp(max=self.max_norm))
+        spike = finite & ~warm & (z > z_max)
+        seen = torch.where(spike, mean + z_max * std / (z / z_max), g)  # g': the norm after z-clipping
+        result = rescale_(params, total_norm, torch.where(spike, seen, torch.inf).clamp(max=self.zclip_max_norm))
         k = (count + 1).float()  # warm-up: running mean and population variance of the first norms
         warm_mean = mean + (g - mean) / k
         warm_var = var + ((g - mean) * (g - warm_mean) - var) / k

@@ -8,6 +8,8 @@ both already on the run's device.
 
 from __future__ import annotations
 
+import json
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
@@ -63,3 +65,23 @@ def build_task(task_cfg: dict) -> Task:
         raise ConfigError(f"task._target_={task_cfg['_target_']}: a task needs a `spec` (a gradlab.tasks.TaskSpec); "
                           "see Task's docstring")
     return task
+
+
+_LOADED: OrderedDict = OrderedDict()  # (task config, device) -> a loaded task, the most recent last
+KEPT = 4  # loaded tasks a process keeps for the runs after
+
+
+def loaded(task_cfg: dict, device) -> Task:
+    """The task of a config with its data prepared and loaded on `device`. The runs of a sweep made
+    in one process share it (each takes its own stream from `batches`), so its data sets and
+    held-out set are made once; the last KEPT distinct tasks are kept."""
+    key = (json.dumps(task_cfg, sort_keys=True, default=str), str(device))
+    if key not in _LOADED:
+        task = build_task(task_cfg)
+        task.prepare()
+        task.load(device)
+        _LOADED[key] = task
+        while len(_LOADED) > KEPT:
+            _LOADED.popitem(last=False)
+    _LOADED.move_to_end(key)
+    return _LOADED[key]
