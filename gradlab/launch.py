@@ -245,7 +245,7 @@ def sweep(overrides: list[str], dry_run: bool = False) -> Swept:
         print_plan(p, settings)
         return Swept(runs, {})
     try:
-        if p.launcher == "basic" and _vectorizes(p.confs):
+        if p.launcher == "basic":
             from gradlab.vectorized import run_groups
 
             run_groups(p.confs)
@@ -269,13 +269,6 @@ def sweep(overrides: list[str], dry_run: bool = False) -> Swept:
         raise LaunchError(f"the {p.launcher} launcher stopped ({type(e).__name__}: {first}); finished runs are "
                           "kept, and running the same command again makes the rest") from None
     return Swept(runs, _report(p, done_before))
-
-
-def _vectorizes(confs: list[dict]) -> bool:
-    """Does the sweep's engine train any of its groups together? (Else Hydra's launcher runs it.)"""
-    from gradlab.vectorized import schedule
-
-    return confs[0]["engine"] != "sequential" and any(part.engine == "vectorized" for part in schedule(confs))
 
 
 def _report(p: Plan, done_before: set) -> dict:

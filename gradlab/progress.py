@@ -6,11 +6,8 @@ progress=bar|lines force one; progress=none (`--quiet`) prints nothing.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-
-from hydra.experimental.callback import Callback
 
 MODES = ("auto", "bar", "lines", "none")
 
@@ -81,25 +78,19 @@ def offline_hint(runs_glob: str) -> str:
     return f"W&B runs were saved offline; upload them with: wandb sync {runs_glob}/wandb/offline-run-*"
 
 
-class SweepProgress(Callback):
-    """Hydra callback: runs done / total, and how many diverged or failed, as each run of an
-    in-process sweep ends. Under a parallel launcher the runs end in other processes, and each
+class SweepProgress:
+    """Runs done / total, and how many diverged or failed, as each run of an in-process sweep
+    (launcher=basic) ends. Under a parallel launcher the runs end in other processes, and each
     prints its own line; `gradlab sweep` sums up from the records at the end either way."""
 
-    def on_multirun_start(self, config, **kwargs) -> None:
-        from gradlab.sweep import expand
+    def __init__(self, total: int, mode: str):
+        self.total, self.quiet = total, progress_mode(mode) == "none"
+        self.counts = {"completed": 0, "diverged": 0, "failed": 0, "interrupted": 0, "skipped": 0}
 
-        self.total = len(expand(list(config.hydra.overrides.task)))
-        self.counts = {"completed": 0, "diverged": 0, "failed": 0, "skipped": 0}
-        self.quiet = progress_mode(config.progress) == "none"
-        self.pid = os.getpid()
-
-    def on_job_end(self, config, job_return, **kwargs) -> None:
-        if self.quiet or os.getpid() != self.pid:
-            return
-        summary = job_return._return_value  # .return_value re-raises a job's exception
-        status = summary.get("status", "failed") if isinstance(summary, dict) else "failed"
-        self.counts["skipped" if isinstance(summary, dict) and summary.get("skipped") else status] += 1
-        done = sum(self.counts.values())
-        print(f"[sweep {done}/{self.total}] {self.counts['diverged']} diverged, {self.counts['failed']} failed",
-              flush=True)
+    def ended(self, summaries: list) -> None:
+        for summary in summaries:
+            status = summary.get("status", "failed")
+            self.counts["skipped" if summary.get("skipped") else status if status in self.counts else "failed"] += 1
+        if not self.quiet:
+            print(f"[sweep {sum(self.counts.values())}/{self.total}] {self.counts['diverged']} diverged, "
+                  f"{self.counts['failed']} failed", flush=True)

@@ -106,12 +106,15 @@ def _interval(rows: list) -> dict:
 
 
 def _init(settings: dict, mode: str, **run):
-    """wandb.init with gradlab's settings: quiet, no console capture, no system-metrics sampling."""
+    """wandb.init with gradlab's settings: quiet, no console capture, no system-metrics sampling, and
+    no list of the installed packages (it took half of a run's W&B cost here; the run's summary
+    names the versions of gradlab, torch and Python)."""
     import wandb
 
     return wandb.init(project=settings["project"], entity=settings["entity"], mode=mode, reinit="create_new",
                       settings=wandb.Settings(silent=True, console="off", disable_git=True, save_code=False,
-                                              x_disable_stats=True, init_timeout=settings["init_timeout"]),
+                                              x_disable_stats=True, x_save_requirements=False,
+                                              init_timeout=settings["init_timeout"]),
                       **run)
 
 

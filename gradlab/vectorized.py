@@ -405,8 +405,9 @@ def fitting(group: list[dict]) -> int:
 
 
 def run_groups(confs: list[dict]) -> None:
-    """Train a sweep's runs as `schedule` says; a group too large for memory goes in parts."""
-    from gradlab.progress import progress_mode
+    """Train a sweep's runs in this process (launcher=basic) as `schedule` says; a group too large
+    for memory goes in parts."""
+    from gradlab.progress import SweepProgress, progress_mode
 
     talk = progress_mode(confs[0]["progress"]) != "none"
     parts = []
@@ -420,12 +421,10 @@ def run_groups(confs: list[dict]) -> None:
             print(f"[vectorized] {len(group)} runs ({describe(group)}) do not fit in memory together "
                   f"(about {member_bytes(group[0]) / 2**20:.0f} MiB each); training them {size} at a time", flush=True)
         parts += [group[i:i + size] for i in range(0, len(group), size)]
+    progress = SweepProgress(sum(map(len, parts)), confs[0]["progress"])
     for group in parts:
         if talk and len(group) > 1:
             print(f"[vectorized] {len(group)} run(s) together: {describe(group)}", flush=True)
         if progress_mode(group[0]["progress"]) == "bar":  # one live bar at a time: members print lines
             group = [{**conf, "progress": "lines"} for conf in group]
-        if len(group) == 1:
-            train(group[0])
-        else:
-            train_group(group)
+        progress.ended([train(group[0])] if len(group) == 1 else train_group(group))

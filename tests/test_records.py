@@ -355,11 +355,11 @@ def small_disk(tmp_path):
 
 @pytest.mark.parametrize("full", [False, True], ids=["series do not fit", "nothing fits"])
 def test_a_full_disk_fails_runs_in_their_records_and_the_sweep_goes_on(tmp_path, small_disk, full):
-    if full:  # two pages left: the sweep's multirun.yaml and one config.yaml fit, a summary no longer does
+    if full:  # one page left: one config.yaml fits, a summary no longer does
         with open(small_disk / "filler", "wb", buffering=0) as f, pytest.raises(OSError):
             while True:
                 f.write(b"x" * 1024)
-        os.truncate(small_disk / "filler", (small_disk / "filler").stat().st_size - 8192)
+        os.truncate(small_disk / "filler", (small_disk / "filler").stat().st_size - 4096)
     out = run(["sweep", *FAST, "steps=600", "layer_norms_every=1", "seed=0,1,2,3", f"results_root={small_disk}",
                "name=s", "progress=lines"], tmp_path)
     assert out.returncode == 1 and "launcher stopped" not in out.stderr and "Traceback" not in out.stderr
