@@ -188,6 +188,16 @@ def test_digits_split(make):
     assert 0 <= task.train[0].min() and task.train[0].max() <= 1
 
 
+def test_digits_are_scikit_learns(make):
+    from sklearn.datasets import load_digits
+
+    from gradlab.tasks.digits import read
+
+    pixels, labels = read()
+    expected_pixels, expected_labels = load_digits(return_X_y=True)
+    assert (pixels == expected_pixels).all() and (labels == expected_labels).all() and len(labels) == 1797
+
+
 def corpus_windows_hold(task, corpus: bytes, batches):
     """Every window is a slice of the corpus and its target is the input shifted by one."""
     for x, y in batches:
