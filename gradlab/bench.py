@@ -10,7 +10,8 @@ Sections (each a table on stdout and a key of the JSON file):
          starts it: one run at a time (engine=sequential), launcher=local, engine=vectorized,
          engine=auto (the default).
 - scale: wall time of N runs (1, 4, 16, 64) trained one after another in one process vs
-         together (engine=vectorized) vs as engine=auto chooses, and for the LSTM by sequence length.
+         together (engine=vectorized) vs as engine=auto chooses, and for the LSTM by sequence length;
+         medians of the repeats, alternating.
 - fixed: wall time of a whole 1-step run in a fresh process (start, imports, data, W&B init).
 - compile (asked for by name): the loop section again with compile=true (both loops run the
          compiled model), and the seconds the first compiled step takes.
@@ -163,28 +164,36 @@ def sweep_throughput(model: str, steps: int, repeats: int, seeds: int = 4) -> di
             "vs_sequential": {name: rate / runs_per_min["sequential"] for name, rate in runs_per_min.items()}}
 
 
-def scaling(model: str, count: int, steps: int, *overrides: str) -> dict:
-    """Seconds to train `count` runs (seeds 0..count-1) one after another, as one vectorized group,
-    and as engine=auto chooses."""
+def scaling(model: str, count: int, steps: int, *overrides: str, repeats: int = 1) -> dict:
+    """Median seconds to train `count` runs (seeds 0..count-1) one after another, as one vectorized
+    group, and as engine=auto chooses, alternating (each timing into a fresh folder)."""
+    from itertools import count as numbers
+
     from gradlab.train import train
     from gradlab.vectorized import run_groups, train_group
 
     with tempfile.TemporaryDirectory() as root:
         confs = [_conf(f"model={model}", f"steps={steps}", f"seed={seed}", "eval_every=0", f"results_root={root}",
                        *overrides) for seed in range(count)]
-        start = time.perf_counter()
-        for conf in confs:
-            train({**conf, "name": "sequential"})
-        sequential = time.perf_counter() - start
-        start = time.perf_counter()
-        train_group([{**conf, "name": "vectorized"} for conf in confs])
-        vectorized = time.perf_counter() - start
-        start = time.perf_counter()
-        run_groups([{**conf, "name": "auto", "engine": "auto"} for conf in confs])
-        auto = time.perf_counter() - start
-    return {"model": model, "runs": count, "steps": steps, "overrides": list(overrides),
-            "sequential_s": sequential, "vectorized_s": vectorized, "auto_s": auto, "speedup": sequential / vectorized,
-            "auto_speedup": sequential / auto}
+        fresh = numbers()
+
+        def timer(engine: str):
+            def timed() -> float:
+                runs = [{**conf, "name": f"{engine}{next(fresh)}", "engine": engine} for conf in confs]
+                start = time.perf_counter()
+                if engine == "sequential":
+                    for conf in runs:
+                        train(conf)
+                else:
+                    (train_group if engine == "vectorized" else run_groups)(runs)
+                return time.perf_counter() - start
+
+            return timed
+
+        median = alternate({engine: timer(engine) for engine in ("sequential", "vectorized", "auto")}, repeats)
+    return {"model": model, "runs": count, "steps": steps, "overrides": list(overrides), "repeats": repeats,
+            "sequential_s": median["sequential"], "vectorized_s": median["vectorized"], "auto_s": median["auto"],
+            "speedup": median["sequential"] / median["vectorized"], "auto_speedup": median["sequential"] / median["auto"]}
 
 
 def _first_step(model: str) -> float:
@@ -222,9 +231,9 @@ def run(sections: list[str], models: list[str], steps: int, repeats: int, sweep_
     print(f"gradlab bench on {report['device']}, torch {report['torch']}, {report['threads']} threads, "
           f"medians of {repeats}")
     def scale_rows() -> list:
-        scaling(models[0], 1, scale_steps)  # warm-up: first-call costs are not a run's
-        rows = [scaling(m, n, scale_steps) for m in models if m != "transformer" for n in COUNTS]
-        return rows + [scaling("lstm", 16, scale_steps, f"task.length={t}") for t in LENGTHS if "lstm" in models]
+        rows = [scaling(m, n, scale_steps, repeats=repeats) for m in models if m != "transformer" for n in COUNTS]
+        return rows + [scaling("lstm", 16, scale_steps, f"task.length={t}", repeats=repeats)
+                       for t in LENGTHS if "lstm" in models]
 
     scale_steps = max(1, steps // 4)
     measures = {  # section -> (rows, title, one row's line)
@@ -240,7 +249,7 @@ def run(sections: list[str], models: list[str], steps: int, repeats: int, sweep_
                   lambda r: "   ".join(f"{name} {rate:6.1f} ({r['vs_sequential'][name]:.2f}x)"
                                        for name, rate in r["runs_per_min"].items())),
         "scale": (scale_rows, f"scale: seconds for N runs of {scale_steps} steps, one after another vs vectorized "
-                              "vs engine=auto (one process)",
+                              f"vs engine=auto (one process, median of {repeats})",
                   lambda r: f"{' '.join(r['overrides']):<16} N={r['runs']:<3} sequential {r['sequential_s']:7.2f}   "
                             f"vectorized {r['vectorized_s']:7.2f} ({r['speedup']:.2f}x)   "
                             f"auto {r['auto_s']:7.2f} ({r['auto_speedup']:.2f}x)"),

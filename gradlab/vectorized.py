@@ -41,14 +41,18 @@ from gradlab.train import Session, Stepper, reached, build, claim, failure, laye
 
 FREE = ("seed", "lr", "clip")  # what may differ within a group (besides the clip knobs)
 # engine=auto's evidence: built-in models at their default sizes, on this project's 2-core CPU;
-# `scaling` of gradlab bench, median of 3 (README, Speed). (class, cell) -> (fewest runs that
-# train faster together, or None: never; the figure)
+# `scaling` of gradlab bench, medians of 3 (README, Speed). (class, cell) -> (fewest runs that
+# train faster together, or None: never; most runs measured faster in one group; the figure)
 MEASURED = {
-    ("gradlab.models.mlp.MLP", None): (16, "mlp: 16 runs 1.5x faster together; 4-8 runs 0.9-1.4x, not safe"),
-    ("gradlab.models.rnn.RecurrentNet", "rnn"): (4, "rnn: 4 and 16 runs 1.5x faster together"),
-    ("gradlab.models.rnn.RecurrentNet", "gru"): (4, "gru: 4 and 16 runs 1.3x faster together"),
-    ("gradlab.models.rnn.RecurrentNet", "lstm"): (None, "lstm: 16 runs 0.55x together; torch's fused LSTM wins"),
-    ("gradlab.models.transformer.Transformer", None): (None, "transformer: 2-8 runs 0.64-0.94x together"),
+    ("gradlab.models.mlp.MLP", None): (2, 64, "mlp: 2 runs 1.5x, 4 runs 1.8x, 8-64 runs 2.7-2.9x faster together"),
+    ("gradlab.models.rnn.RecurrentNet", "rnn"): (4, 16, "rnn: 4 runs 1.2x, 16 runs 1.6x faster together, 64 runs "
+                                                        "0.92x: in parts of at most 16"),
+    ("gradlab.models.rnn.RecurrentNet", "gru"): (4, 16, "gru: 4 runs 1.4x, 16 runs 1.2x faster together (64 not "
+                                                        "measured): in parts of at most 16"),
+    ("gradlab.models.rnn.RecurrentNet", "lstm"): (None, 0, "lstm: 4 and 16 runs 0.59x and 0.49x together; torch's "
+                                                           "fused LSTM kernel wins"),
+    ("gradlab.models.transformer.Transformer", None): (None, 0, "transformer: 4 runs 0.81x together (attention has no "
+                                                                "batched kernel)"),
 }
 
 
@@ -98,22 +102,27 @@ class Part(NamedTuple):
 
 def schedule(confs: list[dict]) -> list[Part]:
     """How a sweep's runs are trained under its `engine`: vectorized puts every compatible group
-    together; auto only those where `auto_choice` expects it to be faster; sequential none."""
+    together; auto only those where `auto_choice` expects it to be faster, in parts of the size
+    it chooses; sequential none."""
     engine, parts = confs[0]["engine"], []
     for group in groups(confs):
         if len(group) == 1:
             parts.append(Part(group, "sequential", f"alone ({why_alone(group[0])})" if why_alone(group[0]) else "one run"))
-        elif engine == "vectorized":
-            parts.append(Part(group, "vectorized", "engine=vectorized"))
-        else:
-            together, why = auto_choice(group) if engine == "auto" else (False, "engine=sequential")
-            parts.append(Part(group, "vectorized" if together else "sequential", why))
+            continue
+        size, why = {"vectorized": (len(group), "engine=vectorized"), "sequential": (1, "engine=sequential")}.get(
+            engine) or auto_choice(group)
+        if size < 2:
+            parts.append(Part(group, "sequential", why))
+            continue
+        count = -(-len(group) // size)  # the fewest parts of at most `size`, as even as can be
+        parts += [Part(group[i::count], "vectorized", why) for i in range(count)]
     return parts
 
 
-def auto_choice(group: list[dict]) -> tuple[bool, str]:
-    """engine=auto: train the group together only where gradlab bench measured it faster (README,
-    Speed); anything not measured stays sequential, so the default never costs time."""
+def auto_choice(group: list[dict]) -> tuple[int, str]:
+    """engine=auto: how many of the group's runs to train together at most (1: one at a time), and
+    why. Together only where gradlab bench measured it faster (README, Speed), in parts no larger
+    than measured faster; anything not measured stays sequential, so the default never costs time."""
     from gradlab.config import resolve_device
 
     first = group[0]
@@ -121,11 +130,11 @@ def auto_choice(group: list[dict]) -> tuple[bool, str]:
     measured = MEASURED.get((first["model"].get("_target_"), first["model"].get("cell")))
     if device.type != "cpu" or measured is None:
         where = "a GPU" if device.type != "cpu" else f"model {first['model']['name']}"
-        return False, f"auto: not measured on {where}, so sequential"
-    least, figure = measured
-    if least is None or len(group) < least:
-        return False, f"auto: {figure}"
-    return True, f"auto: {figure}"
+        return 1, f"auto: not measured on {where}, so sequential"
+    fewest, most, figure = measured
+    if fewest is None or len(group) < fewest:
+        return 1, f"auto: {figure}"
+    return most, f"auto: {figure}"
 
 
 def describe(group: list[dict]) -> str:

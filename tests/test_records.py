@@ -341,6 +341,7 @@ def test_a_sweep_with_a_failed_run_exits_1(tmp_path):
     out = run(["sweep", "model=lstm", "task=adding", "wandb=off", "steps=2", "seed=0,1", f"batch_size=1,{HUGE}",
                "name=mixed", "progress=lines"], tmp_path)
     assert out.returncode == 1 and "(2 completed, 2 failed)" in out.stdout
+    assert "[sweep 4/4] 0 diverged, 2 failed" in out.stdout  # progress as each run ends
 
 
 @pytest.fixture

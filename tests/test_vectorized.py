@@ -272,24 +272,36 @@ def vectorized_summary(conf: dict) -> dict:
 
 # --- engine=auto: together only where gradlab bench measured it faster
 
-def auto_part(compose, runs: int, *overrides):
+def auto_parts(compose, runs: int, *overrides) -> list:
     from gradlab.vectorized import schedule
 
-    (part,) = schedule([compose(*overrides, f"seed={seed}") for seed in range(runs)])
+    return schedule([compose(*overrides, f"seed={seed}") for seed in range(runs)])
+
+
+def auto_part(compose, runs: int, *overrides):
+    (part,) = auto_parts(compose, runs, *overrides)
     return part
 
 
 @pytest.mark.parametrize("model,runs,engine,figure", [
-    ("mlp", 16, "vectorized", "1.5x faster"),
-    ("mlp", 8, "sequential", "4-8 runs 0.9-1.4x, not safe"),
-    ("rnn", 4, "vectorized", "1.5x faster"),
-    ("gru", 4, "vectorized", "1.3x faster"),
-    ("lstm", 16, "sequential", "0.55x"),
-    ("transformer", 8, "sequential", "0.64-0.94x"),
+    ("mlp", 2, "vectorized", "2 runs 1.5x"),
+    ("mlp", 64, "vectorized", "8-64 runs 2.7-2.9x faster"),
+    ("rnn", 3, "sequential", "4 runs 1.2x"),
+    ("rnn", 16, "vectorized", "16 runs 1.6x faster"),
+    ("gru", 4, "vectorized", "4 runs 1.4x"),
+    ("lstm", 16, "sequential", "0.49x"),
+    ("transformer", 8, "sequential", "4 runs 0.81x"),
 ])
 def test_auto_trains_together_only_what_was_measured_faster(compose, model, runs, engine, figure):
     part = auto_part(compose, runs, f"model={model}")
     assert part.engine == engine and len(part.runs) == runs and figure in part.why
+
+
+def test_auto_splits_a_group_larger_than_was_measured_faster_into_even_parts(compose):
+    parts = auto_parts(compose, 40, "model=rnn")  # rnn: 64 together was slower; 16 the most measured faster
+    assert [len(p.runs) for p in parts] == [14, 13, 13] and {p.engine for p in parts} == {"vectorized"}
+    assert sorted(c["seed"] for p in parts for c in p.runs) == list(range(40))
+    assert "in parts of at most 16" in parts[0].why
 
 
 def test_auto_leaves_what_was_not_measured_sequential_and_the_engines_can_be_forced(compose):
@@ -304,8 +316,8 @@ def test_dry_run_says_which_engine_each_group_gets_and_why(tmp_path):
                          cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "engine: auto, 2 group(s)" in out.stdout
-    assert "4 run(s) together: rnn on adding, batch 64, 1500 steps (auto: rnn: 4 and 16 runs 1.5x faster together)" in out.stdout
-    assert "4 run(s) one at a time: lstm on adding, batch 64, 1500 steps (auto: lstm: 16 runs 0.55x together" in out.stdout
+    assert "4 run(s) together: rnn on adding, batch 64, 1500 steps (auto: rnn: 4 runs 1.2x, 16 runs 1.6x faster" in out.stdout
+    assert "4 run(s) one at a time: lstm on adding, batch 64, 1500 steps (auto: lstm: 4 and 16 runs 0.59x" in out.stdout
 
 
 def test_an_auto_sweep_trains_the_measured_groups_together(tmp_path):
