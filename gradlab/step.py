@@ -8,7 +8,6 @@ Everything returned stays on the device: the host reads it at log intervals only
 
 from __future__ import annotations
 
-import functools
 import math
 from contextlib import nullcontext
 from typing import Callable, NamedTuple
@@ -16,7 +15,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from gradlab.clip import measure
+from gradlab.clip import constant, measure
 from gradlab.spikes import SpikeGuard
 
 # columns of StepOutput.scalars, in order; `read` turns a row of them into what the history records
@@ -83,10 +82,10 @@ def finish_step(loss, parts: StepParts) -> StepOutput:
         scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    device = loss.device
-    scalars = torch.cat([torch.stack([loss, grad_norm.float(), norm_after.float(), fired.float()]),
-                         constant((math.nan, math.nan), device) if diagnostic is None else diagnostic.float(),
-                         constant((float(spike),), device)])
+    unmeasured = constant(math.nan, loss.device)
+    probed = (unmeasured, unmeasured) if diagnostic is None else diagnostic.float().unbind()
+    scalars = torch.stack([loss, grad_norm.float(), norm_after.float(), fired.float(), *probed,
+                           constant(float(spike), loss.device)])  # one kernel: a step's figures are many
     return StepOutput(scalars, layer_norms)
 
 
@@ -104,9 +103,3 @@ def read(values: list, fp16: bool) -> dict:
     row["clip_coef"] = post / pre if pre > 0 and finite else 1.0
     return row
 
-
-@functools.lru_cache(maxsize=None)
-def constant(value, device: torch.device) -> torch.Tensor:
-    """A float32 tensor of `value` (a number: 0-d; a tuple: 1-d) on the device, made once (a new one
-    each step would be one more kernel)."""
-    return torch.tensor(value, device=device)

@@ -31,12 +31,11 @@ from typing import NamedTuple
 
 import torch
 
-from gradlab.clip import Slab, select, stack, tensor_norms
+from gradlab.clip import Slab, constant, select, stack, tensor_norms
 from gradlab.config import NOT_IDENTITY, check_writable, clip_knobs, norm_type, run_id, stop_rule, sweep_dir
 from gradlab.distributed import SOLO
 from gradlab.objective import evaluate, member_losses
 from gradlab.optim import StackedOptimizer, lr_factor, why_not_stacked
-from gradlab.step import constant
 from gradlab.train import Session, Stepper, reached, build, claim, failure, layer_figures, train
 
 FREE = ("seed", "lr", "clip")  # what may differ within a group (besides the clip knobs)

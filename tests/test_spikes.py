@@ -109,13 +109,21 @@ def test_layer_figures_are_the_update_to_weight_ratio(compose, tmp_path):
     # ||w_after - w_before|| = lr * ||g||, so ratio * ||w_before|| = lr * ||g||: check the ratio's scale
     assert (layers["update_ratio"] > 0).all() and (layers["update_ratio"] < 1).all()
     import torch
-    from gradlab.train import _layer_figures
+    from gradlab.train import layer_figures
 
     model = torch.nn.Linear(3, 2)
     before = [w.detach().clone() for w in model.parameters()]
     for w in model.parameters():
         w.data.add_(torch.ones_like(w))
-    figures = _layer_figures(model, before, torch.tensor([1.0, 2.0]), None, step=1)
+    after = [w.detach() for w in model.parameters()]
+    figures = layer_figures(after, before, torch.tensor([1.0, 2.0]), None, step=1)
     expected = [torch.ones_like(b).norm() / b.norm() for b in before]
     torch.testing.assert_close(figures[1], torch.stack(expected))
     assert figures[0].tolist() == [1.0, 2.0] and figures[2].isnan().all()
+    # stacked members: each member's block is its own figures
+    stacked = layer_figures([torch.stack([a, 2 * a]) for a in after], [torch.stack([b, 2 * b]) for b in before],
+                            torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([[1.0, 0.0], [2.0, 2.0]]), step=2,
+                            stacked=True)
+    torch.testing.assert_close(stacked[0, 1], figures[1])
+    torch.testing.assert_close(stacked[1, 1], figures[1])  # both moved in proportion to their weights
+    assert stacked[1, 0].tolist() == [3.0, 4.0] and stacked[1, 2].tolist() == [1.0, 1.0]

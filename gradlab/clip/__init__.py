@@ -34,6 +34,7 @@ Adding a strategy: one module here, one conf/clip/<mode>.yaml naming it, its tes
 from __future__ import annotations
 
 import copy
+import functools
 from typing import NamedTuple
 
 import torch
@@ -45,6 +46,14 @@ from gradlab.errors import ConfigError
 class ClipResult(NamedTuple):
     norm_after: torch.Tensor  # total norm of the gradients after clipping (0-d)
     fired: torch.Tensor       # bool 0-d: did clipping change any gradient
+
+
+@functools.lru_cache(maxsize=None)
+def constant(value, device: torch.device) -> torch.Tensor:
+    """A float32 tensor of `value` (a number: 0-d; a tuple: 1-d) on the device, made once: a Python
+    number in a tensor operation is made into a tensor on every call, which costs as much as the
+    operation on a run's small per-step figures."""
+    return torch.tensor(value, device=device)
 
 
 def unchanged(total_norm: torch.Tensor) -> ClipResult:

@@ -9,7 +9,9 @@ which choose max_norm per step.
 
 import torch
 
-from gradlab.clip import ClipResult, scale_
+import math
+
+from gradlab.clip import ClipResult, constant, scale_
 from gradlab.errors import positive
 
 
@@ -21,7 +23,8 @@ def clip_coef(norm: torch.Tensor, max_norm) -> torch.Tensor:
     norm is never rescaled (that would only turn inf into nan): the fp16 scaler skips such
     a step, an fp32 run ends as diverged.
     """
-    return torch.where((norm > max_norm) & torch.isfinite(norm), max_norm / (norm + 1e-6), 1.0)
+    one, inf = constant(1.0, norm.device), constant(math.inf, norm.device)
+    return torch.where((norm > max_norm) & (norm < inf), max_norm / (norm + 1e-6), one)
 
 
 def rescale_(params, total_norm: torch.Tensor, max_norm) -> ClipResult:
@@ -31,7 +34,7 @@ def rescale_(params, total_norm: torch.Tensor, max_norm) -> ClipResult:
     grads = [p.grad for p in params if p.grad is not None]
     if grads:
         scale_(grads, coef)
-    return ClipResult(total_norm * coef, coef < 1)
+    return ClipResult(total_norm * coef, coef < constant(1.0, coef.device))
 
 
 class ClipByNorm:
