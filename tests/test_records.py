@@ -194,11 +194,12 @@ def test_ctrl_c_in_train_records_interrupted_and_exits_130(tmp_path):
     assert record["status"] == "interrupted" and 0 < record["steps_done"] < 100000
 
 
-@pytest.mark.parametrize("launcher", [[], ["launcher=local", "workers=2"]], ids=["basic", "local"])
-def test_one_ctrl_c_stops_a_sweep(tmp_path, launcher):
+@pytest.mark.parametrize("how,at_once", [(["engine=sequential"], 1), (["engine=vectorized"], 4),
+                                         (["launcher=local", "workers=2"], 2)], ids=["basic", "vectorized", "local"])
+def test_one_ctrl_c_stops_a_sweep(tmp_path, how, at_once):
     sweep = tmp_path / "results" / "stop"
-    proc = start(["sweep", *FAST, "steps=100000", "seed=0,1,2,3", "name=stop", "progress=none", *launcher], tmp_path)
-    wait_for(started(sweep, 1 if not launcher else 2))
+    proc = start(["sweep", *FAST, "steps=100000", "seed=0,1,2,3", "name=stop", "progress=none", *how], tmp_path)
+    wait_for(started(sweep, at_once))
     time.sleep(1)
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=120)
@@ -206,9 +207,9 @@ def test_one_ctrl_c_stops_a_sweep(tmp_path, launcher):
     assert one_line(err).startswith("interrupted: ")
     wait_for(lambda: not alive(proc.pid), 30)  # no worker goes on
     statuses = [json.loads(p.read_text())["status"] for p in sweep.glob("*/summary.json")]
-    assert "completed" not in statuses and len(statuses) <= (1 if not launcher else 2)
-    if not launcher:
-        assert statuses == ["interrupted"]  # the run in progress, recorded; the next ones never started
+    assert "completed" not in statuses and len(statuses) <= at_once
+    if "launcher=local" not in how:  # the runs in progress, recorded; the next ones never started
+        assert statuses == ["interrupted"] * at_once
 
 
 def test_ctrl_c_stops_reproduce(tmp_path):
