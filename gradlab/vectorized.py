@@ -32,6 +32,7 @@ from typing import NamedTuple
 import torch
 
 from gradlab.clip import Slab, constant, select, stack, tensor_norms
+from gradlab.components import label
 from gradlab.config import NOT_IDENTITY, check_writable, clip_knobs, norm_type, run_id, stop_rule, sweep_dir
 from gradlab.distributed import SOLO
 from gradlab.objective import evaluate, member_losses
@@ -137,13 +138,13 @@ def auto_choice(group: list[dict]) -> tuple[int, str]:
 
 
 def describe(group: list[dict]) -> str:
-    """What sets a group apart: its model, task and batch, or why its run trains alone."""
+    """What sets a group apart: its model, task, batch and optimizer, or why its run trains alone."""
     first = group[0]
     shape = f"{first['model']['name']} on {first['task']['name']}, batch {first['batch_size']}"
     if len(group) == 1 and why_alone(first):
         return f"{shape}: alone ({why_alone(first)})"
     extra = f", accum_steps {first['accum_steps']}" if first["accum_steps"] > 1 else ""
-    return f"{shape}{extra}, {first['steps']} steps"
+    return f"{shape}{extra}, {label('optim', first['optim'])}, {first['steps']} steps"
 
 
 def stacked_forward(base: torch.nn.Module, params: dict, x: torch.Tensor) -> torch.Tensor:

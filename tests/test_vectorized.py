@@ -259,7 +259,7 @@ def test_a_group_too_large_for_memory_is_trained_in_parts(compose, monkeypatch, 
     monkeypatch.setattr(vectorized, "available", lambda device: 4 * need + 1)  # room for 2 at half the free memory
     vectorized.run_groups(confs)
     out = capsys.readouterr().out
-    assert "4 runs (mlp on digits, batch 64, 8 steps) do not fit in memory together" in out
+    assert "4 runs (mlp on digits, batch 64, adam, 8 steps) do not fit in memory together" in out
     assert "training them 2 at a time" in out and out.count("[vectorized] 2 run(s) together") == 2
     assert [s["status"] for s in map(vectorized_summary, confs)] == ["completed"] * 4
 
@@ -316,8 +316,8 @@ def test_dry_run_says_which_engine_each_group_gets_and_why(tmp_path):
                          cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "engine: auto, 2 group(s)" in out.stdout
-    assert "4 run(s) together: rnn on adding, batch 64, 1500 steps (auto: rnn: 4 runs 1.2x, 16 runs 1.6x faster" in out.stdout
-    assert "4 run(s) one at a time: lstm on adding, batch 64, 1500 steps (auto: lstm: 4 and 16 runs 0.59x" in out.stdout
+    assert "4 run(s) together: rnn on adding, batch 64, adam, 1500 steps (auto: rnn: 4 runs 1.2x, 16 runs 1.6x faster" in out.stdout
+    assert "4 run(s) one at a time: lstm on adding, batch 64, adam, 1500 steps (auto: lstm: 4 and 16 runs 0.59x" in out.stdout
 
 
 def test_an_auto_sweep_trains_the_measured_groups_together(tmp_path):
