@@ -216,7 +216,7 @@ def _train_members(members: list[_Member], summaries: dict) -> None:
                 end(m, {"status": "failed", "error": failure(e, m.conf)})
     finally:
         for m in members:
-            if m.index not in summaries:  # interrupted
+            if m.index not in summaries and m.session.opened:  # interrupted (one never started has nothing to record)
                 summaries[m.index] = m.session.close(m.result or {})
 
 
