@@ -13,11 +13,10 @@ from gradlab.errors import bad
 SCHEDULES = ("constant", "cosine")
 
 
-def build_optimizer(optim_cfg: dict, params, lr: float, fused: bool = False) -> torch.optim.Optimizer:
+def build_optimizer(optim_cfg: dict, params, lr: float) -> torch.optim.Optimizer:
     """The optimizer an optim config names by `_target_`; its keys but `name`, `schedule` and
-    `warmup_steps` are its arguments. `fused`: torch's one-kernel implementation of the same
-    update (rounding may differ), where the class has one."""
-    return components.build("optim", optim_cfg, params, lr=lr, **({"fused": True} if fused else {}))
+    `warmup_steps` are its arguments."""
+    return components.build("optim", optim_cfg, params, lr=lr)
 
 
 def constant_lr(optim_cfg: dict) -> bool:
