@@ -27,10 +27,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 import pandas as pd
 
 from gradlab.compare import Comparison, compare, load_runs, readable, to_markdown, write
+from gradlab.stats import Difference, difference, wilson  # noqa: F401 (the studies import them from here)
 
 SCALES = ("smoke", "quick", "full")
 
@@ -143,7 +143,6 @@ def publish_report(report: Path) -> Path:
 
 HOLDS, CONTRADICTED, INDISTINGUISHABLE, NOT_STRESSED = OUTCOMES = (
     "holds", "contradicted", "indistinguishable", "not stressed")
-LEVEL = 0.95   # every interval is a 95% interval; a test "tells" at p < 1 - LEVEL
 RARE = 0.01    # an arm that clipped on fewer steps than this is the same run as none
 TESTS = ("Comparisons pair arms by seed (same initialisation and data stream). Continuous figures: "
          "paired t interval (95%) of the mean difference over the shared seeds. Success counts: "
@@ -164,37 +163,6 @@ def per_seed(runs: pd.DataFrame, figure: str, where: dict) -> pd.Series:
     if chosen["seed"].duplicated().any():
         raise ValueError(f"{where} is not one arm: it holds several runs per seed")
     return chosen.set_index("seed")[figure].sort_index()
-
-
-class Difference(NamedTuple):
-    """The paired difference b - a of a figure over the seeds both arms have."""
-    n: int
-    mean: float
-    low: float
-    high: float
-    p: float
-    sd: float
-
-    def __str__(self) -> str:
-        return (f"{self.mean:+.4g} [{self.low:+.4g}, {self.high:+.4g}] (paired t, {self.n} seeds, "
-                f"p={self.p:.2g})")
-
-
-def difference(a: pd.Series, b: pd.Series) -> Difference:
-    """Paired t interval of mean(b - a) over the seeds in both (by index); non-finite pairs are dropped."""
-    from scipy import stats
-
-    d = (b - a).dropna()
-    d = d[np.isfinite(d)]
-    n = len(d)
-    if n < 2:
-        return Difference(n, float(d.mean()) if n else math.nan, -math.inf, math.inf, math.nan, math.nan)
-    mean, sd = float(d.mean()), float(d.std(ddof=1))
-    if sd == 0:  # every pair differs by the same amount (or not at all): no sampling noise to allow for
-        return Difference(n, mean, mean, mean, 0.0 if mean else 1.0, 0.0)
-    half = stats.t.ppf((1 + LEVEL) / 2, n - 1) * sd / math.sqrt(n)
-    p = float(2 * stats.t.sf(abs(mean) / (sd / math.sqrt(n)), n - 1))
-    return Difference(n, mean, mean - half, mean + half, p, sd)
 
 
 def better(diff: Difference, lower_is_better: bool) -> Finding:
@@ -242,16 +210,6 @@ def counts(a: pd.Series, b: pd.Series) -> Counts:
     discordant = a_only + b_only
     p = float(stats.binomtest(b_only, discordant, 0.5).pvalue) if discordant else 1.0
     return Counts(len(both), int(both["a"].sum()), int(both["b"].sum()), b_only, a_only, p)
-
-
-def wilson(k: int, n: int) -> str:
-    """`[low, high]`: the Wilson 95% interval of a success rate k/n."""
-    from scipy import stats
-
-    if not n:
-        return "[n/a]"
-    ci = stats.binomtest(k, n).proportion_ci(LEVEL, method="wilson")
-    return f"[{ci.low:.2f}, {ci.high:.2f}]"
 
 
 def overall(control_failed: bool, findings: list[Finding]) -> str:
