@@ -85,6 +85,24 @@ def sweep(ctx: typer.Context, dry_run: DryRun = False, quiet: Quiet = False, for
         raise typer.Exit(1)
 
 
+@app.command(context_settings=OVERRIDES)
+def suggest(
+    ctx: typer.Context,
+    pilot_steps: Annotated[int, typer.Option("--pilot-steps", min=2, help="Steps of the pilot run (at most the "
+                                                                          "run's own budget).")] = 300,
+    skip: Annotated[float, typer.Option("--skip", help="Share of the pilot's first steps left out as the "
+                                                       "transient, in [0, 1).")] = 0.1,
+    quiet: Quiet = False,
+    config_dir: ConfigDir = (),
+):
+    """A short pilot run (unclipped unless clip= is given), its gradient-norm percentiles and a
+    threshold grid that spans them, with the sweep to run: gradlab suggest model=lstm"""
+    from gradlab.suggest import suggest as pilot
+
+    with user_errors():
+        typer.echo(pilot(ctx.args, pilot_steps, skip, config_dir, _flags(quiet, False)))
+
+
 @app.command("list")
 def list_options(config_dir: ConfigDir = ()):
     """The config groups with their options (yours from --config-dir too), and the top-level keys."""
@@ -118,13 +136,17 @@ Paths = Annotated[list[str], typer.Argument(help="Sweep folders or results roots
 By = Annotated[str, typer.Option("--by", help="Comma-separated config keys to group by (default: the keys that vary).")]
 Metric = Annotated[str, typer.Option("--metric", help="Summary figure to sort by, e.g. eval_loss, train_loss_best.")]
 Out = Annotated[str, typer.Option("--out", help="Folder for the output files (default: the first path).")]
+Target = Annotated[float, typer.Option("--target", help="Steps until the metric reaches this value, and the share "
+                                                        "of seeds that reach it.")]
+Relative = Annotated[bool, typer.Option("--relative", help="Express each norm threshold as max_norm / the median "
+                                                           "pre-clip gradient norm of its runs.")]
 
 
-def _comparison(paths, by, metric, target=None):
+def _comparison(paths, by, metric, target=None, relative=False, paired=False):
     from gradlab import compare
 
     runs = compare.load_runs(paths)
-    return runs, compare.compare(runs, by.split(",") if by else None, metric, target)
+    return runs, compare.compare(runs, by.split(",") if by else None, metric, target, relative, paired)
 
 
 @app.command(rich_help_panel="Results")
@@ -132,7 +154,10 @@ def compare(
     paths: Paths,
     by: By = "",
     metric: Metric = "eval_loss",
-    target: Annotated[float, typer.Option("--target", help="Steps until the metric reaches this value.")] = None,
+    target: Target = None,
+    relative: Relative = False,
+    paired: Annotated[bool, typer.Option("--paired", help="Each row against the best, seed by seed: the paired "
+                                                          "difference with its 95% interval and p-value.")] = False,
     fmt: Annotated[str, typer.Option("--format", help="md, csv, latex or all.")] = "all",
     out: Out = "",
     wandb: Annotated[bool, typer.Option("--wandb", help="Also log the table and plots as a W&B run of job_type report.")] = False,
@@ -147,7 +172,7 @@ def compare(
     with user_errors():
         if any(f not in ("md", "csv", "latex") for f in formats):
             raise ConfigError(f"--format {fmt}: choose from md, csv, latex, all")
-        runs, comparison = _comparison(paths, by, metric, target)
+        runs, comparison = _comparison(paths, by, metric, target, relative, paired)
         cells = cmp.readable(comparison)
         _print_table(cmp.readable(comparison, intervals=False), comparison)
         written = cmp.write(comparison, cells, Path(out or paths[0]), formats)
@@ -157,21 +182,23 @@ def compare(
 
 
 @app.command(rich_help_panel="Results")
-def plot(paths: Paths, by: By = "", metric: Metric = "eval_loss", out: Out = ""):
-    """PNG curves (loss, grad norm before/after clipping, clip fraction) and the threshold chart."""
+def plot(paths: Paths, by: By = "", metric: Metric = "eval_loss", target: Target = None, relative: Relative = False,
+         out: Out = ""):
+    """PNGs: curves over training, the metric and clip fraction against the threshold, the share of
+    seeds reaching --target against it, and the gradient-norm distribution with the thresholds."""
     from pathlib import Path
 
     from gradlab.errors import ConfigError
     from gradlab.plots import plot as draw
 
     with user_errors():
-        runs, comparison = _comparison(paths, by, metric)
-        target = Path(out or paths[0])
+        runs, comparison = _comparison(paths, by, metric, target, relative)
+        folder = Path(out or paths[0])
         try:
-            target.mkdir(parents=True, exist_ok=True)
-            written = draw(comparison, runs, target)
+            folder.mkdir(parents=True, exist_ok=True)
+            written = draw(comparison, runs, folder, target)
         except OSError as e:
-            raise ConfigError(f"--out {target}: cannot write there ({e.strerror or e})") from None
+            raise ConfigError(f"--out {folder}: cannot write there ({e.strerror or e})") from None
     typer.echo("wrote " + ", ".join(map(str, written)))
 
 

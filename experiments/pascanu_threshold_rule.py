@@ -28,18 +28,18 @@ SCALES = {
     "full": {"length": 100, "seeds": "0,1,2,3,4,5,6,7,8,9", "steps": 50000, "pilot": 1000,
              "extra": ["task.eval_size=10000"]},
 }
-MULTIPLES = (0.5, 1, 2, 10)
 SUCCESS = 0.99  # held-out accuracy: under 1% error
 
 
 def run(lab, size):
     from gradlab.experiments.study import Verdict, against_control, control_fails
+    from gradlab.suggest import PASCANU
 
     length, budget = size["length"], size["steps"]
     base = ["experiment=pascanu_rnn", f"task.length={length}", f"seed={size['seeds']}", *size["extra"]]
     pilot = lab.sweep(f"pilot-T{length}", [*base, "clip=none", f"steps={size['pilot']}"])
     average = float(pilot["grad_norm_mean"].mean())
-    thresholds = [float(f"{m * average:.3g}") for m in MULTIPLES]
+    thresholds = [float(f"{m * average:.3g}") for m in PASCANU]
     main = [*base, f"steps={budget}", f"stop_at_target=eval_acc:{SUCCESS}"]
     runs = lab.sweep(f"T{length}", [*main, "clip=none"],
                      [*main, "clip=norm", "max_norm=" + ",".join(f"{t:g}" for t in thresholds)])
@@ -49,7 +49,7 @@ def run(lab, size):
     verdict = Verdict()
     none = {"clip.mode": "none"}
     verdict.control(*control_fails(runs, none, "no clipping"))
-    for multiple, threshold in zip(MULTIPLES, thresholds):
+    for multiple, threshold in zip(PASCANU, thresholds):
         against_control(verdict, runs, f"norm {threshold:g} ({multiple:g}x the average)",
                         {"clip.mode": "norm", "clip.max_norm": threshold}, none, budget)
     return verdict

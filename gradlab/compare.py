@@ -20,7 +20,8 @@ from gradlab.tracking import flatten
 
 # summary figures that can be compared; a smaller value is better unless listed in HIGHER_IS_BETTER
 METRICS = ("eval_loss_final", "eval_loss_best", "eval_acc_final", "eval_acc_best", "train_loss_final",
-           "train_loss_best", "grad_norm_mean", "grad_norm_max", "clip_fraction", "loss_spikes", "scaler_skips", "steps_per_s")
+           "train_loss_best", "grad_norm_mean", "grad_norm_median", "grad_norm_median_early", "grad_norm_max",
+           "clip_fraction", "loss_spikes", "scaler_skips", "steps_per_s")
 HIGHER_IS_BETTER = ("eval_acc_final", "eval_acc_best", "steps_per_s")
 # the history column a metric's target is checked against
 SERIES = {"eval_loss": "eval_loss", "eval_acc": "eval_acc", "train_loss": "loss"}
@@ -157,15 +158,18 @@ class Comparison(NamedTuple):
     metric: str          # the summary figure it is sorted by
     by: list             # the grouping keys
     tasks: int = 1       # tasks among the runs: rows are ranked within each task
+    members: list = ()   # per row of the table, its runs (every status)
 
 
 def compare(runs: pd.DataFrame, by: list[str] | None = None, metric: str = "eval_loss",
-            target: float | None = None) -> Comparison:
+            target: float | None = None, relative: bool = False, paired: bool = False) -> Comparison:
     """Group runs, aggregate over seeds, sort by metric and mark the best group.
 
     Means and spreads are over completed runs; diverged and failed runs are counted. Runs of
     different tasks (losses of different kinds) are never ranked against each other: the task
-    leads the grouping, and each task has its own best row.
+    leads the grouping, and each task has its own best row. `relative`: each row's norm
+    threshold over its runs' median pre-clip norm. `paired`: each row against its task's best
+    row, seed by seed.
     """
     if not (runs["status"] == "completed").any():
         counts = ", ".join(f"{n} {status}" for status, n in runs["status"].value_counts().items())
@@ -177,6 +181,9 @@ def compare(runs: pd.DataFrame, by: list[str] | None = None, metric: str = "eval
     tasks = runs["task.name"].nunique() if "task.name" in runs else 1
     if tasks > 1:
         by = ["task.name", *(k for k in by if k != "task.name")]
+    if relative and ("grad_norm_median" not in runs or runs["grad_norm_median"].isna().all()):
+        raise ConfigError("--relative: no run here records its median gradient norm (grad_norm_median); "
+                          "run the sweep again with --force to record it")
     if target is not None and metric.rsplit("_", 1)[0] not in SERIES:
         raise ConfigError(f"--target needs a loss or accuracy metric, not {metric}")
     if target is not None:
@@ -185,7 +192,7 @@ def compare(runs: pd.DataFrame, by: list[str] | None = None, metric: str = "eval
             print(f"warning: skipping {path}: unreadable record (history.csv)", file=sys.stderr)
         runs = runs[runs["path"].map(lambda p: steps.get(p, math.nan) is not None)]
         runs = runs.assign(steps_to_target=runs["path"].map(lambda p: steps.get(p, math.nan)).astype(float))
-    rows = []
+    rows, members = [], []
     for labels, group in runs.groupby(by, dropna=False, sort=False) if by else [((), runs)]:
         done = group[group["status"] == "completed"]
         labels = labels if isinstance(labels, tuple) else (labels,)
@@ -201,15 +208,62 @@ def compare(runs: pd.DataFrame, by: list[str] | None = None, metric: str = "eval
             reached = done["steps_to_target"].dropna()
             row["steps_to_target_mean"] = reached.mean() if len(reached) else math.nan
             row["reached_target"] = f"{len(reached)}/{len(group)}"
+        if relative:
+            row["relative_threshold"] = relative_threshold(done)
         rows.append(row)
+        members.append(group)
     table = pd.DataFrame(rows)
     order = ["task.name"] if tasks > 1 else []
     table = table.sort_values([*order, f"{metric}_mean"], ascending=[*(True for _ in order), metric not in HIGHER_IS_BETTER],
-                              na_position="last").reset_index(drop=True)
+                              na_position="last")
+    members = [members[i] for i in table.index]
+    table = table.reset_index(drop=True)
     ranked = table[table[f"{metric}_mean"].notna()]
     best = ranked.groupby("task.name", sort=False).head(1).index if tasks > 1 else ranked.index[:1]
     table.insert(0, "best", ["*" if i in best else "" for i in table.index])
-    return Comparison(table, metric, by, tasks)
+    if paired:
+        table = table.join(against_best(table, members, metric, best))
+    return Comparison(table, metric, by, tasks, members)
+
+
+def relative_threshold(done: pd.DataFrame) -> float:
+    """The group's threshold on the total gradient norm (clip=norm max_norm) over the median of
+    its runs' median pre-clip norms: c / median ||g||, where 1 means "clips half the steps". nan
+    where the group does not clip the total norm at one threshold, or no run measured its norms."""
+    if "clip.max_norm" not in done or "grad_norm_median" not in done or not len(done):
+        return math.nan
+    thresholds = done["clip.max_norm"].unique()
+    if (done["clip.mode"] != "norm").any() or len(thresholds) != 1:
+        return math.nan
+    return float(thresholds[0]) / done["grad_norm_median"].median()
+
+
+def by_seed(group: pd.DataFrame, metric: str) -> pd.Series | None:
+    """A group's metric by seed over its completed runs; None when it holds several runs of a seed."""
+    done = group[group["status"] == "completed"]
+    return None if done["seed"].duplicated().any() else done.set_index("seed")[metric]
+
+
+def against_best(table: pd.DataFrame, members: list, metric: str, best) -> pd.DataFrame:
+    """Each row's paired difference to the best row of its task (row - best, over the seeds both
+    completed): mean, 95% paired t interval, p-value and the number of pairs."""
+    from gradlab.stats import difference
+
+    tasks = table["task.name"] if "task.name" in table else pd.Series("", index=table.index)
+    best_of = {tasks[i]: i for i in best}
+    rows = []
+    for i in table.index:
+        j = best_of.get(tasks[i])
+        a, b = (None, None) if j is None else (by_seed(members[j], metric), by_seed(members[i], metric))
+        if i == j or a is None or b is None:
+            rows.append({})
+            continue
+        d = difference(a, b)
+        rows.append(dict(zip(PAIRED, (d.mean, d.low, d.high, d.p, d.n))))
+    return pd.DataFrame(rows, index=table.index, columns=PAIRED)
+
+
+PAIRED = ("vs_best_mean", "vs_best_low", "vs_best_high", "vs_best_p", "vs_best_seeds")
 
 
 def _label(value) -> str:
@@ -240,6 +294,10 @@ def readable(comparison: Comparison, intervals: bool = True) -> pd.DataFrame:
     if "steps_to_target_mean" in table:
         out["steps_to_target"] = [("never" if math.isnan(s) else f"{s:.0f}") + f" ({r})"
                                   for s, r in zip(table["steps_to_target_mean"], table["reached_target"])]
+    if "relative_threshold" in table:
+        out["max_norm/median_norm"] = [_fmt(v) for v in table["relative_threshold"]]
+    if PAIRED[0] in table:
+        out["vs best (paired)"] = [paired_text(row, metric) for _, row in table.iterrows()]
     plain = {"grad_norm_mean": "grad_norm_mean_mean", "grad_norm_max": "grad_norm_max_max",
              "clip_fraction": "clip_fraction_mean", "steps_per_s": "steps_per_s_mean"}
     for name, column in plain.items():
@@ -248,11 +306,30 @@ def readable(comparison: Comparison, intervals: bool = True) -> pd.DataFrame:
     return out
 
 
+def paired_text(row, metric: str) -> str:
+    """`+0.012 [+0.003, +0.021] p=0.02 (3 seeds): worse`; the best row says so."""
+    if row["best"] == "*":
+        return "best"
+    mean, low, high, p, n = (row[c] for c in PAIRED)
+    if math.isnan(n):
+        return "-"
+    if n < 2:
+        return f"n/a ({n:.0f} shared seeds)"
+    worse = mean > 0 if metric not in HIGHER_IS_BETTER else mean < 0
+    tell = "indistinguishable" if low <= 0 <= high else "worse" if worse else "better"
+    return f"{mean:+.3g} [{low:+.3g}, {high:+.3g}] p={p:.2g} ({n:.0f} seeds): {tell}"
+
+
 def caption(comparison: Comparison) -> str:
     ranked = (f"ranked within each task ({comparison.tasks} tasks: their losses are not comparable); * = best of its task"
               if comparison.tasks > 1 else "* = best")
     return (f"Sorted by {comparison.metric}; {ranked}. Figures: mean ± std over completed runs "
-            f"[± half-width of the 95% t-interval when n >= 3]; diverged and failed runs are counted, not averaged.")
+            f"[± half-width of the 95% t-interval when n >= 3]; diverged and failed runs are counted, not averaged."
+            + (" max_norm/median_norm: the threshold over the median of its runs' median pre-clip gradient norms."
+               if "relative_threshold" in comparison.table else "")
+            + (" vs best (paired): this row minus the best row of its task, seed by seed over the seeds both "
+               "completed, with the 95% paired t interval and p-value; indistinguishable when the interval holds 0."
+               if PAIRED[0] in comparison.table else ""))
 
 
 def to_markdown(cells: pd.DataFrame) -> str:

@@ -37,7 +37,8 @@ def _histories(runs: pd.DataFrame, by: list) -> pd.DataFrame:
         if history is None:
             continue
         smooth = history[["loss", "grad_norm", "grad_norm_clipped"]].rolling(SMOOTH, min_periods=1).mean()
-        frames.append(history.assign(**smooth, group=group_name(run, by), path=run["path"]))
+        frames.append(history.assign(**smooth, grad_norm_raw=history["grad_norm"], group=group_name(run, by),
+                                     path=run["path"]))
     if not frames:
         from gradlab.errors import ConfigError
 
@@ -52,8 +53,10 @@ def _band(ax, curves: pd.DataFrame, column: str, color, label: str) -> None:
         ax.fill_between(per_step.index, per_step.min(axis=1), per_step.max(axis=1), color=color, alpha=0.2)
 
 
-def plot(comparison: Comparison, runs: pd.DataFrame, out: Path) -> list[Path]:
-    """curves.png (loss, pre-/post-clip norms, clip fraction) and, when a threshold varies, threshold.png."""
+def plot(comparison: Comparison, runs: pd.DataFrame, out: Path, target: float | None = None) -> list[Path]:
+    """curves.png (loss, pre-/post-clip norms, clip fraction) and norms.png (the distribution of the
+    pre-clip norm over training, with the thresholds); when a threshold varies, threshold.png (the
+    metric and the clip fraction against it) and, with a target, success.png."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -83,10 +86,12 @@ def plot(comparison: Comparison, runs: pd.DataFrame, out: Path) -> list[Path]:
     axes.flat[0].legend(fontsize=8, title=f"median, min-max band; {SMOOTH}-step mean")
     fig.suptitle(f"{runs['sweep'].iloc[0] if runs['sweep'].nunique() == 1 else 'runs'}: {len(runs)} runs")
     written = [_save(fig, out / "curves.png")]
-
-    chart = threshold_chart(comparison, plt)
-    if chart is not None:
-        written.append(_save(chart, out / "threshold.png"))
+    written.append(_save(norm_distribution(comparison, curves, _thresholds(runs, by), plt), out / "norms.png"))
+    x = threshold_axis(comparison)
+    if x is not None:
+        written.append(_save(threshold_chart(comparison, x, plt), out / "threshold.png"))
+        if target is not None:
+            written.append(_save(success_chart(comparison, x, target, plt), out / "success.png"))
     plt.close("all")
     return written
 
@@ -99,32 +104,166 @@ def _thresholds(runs: pd.DataFrame, by: list) -> dict:
     return {group_name(r, by): r["clip.max_norm"] for _, r in norm.iterrows()}
 
 
-def threshold_chart(comparison: Comparison, plt):
-    """Final metric against the clipping threshold, one line per clip mode (log x); None without thresholds."""
-    table, metric, by = comparison.table, comparison.metric, comparison.by
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)  # the bands of norms.png: 5-95% and 25-75%, and the median
+INTERVALS = 25  # step intervals of norms.png
+
+
+def norm_distribution(comparison: Comparison, curves: pd.DataFrame, thresholds: dict, plt):
+    """One panel per group: the quantiles of the pre-clip norm (raw, every step of every seed) per
+    step interval, and every threshold of the sweep with the share of this group's steps above it."""
+    groups = [group_name(r, comparison.by) for _, r in comparison.table.iterrows()]
+    cols = min(3, len(groups))
+    rows = math.ceil(len(groups) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 4.4 * rows), sharey=True, squeeze=False,
+                             constrained_layout=True)
+    levels = sorted(set(thresholds.values()))
+    for ax, name in zip(axes.flat, groups):
+        norms = curves.loc[curves["group"] == name, ["step", "grad_norm_raw"]].rename(columns={"grad_norm_raw": "grad_norm"})
+        norms = norms[norms["grad_norm"].map(math.isfinite) & (norms["grad_norm"] > 0)]
+        if norms.empty:
+            ax.set_title(f"{name}: no finite norms", fontsize=9)
+            continue
+        edges = pd.cut(norms["step"], min(INTERVALS, norms["step"].nunique()))
+        bands = norms.groupby(edges, observed=True)["grad_norm"].quantile(QUANTILES).unstack()
+        middle = [interval.mid for interval in bands.index]
+        ax.fill_between(middle, bands[0.05], bands[0.95], color="C0", alpha=0.15, label="5-95%")
+        ax.fill_between(middle, bands[0.25], bands[0.75], color="C0", alpha=0.35, label="25-75%")
+        ax.plot(middle, bands[0.5], color="C0", linewidth=1.3, label="median")
+        for i, level in enumerate(levels):
+            above = (norms["grad_norm"] > level).mean()
+            own = thresholds.get(name) == level
+            ax.axhline(level, color=f"C{i + 1}", linestyle="-" if own else "--", linewidth=1.6 if own else 1,
+                       label=f"{level:g}: {above:.0%} of steps above")
+        ax.set_yscale("log")
+        ax.set_title(name, fontsize=10)
+        ax.set(xlabel="optimizer step")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("pre-clip gradient norm")
+    for ax in axes.flat[len(groups):]:
+        ax.set_visible(False)
+    fig.suptitle(f"Distribution of the gradient norm before clipping, per {curves['step'].max() / INTERVALS:.0f}"
+                 "-step interval over all seeds; solid line: the group's own threshold", fontsize=10)
+    return fig
+
+
+def threshold_axis(comparison: Comparison) -> pd.Series | None:
+    """Each row's threshold (clip_value, max_norm or the like; with --relative, max_norm over the
+    median norm); None when no row has one."""
+    table, by = comparison.table, comparison.by
+    if "relative_threshold" in table:
+        x = table["relative_threshold"]
+        return x if x.notna().any() else None
     knobs = [k for k in by if k.startswith("clip.") and k != "clip.mode"]
     if not knobs:
         return None
-    others = [k for k in by if k not in knobs]
-    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
-    colors = iter(plt.get_cmap("tab10").colors * 3)
-    thresholds = set()
-    for name, rows in table.groupby([group_name(r, others) for _, r in table.iterrows()], sort=False):
-        x = pd.concat([pd.to_numeric(rows[k], errors="coerce") for k in knobs], axis=1).max(axis=1)
-        mean, std = rows[f"{metric}_mean"], rows[f"{metric}_std"].fillna(0)
-        if x.notna().any():
-            order = x.sort_values().index
-            ax.errorbar(x[order], mean[order], yerr=std[order], marker="o", capsize=3, label=name, color=next(colors))
-            thresholds |= set(x.dropna())
-        elif not math.isnan(mean.iloc[0]):  # a mode without a threshold (none): a reference line
-            ax.axhline(mean.iloc[0], linestyle="--", label=name, color=next(colors))
+    x = pd.concat([pd.to_numeric(table[k], errors="coerce") for k in knobs], axis=1).max(axis=1)
+    return x if x.notna().any() else None
+
+
+def _lines(comparison: Comparison, x: pd.Series) -> dict:
+    """Line name (the grouping values other than the threshold) -> its rows' indices, by threshold."""
+    others = [k for k in comparison.by if not (k.startswith("clip.") and k != "clip.mode")]
+    names = [group_name(r, others) for _, r in comparison.table.iterrows()]
+    lines: dict = {}
+    for i, name in enumerate(names):
+        lines.setdefault(name, []).append(i)
+    return {name: sorted(rows, key=lambda i: (x[i] if math.isfinite(x[i]) else -math.inf)) for name, rows in lines.items()}
+
+
+def _completed(comparison: Comparison, i: int, figure: str) -> pd.Series:
+    runs = comparison.members[i]
+    return runs.loc[runs["status"] == "completed", figure].dropna()
+
+
+def _spread(ax, comparison: Comparison, x: pd.Series, figure: str, log: bool) -> None:
+    """Per line: the median over seeds with the interquartile range, and each seed's value as a dot;
+    a row without a threshold (clip=none) as a horizontal line and band."""
+    from matplotlib import colormaps
+
+    colors = iter(colormaps["tab10"].colors * 3)
+    for name, rows in _lines(comparison, x).items():
+        color = next(colors)
+        values = [_completed(comparison, i, figure) for i in rows]
+        if log:
+            values = [v[v > 0] for v in values]
+        quartiles = [v.quantile([0.25, 0.5, 0.75]).tolist() if len(v) else [math.nan] * 3 for v in values]
+        at = [x[i] for i in rows]
+        if not any(map(math.isfinite, at)):  # no threshold: the reference the thresholds are judged against
+            low, mid, high = quartiles[0]
+            ax.axhline(mid, linestyle="--", color=color, label=f"{name} (median, IQR)")
+            ax.axhspan(low, high, color=color, alpha=0.12)
+            continue
+        kept = [(a, q, v) for a, q, v in zip(at, quartiles, values) if math.isfinite(a)]
+        a, q = [k[0] for k in kept], [k[1] for k in kept]
+        mid = [m for _, m, _ in q]
+        yerr = [[m - lo for lo, m, _ in q], [hi - m for _, m, hi in q]]
+        ax.errorbar(a, mid, yerr=yerr, marker="o", capsize=3, color=color, label=f"{name} (median, IQR)")
+        for position, _, v in kept:
+            ax.scatter([position] * len(v), v, s=10, color=color, alpha=0.4, linewidths=0)
+    if log:
+        ax.set_yscale("log")
+
+
+def _threshold_ticks(ax, x: pd.Series, relative: bool) -> None:
+    """A log axis with a tick at each threshold of a grid; the usual log ticks where the thresholds
+    crowd (a search's: many, close together)."""
     ax.set_xscale("log")
-    ax.set_xticks(sorted(thresholds), [f"{t:g}" for t in sorted(thresholds)])
-    ax.minorticks_off()
-    better = "higher" if metric in HIGHER_IS_BETTER else "lower"
-    ax.set(xlabel="clipping threshold (max_norm or clip_value)", ylabel=f"{metric} ({better} is better)",
-           title=f"{metric} against the clipping threshold (mean ± std over seeds)")
+    ticks = sorted(set(v for v in x if math.isfinite(v)))
+    if len(ticks) <= 10 and all(b / a >= 1.3 for a, b in zip(ticks, ticks[1:])):
+        ax.set_xticks(ticks, [f"{t:.2g}" if relative else f"{t:g}" for t in ticks])
+        ax.minorticks_off()
+    ax.set_xlabel("threshold / median pre-clip gradient norm of its runs" if relative
+                  else "clipping threshold (max_norm or clip_value)")
     ax.grid(alpha=0.3, which="both")
+
+
+def threshold_chart(comparison: Comparison, x: pd.Series, plt):
+    """The final metric against the threshold (log x; log y for a loss), and the clip fraction against it."""
+    metric, relative = comparison.metric, "relative_threshold" in comparison.table
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6), constrained_layout=True)
+    values = pd.concat([_completed(comparison, i, metric) for i in comparison.table.index])
+    log = metric not in HIGHER_IS_BETTER and "loss" in metric and (values > 0).all()
+    _spread(left, comparison, x, metric, log)
+    better = "higher" if metric in HIGHER_IS_BETTER else "lower"
+    left.set(ylabel=f"{metric} ({better} is better)", title=f"{metric} against the threshold")
+    _spread(right, comparison, x, "clip_fraction", False)
+    right.set(ylabel="share of steps clipped", title="How often the threshold bites", ylim=(-0.03, 1.03))
+    for ax in (left, right):
+        _threshold_ticks(ax, x, relative)
+        ax.legend(fontsize=8)
+    fig.suptitle("Median and interquartile range over the completed seeds; dots: one seed each", fontsize=10)
+    return fig
+
+
+def success_chart(comparison: Comparison, x: pd.Series, target: float, plt):
+    """The share of seeds (diverged and failed ones count as not reaching) whose metric reached the
+    target, against the threshold, with Wilson 95% intervals."""
+    from gradlab.stats import wilson_interval
+
+    metric, relative = comparison.metric, "relative_threshold" in comparison.table
+    fig, ax = plt.subplots(figsize=(7, 4.6), constrained_layout=True)
+    colors = iter(plt.get_cmap("tab10").colors * 3)
+    for name, rows in _lines(comparison, x).items():
+        color = next(colors)
+        shares = []
+        for i in rows:
+            runs = comparison.members[i]
+            k = int(((runs["status"] == "completed") & runs["steps_to_target"].notna()).sum())
+            low, high = wilson_interval(k, len(runs))
+            shares.append((x[i], k / len(runs), low, high))
+        at = [s for s in shares if math.isfinite(s[0])]
+        if not at:
+            _, share, low, high = shares[0]
+            ax.axhline(share, linestyle="--", color=color, label=name)
+            ax.axhspan(low, high, color=color, alpha=0.12)
+            continue
+        ax.errorbar([s[0] for s in at], [s[1] for s in at], yerr=[[s[1] - s[2] for s in at], [s[3] - s[1] for s in at]],
+                    marker="o", capsize=3, color=color, label=name)
+    _threshold_ticks(ax, x, relative)
+    ax.set(ylim=(-0.03, 1.03), ylabel=f"share of seeds reaching {metric.rsplit('_', 1)[0]} {target:g}",
+           title="Seeds that reached the target, with Wilson 95% intervals")
     ax.legend(fontsize=8)
     return fig
 

@@ -440,6 +440,7 @@ class _Log:
 
 # a loss spike: a step above 1.5x the median of the previous 50 steps (at least 10: counted from step 11 on)
 SPIKE_FACTOR, SPIKE_WINDOW, SPIKE_MIN = 1.5, 50, 10
+EARLY = 100  # steps of grad_norm_median_early: the model's own norms, before clipping has shaped much of the run
 
 
 def figures(history: list) -> dict:
@@ -451,6 +452,7 @@ def figures(history: list) -> dict:
         return {"steps_done": 0}
     finite = h[h["loss"].map(math.isfinite)]
     smooth = finite["loss"].rolling(10, min_periods=1).mean()
+    norms = finite["grad_norm"][finite["grad_norm"].map(math.isfinite)]  # fp16: an overflowed step has none
     trailing_median = finite["loss"].rolling(SPIKE_WINDOW, min_periods=SPIKE_MIN).median().shift(1)
     ev = h.dropna(subset=["eval_loss"])
     figures = {
@@ -458,6 +460,8 @@ def figures(history: list) -> dict:
         "train_loss_final": _num(finite["loss"].tail(10).mean()),
         "train_loss_best": _num(smooth.min()),
         "grad_norm_mean": _num(finite["grad_norm"].mean()),
+        "grad_norm_median": _num(norms.median()),
+        "grad_norm_median_early": _num(norms[h.loc[norms.index, "step"] <= EARLY].median()),
         "grad_norm_max": _num(finite["grad_norm"].max()),
         "clip_fraction": _num(h["clipped"].mean()),
         "spike_skips": int(h["spike_skipped"].sum()),

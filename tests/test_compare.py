@@ -25,7 +25,7 @@ from gradlab.launch import compose_all
 from wandb_records import read_run, wandb_files
 
 EVAL_EVERY = 10  # steps between the eval points of a hand-made history
-CURVES, THRESHOLD = (1320, 935), (770, 495)  # (12, 8.5) and (7, 4.5) inches at 110 dpi
+CURVES, THRESHOLD, SUCCESS = (1320, 935), (1320, 506), (770, 506)  # (12, 8.5), (12, 4.6), (7, 4.6) inches, 110 dpi
 
 
 def spec(overrides: str, evals: list, accs: list | None = None, status: str = "completed", loss=None, **figures):
@@ -33,7 +33,7 @@ def spec(overrides: str, evals: list, accs: list | None = None, status: str = "c
     accs = accs or [1 - v for v in evals]
     summary = {"status": status, "eval_loss_final": evals[-1], "eval_loss_best": min(evals),
                "eval_acc_final": accs[-1], "eval_acc_best": max(accs), "train_loss_final": 1.0,
-               "train_loss_best": 0.9, "grad_norm_mean": 2.0, "grad_norm_max": 4.0, "clip_fraction": 0.5,
+               "train_loss_best": 0.9, "grad_norm_mean": 2.0, "grad_norm_median": 2.0, "grad_norm_max": 4.0, "clip_fraction": 0.5,
                "steps_per_s": 100.0, **figures}
     return overrides.split(), summary, history(evals, accs, loss)
 
@@ -330,17 +330,26 @@ def assert_png(path: Path, size: tuple) -> None:
 def test_plots_are_pngs_of_their_size(hand, tmp_path):
     result = invoke("plot", hand, "--out", tmp_path / "plots")
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["curves.png", "threshold.png"]
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["curves.png", "norms.png", "threshold.png"]
     assert_png(tmp_path / "plots" / "curves.png", CURVES)
     assert_png(tmp_path / "plots" / "threshold.png", THRESHOLD)
+    assert_png(tmp_path / "plots" / "norms.png", (1518, 968))  # 4 groups: 3 panels of 4.6 x 4.4 inches, 2 rows
+
+
+def test_a_target_adds_the_success_chart(hand, tmp_path):
+    result = invoke("plot", hand, "--target", 0.65, "--relative", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert_png(tmp_path / "success.png", SUCCESS)
+    assert_png(tmp_path / "threshold.png", THRESHOLD)
 
 
 def test_no_threshold_chart_when_no_threshold_varies(tmp_path):
     sweep = write_records(tmp_path / "one-threshold", [spec(f"clip={c} max_norm=1 seed={s}", [0.5])
                                                        for c in ("none", "norm") for s in (0, 1)])
-    result = invoke("plot", sweep)
+    result = invoke("plot", sweep, "--target", 0.6)
     assert result.exit_code == 0, result.output
-    assert (sweep / "curves.png").exists() and not (sweep / "threshold.png").exists()
+    assert (sweep / "curves.png").exists() and (sweep / "norms.png").exists()
+    assert not (sweep / "threshold.png").exists() and not (sweep / "success.png").exists()
     assert "threshold.png" not in result.output
 
 
@@ -423,3 +432,82 @@ def test_summary_figures_never_become_grouping_keys(tmp_path):
     sweep = write_records(tmp_path / "figures", [
         spec(f"clip=norm max_norm={m} seed={s}", [0.5], spike_skips=s) for m in (1, 5) for s in (0, 1)])
     assert cmp.compare(cmp.load_runs([sweep])).by == ["clip.max_norm"]
+
+
+# Three arms on seeds 0-2 for --relative and --paired. Means: none 0.6, norm 1 0.49, norm 5 0.465 (its
+# seed 2 diverged), so norm 5 is best. Its runs' median pre-clip norms 2 and 3 (the diverged run's
+# 100 left out) give 5 / 2.5 = 2.0; norm 1's 2, 4, 8 give 1 / 4 = 0.25.
+# Paired against norm 5 over seeds 0 and 1 (one degree of freedom, t(0.975, 1) = 12.7062):
+#   norm 1 - norm 5: -0.01, -0.07 -> mean -0.04, sd 0.042426, half-width 12.7062 * 0.03 = 0.38119,
+#     t = 1.3333, p = 1 - (2/pi) atan(1.3333) = 0.40967: indistinguishable;
+#   none - norm 5: 0.09, 0.08 -> mean 0.085, sd 0.0070711, half-width 12.7062 * 0.005 = 0.063531,
+#     t = 17, p = 1 - (2/pi) atan(17) = 0.037405: worse.
+ARMS = [
+    *(spec(f"clip=none seed={s}", [f], grad_norm_median=m) for s, f, m in ((0, 0.50, 1), (1, 0.60, 2), (2, 0.70, 3))),
+    *(spec(f"clip=norm max_norm=1 seed={s}", [f], grad_norm_median=m)
+      for s, f, m in ((0, 0.40, 2), (1, 0.45, 4), (2, 0.62, 8))),
+    spec("clip=norm max_norm=5 seed=0", [0.41], grad_norm_median=2),
+    spec("clip=norm max_norm=5 seed=1", [0.52], grad_norm_median=3),
+    spec("clip=norm max_norm=5 seed=2", [9.0], status="diverged", grad_norm_median=100),
+]
+
+
+@pytest.fixture
+def arms(tmp_path):
+    return write_records(tmp_path / "arms", ARMS)
+
+
+def test_relative_threshold_is_max_norm_over_the_median_norm(arms):
+    table = cmp.compare(cmp.load_runs([arms]), relative=True).table.set_index("clip.max_norm")
+    assert table.loc["5", "relative_threshold"] == pytest.approx(2.0)
+    assert table.loc["1", "relative_threshold"] == pytest.approx(0.25)
+    assert math.isnan(table.loc["-", "relative_threshold"])  # clip=none has no threshold
+    result = invoke("compare", arms, "--relative", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    assert sorted(csv_table(arms)["relative_threshold"].dropna()) == pytest.approx([0.25, 2.0])
+
+
+def test_paired_difference_to_the_best_row(arms):
+    comparison = cmp.compare(cmp.load_runs([arms]), paired=True)
+    table = comparison.table.set_index("clip.max_norm")
+    assert table.loc["5", "best"] == "*" and math.isnan(table.loc["5", "vs_best_mean"])
+    one, none = table.loc["1"], table.loc["-"]
+    assert tuple(one[list(cmp.PAIRED)]) == pytest.approx((-0.04, -0.42119, 0.34119, 0.40967, 2), abs=1e-4)
+    assert tuple(none[list(cmp.PAIRED)]) == pytest.approx((0.085, 0.021469, 0.148531, 0.037405, 2), abs=1e-5)
+    shown = dict(zip(table.index, cmp.readable(comparison)["vs best (paired)"]))
+    assert shown == {"5": "best", "1": "-0.04 [-0.421, +0.341] p=0.41 (2 seeds): indistinguishable",
+                     "-": "+0.085 [+0.0215, +0.149] p=0.037 (2 seeds): worse"}
+    result = invoke("compare", arms, "--paired", "--format", "md")
+    assert result.exit_code == 0, result.output
+    assert "+0.085 [+0.0215, +0.149] p=0.037 (2 seeds): worse" in (arms / "comparison.md").read_text()
+
+
+def test_relative_needs_the_median_norms(arms):
+    for summary in arms.glob("*/summary.json"):
+        figures = json.loads(summary.read_text())
+        del figures["grad_norm_median"]  # as in a record made before runs kept it
+        summary.write_text(json.dumps(figures))
+    result = invoke("compare", arms, "--relative")
+    assert result.exit_code == 2
+    assert result.output.strip() == ("error: --relative: no run here records its median gradient norm "
+                                     "(grad_norm_median); run the sweep again with --force to record it")
+    assert not (arms / "comparison.md").exists()
+
+
+def test_paired_needs_one_run_per_seed(arms):
+    """Grouped by nothing but the mode, norm 1 and norm 5 share seeds: no pairs to form."""
+    comparison = cmp.compare(cmp.load_runs([arms]), by=["clip.mode"], paired=True)
+    assert list(cmp.readable(comparison)["vs best (paired)"]) == ["best", "-"]
+
+
+def test_median_norm_figures_of_a_run():
+    """Over steps 1-300 with norm = step and step 11 overflowed (inf, as under fp16): the median of
+    the 299 finite norms is the 150th, 151; of the first 100 steps' 99, the 50th, 51."""
+    from gradlab.train import EARLY, figures
+
+    rows = [{"step": s, "loss": 1.0, "grad_norm": float(s), "clipped": 0.0, "spike_skipped": 0.0,
+             "scaler_skipped": 0.0, "time_s": s / 100} for s in range(1, 301)]
+    rows[10]["grad_norm"] = math.inf
+    found = figures(rows)
+    assert EARLY == 100
+    assert (found["grad_norm_median"], found["grad_norm_median_early"]) == (151.0, 51.0)

@@ -386,3 +386,13 @@ def test_a_chain_is_a_clip_mode_in_a_users_config(tmp_path):
         assert history["clipped"].all()  # AGC at lambda 1e-3 fires on every step, whatever the cap
         layers = pd.read_csv(tmp_path / "results" / "chain" / run_id / "layer_norms.csv")
         assert layers["clip_fraction"].notna().any()  # AGC's per-tensor clip fractions, through the chain
+
+
+def test_suggest_for_your_own_model_and_task(tmp_path):
+    """The pilot trains the user's model on the user's task; the sweep it prints keeps their config folder."""
+    out = gradlab(["suggest", "--config-dir", str(EXAMPLES / "conf"), "model=resmlp", "task=spirals", "steps=40",
+                   "--pilot-steps", "20", "wandb=off"], tmp_path).stdout
+    (pilot,) = tmp_path.glob("results/suggest_*/*/config.yaml")
+    assert pilot.parent.name.startswith("resmlp-spirals-none-s0-")
+    assert f"gradlab sweep --config-dir {EXAMPLES / 'conf'} model=resmlp task=spirals steps=40 wandb=off clip=none,norm" \
+        in out
