@@ -4,7 +4,8 @@ import hydra
 
 
 @hydra.main(config_path="pkg://gradlab.conf", config_name="config", version_base="1.3")
-def main(cfg) -> dict:
-    from gradlab.train import train
+def main(cfg) -> float:
+    """One job: the runs of its trial_seeds seeds; returns their mean objective (what a searching sweeper reads)."""
+    from gradlab.search import trial
 
-    return train(cfg)
+    return trial(cfg)

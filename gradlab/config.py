@@ -18,7 +18,7 @@ from gradlab.errors import bad, positive
 # (a data-parallel, vectorized or compiled run computes the same run, up to float rounding:
 # tests/test_distributed.py, test_vectorized.py, test_step.py)
 NOT_IDENTITY = ("name", "results_root", "progress", "force", "wandb", "logger", "workers", "devices", "save_model",
-                "engine", "group_size", "compile")
+                "engine", "group_size", "compile", "objective", "trial_seeds")
 ENGINES = ("auto", "sequential", "vectorized")
 COMPILE = (False, True, "cudagraphs")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -74,6 +74,8 @@ def check_knobs(conf: dict) -> None:
     if conf["workers"] != "auto":
         _positive_int(conf, "workers")
     _positive_int(conf, "group_size")
+    _positive_int(conf, "trial_seeds")
+    check_objective(conf["objective"])
     if conf["compile"] not in COMPILE:
         raise bad("compile", conf["compile"], "choose from false, true, cudagraphs")
     if conf["engine"] not in ENGINES:
@@ -82,6 +84,14 @@ def check_knobs(conf: dict) -> None:
     if conf["stop_at_target"] is not None and not conf["eval_every"]:
         raise bad("stop_at_target", conf["stop_at_target"], "needs evaluations during the run: set eval_every > 0")
     stop_rule(conf["stop_at_target"])
+
+
+def check_objective(name) -> None:
+    from gradlab.compare import METRICS
+    from gradlab.search import objective_figure
+
+    if objective_figure(str(name)) not in METRICS:
+        raise bad("objective", name, f"choose a summary figure: {', '.join(METRICS)} (eval_loss = eval_loss_final)")
 
 
 def stop_rule(text) -> tuple | None:

@@ -229,29 +229,48 @@ class Swept(NamedTuple):
     counts: dict   # status -> runs, as read from the records (`_report`)
 
 
+def search_plan(overrides: list[str]) -> Plan:
+    """A search's plan: every job it can ask for checked as a grid of its intervals' ends (so bad
+    input fails here, not in a trial), with the overrides that the sweeper is handed."""
+    from gradlab import search
+    from gradlab.compare import HIGHER_IS_BETTER
+
+    p = plan(search.representatives(search.named(overrides)), multirun=True)
+    higher = search.objective_figure(p.confs[0]["objective"]) in HIGHER_IS_BETTER
+    return p._replace(overrides=search.prepared(overrides, higher))
+
+
 def sweep(overrides: list[str], dry_run: bool = False) -> Swept:
     """Run (or, dry, list) the sweep: the folders of its runs, and how they ended."""
-    from gradlab import parallel
+    from gradlab import parallel, search
     from gradlab.config import run_id, sweep_dir
     from gradlab.train import earlier_result
 
-    p = plan(overrides, multirun=True)
+    searching = search.searching(overrides)
+    p = search_plan(overrides) if searching else plan(overrides, multirun=True)
+    if not searching and any(conf["trial_seeds"] != 1 for conf in p.confs):
+        raise bad("trial_seeds", next(c["trial_seeds"] for c in p.confs if c["trial_seeds"] != 1),
+                  "sets the seeds of a search's trials (hydra/sweeper=optuna); a grid sweeps seed=0,1,2")
+    folder = sweep_dir(p.confs[0])
     runs = list(dict.fromkeys(sweep_dir(conf) / run_id(conf) for conf in p.confs))
-    done_before = {sweep_dir(conf) / run_id(conf) for conf in p.confs if earlier_result(conf)}
+    done_before = (set(search.trial_runs(folder)) if searching else
+                   {sweep_dir(conf) / run_id(conf) for conf in p.confs if earlier_result(conf)})
     settings = _launch_overrides(p, len(runs) - len(done_before))
     if p.confs[0]["engine"] == "vectorized" and p.launcher != "basic":
         raise bad("engine", "vectorized", "trains its groups in this process; use it with launcher=basic")
     if dry_run:
-        print_plan(p, settings)
+        print(search.describe(p)) if searching else print_plan(p, settings)
         return Swept(runs, {})
     try:
-        if p.launcher == "basic":
+        if p.launcher == "basic" and not searching:
             from gradlab.vectorized import run_groups
 
             run_groups(p.confs)
         else:
             from gradlab.app import main
 
+            if searching:
+                search.quiet_sampler()
             sys.argv = ["gradlab", "--multirun", *p.overrides, *settings]
             os.environ["HYDRA_FULL_ERROR"] = "1"  # a launcher's failure is raised here, not printed as a traceback
             os.environ[parallel.SWEEP_PID] = str(os.getpid())  # its workers stop when this process is gone
@@ -260,33 +279,39 @@ def sweep(overrides: list[str], dry_run: bool = False) -> Swept:
             finally:
                 del os.environ[parallel.SWEEP_PID]
     except KeyboardInterrupt:
-        _report(p, done_before)
+        _report(p, done_before, searching)
         raise Interrupted("interrupted: finished runs are kept, the run(s) in progress are recorded as "
                           "interrupted; running the same command again makes the rest") from None
     except Exception as e:
-        _report(p, done_before)
+        _report(p, done_before, searching)
         first = next((line for line in str(e).splitlines() if line.strip()), "")
         raise LaunchError(f"the {p.launcher} launcher stopped ({type(e).__name__}: {first}); finished runs are "
                           "kept, and running the same command again makes the rest") from None
-    return Swept(runs, _report(p, done_before))
+    counts = _report(p, done_before, searching)
+    return Swept(search.trial_runs(folder) if searching else runs, counts)
 
 
-def _report(p: Plan, done_before: set) -> dict:
+def _report(p: Plan, done_before: set, searching: bool = False) -> dict:
     """The sweep's outcome, read from its records: the same under every launcher. A job whose
     run had finished before, or was made by an earlier job of the sweep, counts as skipped; a
-    run without a readable record is unfinished, or in progress elsewhere (another sweep)."""
+    run without a readable record is unfinished, or in progress elsewhere (another sweep). A
+    search's runs are those its folder holds."""
+    from gradlab import search
     from gradlab.config import run_id, sweep_dir
     from gradlab.progress import offline_hint, progress_mode
 
+    folder = sweep_dir(p.confs[0])
+    ran = search.trial_runs(folder) if searching else [sweep_dir(conf) / run_id(conf) for conf in p.confs]
     counts = dict.fromkeys(("completed", "diverged", "failed", "interrupted", "skipped", "elsewhere", "unfinished"), 0)
     seen = set()
-    for run in (sweep_dir(conf) / run_id(conf) for conf in p.confs):
+    for run in ran:
         counts["skipped" if run in done_before | seen else _status(run)] += 1
         seen.add(run)
     if progress_mode(p.confs[0]["progress"]) != "none":
-        folder = sweep_dir(p.confs[0])
         shown = ", ".join(f"{n} {'in progress elsewhere' if k == 'elsewhere' else k}" for k, n in counts.items() if n)
-        print(f"sweep finished: {len(p.confs)} runs ({shown}) -> {folder}", flush=True)
+        print(f"{'search' if searching else 'sweep'} finished: {len(ran)} runs ({shown}) -> {folder}", flush=True)
+        if searching:
+            print(search.best(folder), flush=True)
         if any(folder.glob("*/wandb/offline-run-*")):
             print(offline_hint(f"{folder}/*"), flush=True)
     return counts

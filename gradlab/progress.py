@@ -84,7 +84,7 @@ class SweepProgress:
     prints its own line; `gradlab sweep` sums up from the records at the end either way."""
 
     def __init__(self, total: int, mode: str):
-        self.total, self.quiet = total, progress_mode(mode) == "none"
+        self.total, self.quiet = total, progress_mode(mode) == "none" or total == 1  # one run says it itself
         self.counts = {"completed": 0, "diverged": 0, "failed": 0, "interrupted": 0, "skipped": 0}
 
     def ended(self, summaries: list) -> None:

@@ -7,7 +7,7 @@ import re
 
 # overrides that change where or how runs are shown, not which runs there are
 PRESENTATION = ("name", "results_root", "progress", "force", "device", "wandb", "logger", "launcher", "workers",
-                "devices", "save_model", "engine", "group_size", "compile")
+                "devices", "save_model", "engine", "group_size", "compile", "objective", "trial_seeds")
 GROUPS = ("experiment", "model", "task", "clip", "optim", "launcher")
 
 

@@ -413,9 +413,9 @@ def fitting(group: list[dict]) -> int:
     return max(1, min(len(group), available(resolve_device(group[0]["device"])) // 2 // max(need, 1)))
 
 
-def run_groups(confs: list[dict]) -> None:
-    """Train a sweep's runs in this process (launcher=basic) as `schedule` says; a group too large
-    for memory goes in parts."""
+def run_groups(confs: list[dict]) -> list[dict]:
+    """Train a sweep's runs in this process (launcher=basic, or a search's trial) as `schedule`
+    says, a group too large for memory in parts; their summaries, in the order of `confs`'s groups."""
     from gradlab.progress import SweepProgress, progress_mode
 
     talk = progress_mode(confs[0]["progress"]) != "none"
@@ -431,9 +431,12 @@ def run_groups(confs: list[dict]) -> None:
                   f"(about {member_bytes(group[0]) / 2**20:.0f} MiB each); training them {size} at a time", flush=True)
         parts += [group[i:i + size] for i in range(0, len(group), size)]
     progress = SweepProgress(sum(map(len, parts)), confs[0]["progress"])
+    summaries = []
     for group in parts:
         if talk and len(group) > 1:
             print(f"[vectorized] {len(group)} run(s) together: {describe(group)}", flush=True)
         if progress_mode(group[0]["progress"]) == "bar":  # one live bar at a time: members print lines
             group = [{**conf, "progress": "lines"} for conf in group]
-        progress.ended([train(group[0])] if len(group) == 1 else train_group(group))
+        summaries += [train(group[0])] if len(group) == 1 else train_group(group)
+        progress.ended(summaries[-len(group):])
+    return summaries

@@ -1,0 +1,143 @@
+"""Search instead of a grid: `gradlab sweep ... hydra/sweeper=optuna` hands the sweep to Hydra's
+Optuna sweeper plugin (hydra-optuna-sweeper).
+
+    gradlab sweep model=lstm clip=norm hydra/sweeper=optuna 'max_norm=tag(log, interval(0.05, 10))' \
+        hydra.sweeper.n_trials=8 trial_seeds=3
+
+Each trial is one Hydra job (`gradlab.app.main`): it trains the runs of `trial_seeds` seeds (seed,
+seed+1, ...) as a basic sweep trains them, into the sweep's folder, and returns the mean of their
+`objective` figure to the sampler. Trials are ordinary gradlab runs: `gradlab compare` reads them,
+they log to W&B as usual, and a finished one is skipped when it is asked for again. The sampler is
+seeded (hydra.sweeper.sampler.seed=0 unless given), so the same command asks for the same trials,
+and running it again after an interruption makes only the runs that are missing.
+"""
+
+from __future__ import annotations
+
+import math
+
+from gradlab.errors import bad
+from gradlab.sweep import default_name, key_of
+
+SWEEPER = "hydra/sweeper"
+SWEEPERS = ("basic", "optuna")  # basic: the grid, expanded by gradlab itself
+SAMPLER_SEED = "hydra.sweeper.sampler.seed"
+DIRECTION = "hydra.sweeper.direction"
+
+
+def searching(overrides: list[str]) -> bool:
+    """Does this sweep search (hydra/sweeper=optuna) rather than run a grid?"""
+    chosen = [o.split("=", 1)[1] for o in overrides if key_of(o) == SWEEPER]
+    for value in chosen:
+        if value not in SWEEPERS:
+            raise bad(SWEEPER, value, f"choose from {', '.join(SWEEPERS)}")
+    return "optuna" in chosen
+
+
+def representatives(overrides: list[str]) -> list[str]:
+    """The search's overrides as a grid that gradlab can check before anything runs: each
+    interval becomes its two ends. A swept seed is refused: a trial's seeds come from trial_seeds."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import IntervalSweep
+
+    out = []
+    for override in overrides:
+        parsed = OverridesParser.create().parse_overrides([override])[0]
+        if not parsed.is_sweep_override():
+            out.append(override)
+        elif key_of(override) == "seed":
+            raise bad("seed", override.split("=", 1)[1], "a search's trials each train trial_seeds seeds "
+                      "from seed; set trial_seeds=3 instead of sweeping seed")
+        elif isinstance(parsed.value(), IntervalSweep):
+            value = parsed.value()
+            out.append(f"{parsed.get_key_element()}={value.start},{value.end}")
+        else:
+            out.append(override)
+    return out
+
+
+def named(overrides: list[str]) -> list[str]:
+    """The overrides with the search's folder named, unless they name it: `<grid name>_search`."""
+    if any(key_of(o) == "name" for o in overrides):
+        return overrides
+    return [*overrides, f"name='{default_name(representatives(overrides))}_search'"]
+
+
+def prepared(overrides: list[str], objective_is_higher: bool) -> list[str]:
+    """The search's overrides with what gradlab sets unless they set it: the folder's name, a seeded
+    sampler, and the direction its objective needs."""
+    given = {key_of(o) for o in overrides}
+    extra = [] if SAMPLER_SEED in given else [f"{SAMPLER_SEED}=0"]
+    extra += [] if DIRECTION in given else [f"{DIRECTION}={'maximize' if objective_is_higher else 'minimize'}"]
+    return [*named(overrides), *extra]
+
+
+def objective_figure(name: str) -> str:
+    """`eval_loss` -> eval_loss_final, as gradlab compare names its metrics."""
+    from gradlab.compare import METRICS
+
+    return name if name in METRICS else f"{name}_final"
+
+
+def objective_value(summaries: list[dict], figure: str, higher_is_better: bool) -> float:
+    """The trial's value: the mean of `figure` over its runs. A run that diverged makes it the worst
+    value there is (-inf when maximizing, +inf when minimizing); a run that failed, or has no such
+    figure, makes it nan, which Optuna records as a failed trial."""
+    if any(s["status"] == "diverged" for s in summaries):
+        return -math.inf if higher_is_better else math.inf
+    values = [s.get(figure) for s in summaries]
+    if any(s["status"] != "completed" for s in summaries) or None in values:
+        return math.nan
+    return sum(values) / len(values)
+
+
+def trial(cfg) -> float:
+    """One trial (a Hydra job): its seeds' runs, trained as a basic sweep trains them; its objective."""
+    from gradlab.compare import HIGHER_IS_BETTER
+    from gradlab.config import plain
+    from gradlab.vectorized import run_groups
+
+    from gradlab.progress import progress_mode
+
+    conf = plain(cfg)
+    summaries = run_groups([{**conf, "seed": conf["seed"] + i} for i in range(conf["trial_seeds"])])
+    figure = objective_figure(conf["objective"])
+    value = objective_value(summaries, figure, figure in HIGHER_IS_BETTER)
+    if progress_mode(conf["progress"]) != "none":
+        print(f"trial {', '.join(s['name'] for s in summaries)}: {figure} {value:.4g}", flush=True)
+    return value
+
+
+def quiet_sampler() -> None:
+    """Optuna's own log lines (study created, trial finished) off: gradlab prints each trial's."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def trial_runs(folder) -> list:
+    """The run folders of a search: those with a run record in its folder."""
+    from gradlab import records
+
+    return sorted(p.parent for p in folder.glob(f"*/{records.SUMMARY}"))
+
+
+def best(folder) -> str:
+    """The best trial as the sweeper wrote it (optimization_results.yaml), in one line."""
+    import yaml
+
+    results = folder / "optimization_results.yaml"
+    if not results.exists():
+        return "no search result: the sweeper did not finish (its finished runs are kept)"
+    found = yaml.safe_load(results.read_text())
+    params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in found["best_params"].items())
+    return f"best trial: {params} (objective {found['best_value']:.4g}) -> {results}"
+
+
+def describe(p) -> str:
+    """What a search will do (gradlab sweep --dry-run)."""
+    conf = p.confs[0]
+    sweeper = " ".join(o for o in p.overrides if key_of(o).startswith("hydra.sweeper."))
+    return (f"search {conf['name']} -> {conf['results_root']}/{conf['name']}: Optuna ({sweeper}), "
+            f"each trial {conf['trial_seeds']} seed(s) from seed {conf['seed']}, objective "
+            f"{objective_figure(conf['objective'])}; checked: the {len(p.confs)} runs at the ends of its intervals")

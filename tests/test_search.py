@@ -1,0 +1,117 @@
+"""Which threshold: `gradlab suggest` (a pilot's norm distribution and the grid that spans it) and
+`gradlab sweep ... hydra/sweeper=optuna` (a search whose trials are ordinary runs), through the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from gradlab.search import objective_value
+from gradlab.suggest import grid
+
+FAST = ["wandb=off", "eval_every=10", "layer_norms_every=0"]
+
+
+def gradlab(cwd: Path, *args, check: bool = True) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-m", "gradlab", *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                         timeout=600)
+    if check:
+        assert out.returncode == 0, out.stderr
+    return out
+
+
+def test_grid_spans_the_percentiles_and_pascanus_multiples():
+    """Norms 1..100: p10 10.9, p50 50.5, p90 90.1, mean 50.5. Rounded to two digits: 11 (p10),
+    25 (0.5x), 50 (p50 and 1x), 90 (p90; 2x = 100 is within 1.25x of it) and 500 (10x); above
+    them, 89, 75, 50, 10 and 0 of the 100 norms."""
+    thresholds = grid(pd.Series(range(1, 101), dtype=float))
+    assert [(t.value, t.why, t.above) for t in thresholds] == [
+        (11, "p10", 0.89), (25, "0.5x mean", 0.75), (50, "1x mean, p50", 0.5), (90, "p90, 2x mean", 0.1),
+        (500, "10x mean", 0.0)]
+
+
+@pytest.mark.parametrize("statuses, value", [
+    (("completed", "completed"), 0.3),
+    (("completed", "diverged"), math.inf),   # a diverging threshold is the worst there is
+    (("completed", "failed"), math.nan),     # an error tells nothing of the threshold: a failed trial
+])
+def test_objective_of_a_trial(statuses, value):
+    summaries = [{"status": s, "eval_loss_final": v} for s, v in zip(statuses, (0.2, 0.4))]
+    assert objective_value(summaries, "eval_loss_final", False) == pytest.approx(value, nan_ok=True)
+    if value == math.inf:
+        assert objective_value(summaries, "eval_acc_final", True) == -math.inf
+
+
+def test_suggest_prints_a_grid_whose_sweep_runs(tmp_path):
+    out = gradlab(tmp_path, "suggest", "model=mlp", "--pilot-steps", 20, *FAST, "steps=30").stdout
+    (pilot,) = tmp_path.glob("results/suggest_*/*/history.csv")
+    history = pd.read_csv(pilot)
+    assert history["step"].max() == 20 and yaml.safe_load((pilot.parent / "config.yaml").read_text())["clip"]["mode"] == "none"
+    norms = history["grad_norm"].iloc[2:]  # --skip 0.1 of 20 steps
+    assert f"over {len(norms)} steps (the first 2 left out" in out
+    assert f"p50 {norms.median():.3g}" in out and f"p90 {norms.quantile(0.9):.3g}" in out
+    command = out.strip().splitlines()[-1].strip()
+    values = [t.value for t in grid(norms)]
+    assert command == shlex.join(["gradlab", "sweep", "model=mlp", *FAST, "steps=30", "clip=none,norm",
+                                  "max_norm=" + ",".join(f"{v:g}" for v in values), "seed=0,1,2"])
+    assert "steps=30" in command  # the run's own budget, not the pilot's
+    gradlab(tmp_path, *shlex.split(command)[1:], "-q")
+    (swept,) = [f for f in (tmp_path / "results").iterdir() if not f.name.startswith("suggest_")]
+    summaries = [json.loads(p.read_text()) for p in swept.glob("*/summary.json")]
+    assert len(summaries) == 3 * (len(values) + 1)  # every threshold and no clipping, three seeds each
+    assert {s["status"] for s in summaries} == {"completed"}
+
+
+SEARCH = ["model=mlp", "clip=norm", "hydra/sweeper=optuna", "max_norm=tag(log, interval(0.05, 5))",
+          "hydra.sweeper.n_trials=3", "trial_seeds=2", "steps=20", *FAST]
+
+
+def test_search_trials_are_runs_that_compare_reads_and_resume_skips(tmp_path):
+    first = gradlab(tmp_path, "sweep", *SEARCH).stdout
+    (folder,) = (tmp_path / "results").iterdir()
+    runs = {}
+    for summary in folder.glob("*/summary.json"):
+        conf = yaml.safe_load((summary.parent / "config.yaml").read_text())
+        runs.setdefault(conf["clip"]["max_norm"], {})[conf["seed"]] = json.loads(summary.read_text())
+    assert len(runs) == 3 and all(sorted(seeds) == [0, 1] for seeds in runs.values())
+    assert all(0.05 <= max_norm <= 5 for max_norm in runs)
+    objective = {m: sum(s["eval_loss_final"] for s in seeds.values()) / 2 for m, seeds in runs.items()}
+    result = yaml.safe_load((folder / "optimization_results.yaml").read_text())
+    best = min(objective, key=objective.get)
+    assert result["best_params"]["max_norm"] == pytest.approx(best)
+    assert result["best_value"] == pytest.approx(objective[best])
+    assert f"search finished: 6 runs (6 completed) -> results/{folder.name}" in first
+
+    again = gradlab(tmp_path, "sweep", *SEARCH).stdout  # the seeded sampler asks for the same trials
+    assert f"search finished: 6 runs (6 skipped) -> results/{folder.name}" in again
+    gradlab(tmp_path, "compare", folder, "--paired", "--format", "csv")
+    table = pd.read_csv(folder / "comparison.csv")
+    assert sorted(table["clip.max_norm"]) == pytest.approx(sorted(runs), rel=1e-5) and set(table["completed"]) == {2}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["hydra/sweeper=nevergrad"], "hydra/sweeper=nevergrad: choose from basic, optuna"),
+    (["seed=0,1"], "seed=0,1: a search's trials each train trial_seeds seeds"),
+    (["objective=eval_los"], "objective=eval_los: choose a summary figure"),
+    (["trial_seeds=0"], "trial_seeds=0: must be an integer >= 1"),
+])
+def test_bad_search_input_is_one_line_and_writes_nothing(tmp_path, args, message):
+    base = [a for a in SEARCH if not a.startswith("hydra/sweeper")] if "nevergrad" in args[0] else SEARCH
+    out = gradlab(tmp_path, "sweep", *base, *args, check=False)
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [f"error: {out.stderr.strip()[7:]}"]
+    assert message in out.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_trial_seeds_belong_to_searches(tmp_path):
+    out = gradlab(tmp_path, "sweep", "model=mlp", "max_norm=1,5", "trial_seeds=3", check=False)
+    assert out.returncode == 2 and "trial_seeds=3: sets the seeds of a search's trials" in out.stderr
+    assert not (tmp_path / "results").exists()
