@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from gradlab.suggest import PILOT_STEPS, SKIP
+
 app = typer.Typer(
     help="Gradient-clipping ablation studies: runs, sweeps and their records.\n\n"
     "Overrides use Hydra's grammar: key=value, group=option, comma lists to sweep.",
@@ -89,9 +91,9 @@ def sweep(ctx: typer.Context, dry_run: DryRun = False, quiet: Quiet = False, for
 def suggest(
     ctx: typer.Context,
     pilot_steps: Annotated[int, typer.Option("--pilot-steps", min=2, help="Steps of the pilot run (at most the "
-                                                                          "run's own budget).")] = 300,
+                                                                          "run's own budget).")] = PILOT_STEPS,
     skip: Annotated[float, typer.Option("--skip", help="Share of the pilot's first steps left out as the "
-                                                       "transient, in [0, 1).")] = 0.1,
+                                                       "transient, in [0, 1).")] = SKIP,
     quiet: Quiet = False,
     config_dir: ConfigDir = (),
 ):

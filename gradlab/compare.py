@@ -105,9 +105,14 @@ def _combinations(runs: pd.DataFrame, keys: list) -> int:
     return len(runs[keys].astype(str).drop_duplicates()) if keys else 1
 
 
+def figure_name(metric: str) -> str:
+    """`eval_loss` -> eval_loss_final: a metric without a suffix is its final value."""
+    return metric if metric in METRICS else f"{metric}_final"
+
+
 def resolve_metric(runs: pd.DataFrame, metric: str) -> str:
     """`eval_loss` means eval_loss_final; anything else must be a known summary figure present in the runs."""
-    name = metric if metric in METRICS else f"{metric}_final"
+    name = figure_name(metric)
     available = [m for m in METRICS if m in runs.columns and runs[m].notna().any()]
     if name not in available:
         raise ConfigError(f"--metric {metric}: not in these runs; choose from {', '.join(available)}")
@@ -209,7 +214,7 @@ def compare(runs: pd.DataFrame, by: list[str] | None = None, metric: str = "eval
             row["steps_to_target_mean"] = reached.mean() if len(reached) else math.nan
             row["reached_target"] = f"{len(reached)}/{len(group)}"
         if relative:
-            row["relative_threshold"] = relative_threshold(done)
+            row["relative_threshold"] = relative_threshold(group)
         rows.append(row)
         members.append(group)
     table = pd.DataFrame(rows)
@@ -226,16 +231,17 @@ def compare(runs: pd.DataFrame, by: list[str] | None = None, metric: str = "eval
     return Comparison(table, metric, by, tasks, members)
 
 
-def relative_threshold(done: pd.DataFrame) -> float:
+def relative_threshold(group: pd.DataFrame) -> float:
     """The group's threshold on the total gradient norm (clip=norm max_norm) over the median of
-    its runs' median pre-clip norms: c / median ||g||, where 1 means "clips half the steps". nan
-    where the group does not clip the total norm at one threshold, or no run measured its norms."""
-    if "clip.max_norm" not in done or "grad_norm_median" not in done or not len(done):
+    its runs' median pre-clip norms (a diverged run's too: its norms before the end), so
+    c / median ||g||, where 1 means "about the norm the runs typically had". nan where the group
+    does not clip the total norm at one threshold, or no run measured its norms."""
+    if "clip.max_norm" not in group or "grad_norm_median" not in group or not len(group):
         return math.nan
-    thresholds = done["clip.max_norm"].unique()
-    if (done["clip.mode"] != "norm").any() or len(thresholds) != 1:
+    thresholds = group["clip.max_norm"].unique()
+    if (group["clip.mode"] != "norm").any() or len(thresholds) != 1:
         return math.nan
-    return float(thresholds[0]) / done["grad_norm_median"].median()
+    return float(thresholds[0]) / group["grad_norm_median"].median()
 
 
 def by_seed(group: pd.DataFrame, metric: str) -> pd.Series | None:
@@ -311,13 +317,14 @@ def paired_text(row, metric: str) -> str:
     if row["best"] == "*":
         return "best"
     mean, low, high, p, n = (row[c] for c in PAIRED)
+    unpaired = f"; {row['diverged']} diverged, not paired" if row["diverged"] else ""
     if math.isnan(n):
         return "-"
     if n < 2:
-        return f"n/a ({n:.0f} shared seeds)"
+        return f"n/a ({n:.0f} shared seeds{unpaired})"
     worse = mean > 0 if metric not in HIGHER_IS_BETTER else mean < 0
     tell = "indistinguishable" if low <= 0 <= high else "worse" if worse else "better"
-    return f"{mean:+.3g} [{low:+.3g}, {high:+.3g}] p={p:.2g} ({n:.0f} seeds): {tell}"
+    return f"{mean:+.3g} [{low:+.3g}, {high:+.3g}] p={p:.2g} ({n:.0f} seeds{unpaired}): {tell}"
 
 
 def caption(comparison: Comparison) -> str:

@@ -87,10 +87,9 @@ def check_knobs(conf: dict) -> None:
 
 
 def check_objective(name) -> None:
-    from gradlab.compare import METRICS
-    from gradlab.search import objective_figure
+    from gradlab.compare import METRICS, figure_name
 
-    if objective_figure(str(name)) not in METRICS:
+    if figure_name(str(name)) not in METRICS:
         raise bad("objective", name, f"choose a summary figure: {', '.join(METRICS)} (eval_loss = eval_loss_final)")
 
 

@@ -233,10 +233,10 @@ def search_plan(overrides: list[str]) -> Plan:
     """A search's plan: every job it can ask for checked as a grid of its intervals' ends (so bad
     input fails here, not in a trial), with the overrides that the sweeper is handed."""
     from gradlab import search
-    from gradlab.compare import HIGHER_IS_BETTER
+    from gradlab.compare import HIGHER_IS_BETTER, figure_name
 
     p = plan(search.representatives(search.named(overrides)), multirun=True)
-    higher = search.objective_figure(p.confs[0]["objective"]) in HIGHER_IS_BETTER
+    higher = figure_name(p.confs[0]["objective"]) in HIGHER_IS_BETTER
     return p._replace(overrides=search.prepared(overrides, higher))
 
 
@@ -246,6 +246,7 @@ def sweep(overrides: list[str], dry_run: bool = False) -> Swept:
     from gradlab.config import run_id, sweep_dir
     from gradlab.train import earlier_result
 
+    _check_syntax(overrides)
     searching = search.searching(overrides)
     p = search_plan(overrides) if searching else plan(overrides, multirun=True)
     if not searching and any(conf["trial_seeds"] != 1 for conf in p.confs):
@@ -331,6 +332,9 @@ def _status(run) -> str:
 def train(overrides: list[str], dry_run: bool = False) -> dict | None:
     p = plan(overrides, multirun=False)
     conf = p.confs[0]
+    if conf["trial_seeds"] != 1:
+        raise bad("trial_seeds", conf["trial_seeds"], "sets the seeds of a search's trials (gradlab sweep "
+                  "hydra/sweeper=optuna); one run has one seed")
     if dry_run:
         print_plan(p)
         return None

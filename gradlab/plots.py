@@ -1,8 +1,11 @@
-"""PNG plots of a comparison (matplotlib, headless): curves per group and the threshold chart.
+"""PNG plots of a comparison (matplotlib, headless): curves per group, the distribution of the
+gradient norm with the thresholds, and the metric, clip fraction and success rate against the
+threshold.
 
 Curves show the median over a group's runs (seeds) with a min-max band, smoothed by a
 rolling mean over `SMOOTH` steps; gradient norms on a log scale with each group's
-threshold drawn as a dashed line.
+threshold drawn as a dashed line. Against the threshold: the median and interquartile range
+over completed seeds (losses on a log axis), and success rates with Wilson intervals.
 """
 
 from __future__ import annotations
@@ -143,8 +146,9 @@ def norm_distribution(comparison: Comparison, curves: pd.DataFrame, thresholds: 
         ax.set_ylabel("pre-clip gradient norm")
     for ax in axes.flat[len(groups):]:
         ax.set_visible(False)
-    fig.suptitle(f"Distribution of the gradient norm before clipping, per {curves['step'].max() / INTERVALS:.0f}"
-                 "-step interval over all seeds; solid line: the group's own threshold", fontsize=10)
+    width = curves["step"].max() / min(INTERVALS, curves["step"].nunique())
+    fig.suptitle(f"Distribution of the gradient norm before clipping, per {width:.0f}-step interval over all seeds "
+                 "(diverged ones up to their end); solid line: the group's own threshold", fontsize=10)
     return fig
 
 
@@ -172,6 +176,13 @@ def _lines(comparison: Comparison, x: pd.Series) -> dict:
     return {name: sorted(rows, key=lambda i: (x[i] if math.isfinite(x[i]) else -math.inf)) for name, rows in lines.items()}
 
 
+def _reference(comparison: Comparison, rows: list) -> bool:
+    """Are these rows (a line without thresholds) clip=none, the reference the thresholds are judged
+    against? Other modes without a threshold on this axis (clip=value under --relative) are left out."""
+    table = comparison.table
+    return "clip.mode" in table and (table.loc[rows, "clip.mode"] == "none").all()
+
+
 def _completed(comparison: Comparison, i: int, figure: str) -> pd.Series:
     runs = comparison.members[i]
     return runs.loc[runs["status"] == "completed", figure].dropna()
@@ -190,7 +201,9 @@ def _spread(ax, comparison: Comparison, x: pd.Series, figure: str, log: bool) ->
             values = [v[v > 0] for v in values]
         quartiles = [v.quantile([0.25, 0.5, 0.75]).tolist() if len(v) else [math.nan] * 3 for v in values]
         at = [x[i] for i in rows]
-        if not any(map(math.isfinite, at)):  # no threshold: the reference the thresholds are judged against
+        if not any(map(math.isfinite, at)):
+            if not _reference(comparison, rows):
+                continue
             low, mid, high = quartiles[0]
             ax.axhline(mid, linestyle="--", color=color, label=f"{name} (median, IQR)")
             ax.axhspan(low, high, color=color, alpha=0.12)
@@ -255,6 +268,8 @@ def success_chart(comparison: Comparison, x: pd.Series, target: float, plt):
             shares.append((x[i], k / len(runs), low, high))
         at = [s for s in shares if math.isfinite(s[0])]
         if not at:
+            if not _reference(comparison, rows):
+                continue
             _, share, low, high = shares[0]
             ax.axhline(share, linestyle="--", color=color, label=name)
             ax.axhspan(low, high, color=color, alpha=0.12)

@@ -9,7 +9,9 @@ seed+1, ...) as a basic sweep trains them, into the sweep's folder, and returns 
 `objective` figure to the sampler. Trials are ordinary gradlab runs: `gradlab compare` reads them,
 they log to W&B as usual, and a finished one is skipped when it is asked for again. The sampler is
 seeded (hydra.sweeper.sampler.seed=0 unless given), so the same command asks for the same trials,
-and running it again after an interruption makes only the runs that are missing.
+and running it again after an interruption makes only the runs that are missing. A trial whose run
+failed is a failed trial to Optuna, and the search goes on (hydra.sweeper.max_failure_rate=1 unless
+given).
 """
 
 from __future__ import annotations
@@ -23,11 +25,16 @@ SWEEPER = "hydra/sweeper"
 SWEEPERS = ("basic", "optuna")  # basic: the grid, expanded by gradlab itself
 SAMPLER_SEED = "hydra.sweeper.sampler.seed"
 DIRECTION = "hydra.sweeper.direction"
+FAILURES = "hydra.sweeper.max_failure_rate"
+
+
+class TrialFailed(RuntimeError):
+    """A run of the trial failed: Optuna records the trial as failed (its run record says why)."""
 
 
 def searching(overrides: list[str]) -> bool:
     """Does this sweep search (hydra/sweeper=optuna) rather than run a grid?"""
-    chosen = [o.split("=", 1)[1] for o in overrides if key_of(o) == SWEEPER]
+    chosen = [o.partition("=")[2] for o in overrides if key_of(o) == SWEEPER]
     for value in chosen:
         if value not in SWEEPERS:
             raise bad(SWEEPER, value, f"choose from {', '.join(SWEEPERS)}")
@@ -67,43 +74,47 @@ def prepared(overrides: list[str], objective_is_higher: bool) -> list[str]:
     """The search's overrides with what gradlab sets unless they set it: the folder's name, a seeded
     sampler, and the direction its objective needs."""
     given = {key_of(o) for o in overrides}
-    extra = [] if SAMPLER_SEED in given else [f"{SAMPLER_SEED}=0"]
+    unseeded = SAMPLER_SEED in given or f"{SWEEPER}/sampler=grid" in overrides  # the grid sampler draws nothing
+    extra = [] if unseeded else [f"{SAMPLER_SEED}=0"]
     extra += [] if DIRECTION in given else [f"{DIRECTION}={'maximize' if objective_is_higher else 'minimize'}"]
+    extra += [] if FAILURES in given else [f"{FAILURES}=1.0"]  # a failed run never takes the search down
     return [*named(overrides), *extra]
-
-
-def objective_figure(name: str) -> str:
-    """`eval_loss` -> eval_loss_final, as gradlab compare names its metrics."""
-    from gradlab.compare import METRICS
-
-    return name if name in METRICS else f"{name}_final"
 
 
 def objective_value(summaries: list[dict], figure: str, higher_is_better: bool) -> float:
     """The trial's value: the mean of `figure` over its runs. A run that diverged makes it the worst
-    value there is (-inf when maximizing, +inf when minimizing); a run that failed, or has no such
-    figure, makes it nan, which Optuna records as a failed trial."""
+    value there is (-inf when maximizing, +inf when minimizing); a run that did not complete
+    otherwise, or lacks the figure, fails the trial (TrialFailed)."""
     if any(s["status"] == "diverged" for s in summaries):
         return -math.inf if higher_is_better else math.inf
     values = [s.get(figure) for s in summaries]
-    if any(s["status"] != "completed" for s in summaries) or None in values:
-        return math.nan
+    unfinished = [s["name"] for s, v in zip(summaries, values) if s["status"] != "completed" or v is None]
+    if unfinished:
+        raise TrialFailed(f"{', '.join(unfinished)}: no {figure} (see the run records)")
     return sum(values) / len(values)
 
 
 def trial(cfg) -> float:
-    """One trial (a Hydra job): its seeds' runs, trained as a basic sweep trains them; its objective."""
-    from gradlab.compare import HIGHER_IS_BETTER
-    from gradlab.config import plain
-    from gradlab.vectorized import run_groups
+    """One job of a multirun: its seeds' runs, trained as a basic sweep trains them; their objective.
+    Under the Optuna sweeper, a line says what the trial scored."""
+    from hydra.core.hydra_config import HydraConfig
 
+    from gradlab.compare import HIGHER_IS_BETTER, figure_name
+    from gradlab.config import plain
     from gradlab.progress import progress_mode
+    from gradlab.vectorized import run_groups
 
     conf = plain(cfg)
     summaries = run_groups([{**conf, "seed": conf["seed"] + i} for i in range(conf["trial_seeds"])])
-    figure = objective_figure(conf["objective"])
-    value = objective_value(summaries, figure, figure in HIGHER_IS_BETTER)
-    if progress_mode(conf["progress"]) != "none":
+    figure = figure_name(conf["objective"])
+    talk = progress_mode(conf["progress"]) != "none" and HydraConfig.get().runtime.choices.get(SWEEPER) == "optuna"
+    try:
+        value = objective_value(summaries, figure, figure in HIGHER_IS_BETTER)
+    except TrialFailed as e:
+        if talk:
+            print(f"trial failed: {e}", flush=True)
+        raise
+    if talk:
         print(f"trial {', '.join(s['name'] for s in summaries)}: {figure} {value:.4g}", flush=True)
     return value
 
@@ -136,8 +147,10 @@ def best(folder) -> str:
 
 def describe(p) -> str:
     """What a search will do (gradlab sweep --dry-run)."""
+    from gradlab.compare import figure_name
+
     conf = p.confs[0]
     sweeper = " ".join(o for o in p.overrides if key_of(o).startswith("hydra.sweeper."))
     return (f"search {conf['name']} -> {conf['results_root']}/{conf['name']}: Optuna ({sweeper}), "
             f"each trial {conf['trial_seeds']} seed(s) from seed {conf['seed']}, objective "
-            f"{objective_figure(conf['objective'])}; checked: the {len(p.confs)} runs at the ends of its intervals")
+            f"{figure_name(conf['objective'])}; checked: the {len(p.confs)} runs at the ends of its intervals")

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import math
 import shlex
-from typing import NamedTuple
-
-import pandas as pd
+from typing import TYPE_CHECKING, NamedTuple
 
 from gradlab.errors import ConfigError, bad
 from gradlab.sweep import default_name, expand, key_of
@@ -29,6 +27,9 @@ CLOSE = 1.25               # grid values within this factor of the previous one 
 SEEDS = "0,1,2"            # seeds of the suggested sweep: three, the fewest that give an interval
 REPLACED = ("clip", "max_norm", "seed", "name")  # the sweep sets these itself
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 
 class Threshold(NamedTuple):
     value: float   # rounded to two significant digits
@@ -41,6 +42,8 @@ class Pilot(NamedTuple):
     summary: dict
     norms: pd.Series  # finite pre-clip norms of the steps after the transient
     skipped: int      # first steps left out
+    budget: int       # the steps of the run the pilot stands for
+    scheduled: bool   # its lr changes over the steps (warm-up, cosine): squeezed into the pilot's
 
 
 def pilot(overrides: list[str], steps: int, skip: float) -> Pilot:
@@ -49,6 +52,7 @@ def pilot(overrides: list[str], steps: int, skip: float) -> Pilot:
     from gradlab import launch
     from gradlab.compare import read_history
     from gradlab.config import run_id, sweep_dir
+    from gradlab.optim import constant_lr
 
     if len(expand(overrides)) > 1:
         raise ConfigError(f"{' '.join(overrides)}: a pilot is one run; give one value per key "
@@ -68,7 +72,8 @@ def pilot(overrides: list[str], steps: int, skip: float) -> Pilot:
                           f"`gradlab train {shlex.join(run)}` shows why")
     skipped = math.floor(skip * conf["steps"])
     norms = history.loc[history["step"] > skipped, "grad_norm"]
-    return Pilot(sweep_dir(conf) / run_id(conf), summary, norms[norms.map(math.isfinite)], skipped)
+    return Pilot(sweep_dir(conf) / run_id(conf), summary, norms[norms.map(math.isfinite)], skipped, budget,
+                 not constant_lr(conf["optim"]))
 
 
 def grid(norms: pd.Series) -> list[Threshold]:
@@ -102,6 +107,9 @@ def report(p: Pilot, thresholds: list[Threshold], command: str) -> str:
                               f"max {norms.max():.3g}"])]
     if s["status"] == "diverged":
         lines.append("  the pilot diverged: these are the norms it measured before; clipping (or a lower lr) is needed")
+    if p.scheduled and s["steps_done"] < p.budget:
+        lines.append(f"  note: the lr schedule ran over the pilot's {s['steps_done']} steps, not the run's {p.budget}; "
+                     f"--pilot-steps {p.budget} measures it as the run will see it")
     lines.append("suggested max_norm grid (share of the pilot's steps above it: how often it would clip them):")
     lines += [f"  {t.value:<8g} {t.above:>4.0%}  {t.why}" for t in thresholds]
     lines += ["run it against no clipping, with 3 seeds:", f"  {command}"]
@@ -118,4 +126,7 @@ def suggest(overrides: list[str], steps: int = PILOT_STEPS, skip: float = SKIP, 
         raise ConfigError(f"the pilot measured {len(p.norms)} finite gradient norm(s) after its first {p.skipped} "
                           "steps; give it more steps (--pilot-steps) or a smaller --skip")
     thresholds = grid(p.norms)
+    if not thresholds:
+        raise ConfigError(f"the pilot's gradient norms are all 0 after its first {p.skipped} steps: there is "
+                          "nothing to clip (does the loss depend on the parameters?)")
     return report(p, thresholds, sweep_command(overrides, thresholds, config_dirs))

@@ -415,7 +415,7 @@ def fitting(group: list[dict]) -> int:
 
 def run_groups(confs: list[dict]) -> list[dict]:
     """Train a sweep's runs in this process (launcher=basic, or a search's trial) as `schedule`
-    says, a group too large for memory in parts; their summaries, in the order of `confs`'s groups."""
+    says, a group too large for memory in parts; their summaries, in the order they were trained."""
     from gradlab.progress import SweepProgress, progress_mode
 
     talk = progress_mode(confs[0]["progress"]) != "none"

@@ -435,8 +435,8 @@ def test_summary_figures_never_become_grouping_keys(tmp_path):
 
 
 # Three arms on seeds 0-2 for --relative and --paired. Means: none 0.6, norm 1 0.49, norm 5 0.465 (its
-# seed 2 diverged), so norm 5 is best. Its runs' median pre-clip norms 2 and 3 (the diverged run's
-# 100 left out) give 5 / 2.5 = 2.0; norm 1's 2, 4, 8 give 1 / 4 = 0.25.
+# seed 2 diverged), so norm 5 is best. Its runs' median pre-clip norms 2, 3 and the diverged run's
+# 100 (its norms before it diverged) give 5 / 3; norm 1's 2, 4, 8 give 1 / 4 = 0.25.
 # Paired against norm 5 over seeds 0 and 1 (one degree of freedom, t(0.975, 1) = 12.7062):
 #   norm 1 - norm 5: -0.01, -0.07 -> mean -0.04, sd 0.042426, half-width 12.7062 * 0.03 = 0.38119,
 #     t = 1.3333, p = 1 - (2/pi) atan(1.3333) = 0.40967: indistinguishable;
@@ -459,12 +459,12 @@ def arms(tmp_path):
 
 def test_relative_threshold_is_max_norm_over_the_median_norm(arms):
     table = cmp.compare(cmp.load_runs([arms]), relative=True).table.set_index("clip.max_norm")
-    assert table.loc["5", "relative_threshold"] == pytest.approx(2.0)
+    assert table.loc["5", "relative_threshold"] == pytest.approx(5 / 3)
     assert table.loc["1", "relative_threshold"] == pytest.approx(0.25)
     assert math.isnan(table.loc["-", "relative_threshold"])  # clip=none has no threshold
     result = invoke("compare", arms, "--relative", "--format", "csv")
     assert result.exit_code == 0, result.output
-    assert sorted(csv_table(arms)["relative_threshold"].dropna()) == pytest.approx([0.25, 2.0])
+    assert sorted(csv_table(arms)["relative_threshold"].dropna()) == pytest.approx([0.25, 5 / 3])
 
 
 def test_paired_difference_to_the_best_row(arms):

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from gradlab.search import objective_value
+from gradlab.search import TrialFailed, objective_value
 from gradlab.suggest import grid
 
 FAST = ["wandb=off", "eval_every=10", "layer_norms_every=0"]
@@ -41,13 +41,31 @@ def test_grid_spans_the_percentiles_and_pascanus_multiples():
 @pytest.mark.parametrize("statuses, value", [
     (("completed", "completed"), 0.3),
     (("completed", "diverged"), math.inf),   # a diverging threshold is the worst there is
-    (("completed", "failed"), math.nan),     # an error tells nothing of the threshold: a failed trial
 ])
 def test_objective_of_a_trial(statuses, value):
-    summaries = [{"status": s, "eval_loss_final": v} for s, v in zip(statuses, (0.2, 0.4))]
-    assert objective_value(summaries, "eval_loss_final", False) == pytest.approx(value, nan_ok=True)
+    summaries = [{"name": f"r{i}", "status": s, "eval_loss_final": v} for i, (s, v) in enumerate(zip(statuses, (0.2, 0.4)))]
+    assert objective_value(summaries, "eval_loss_final", False) == pytest.approx(value)
     if value == math.inf:
         assert objective_value(summaries, "eval_acc_final", True) == -math.inf
+
+
+def test_a_failed_run_fails_its_trial():
+    """An error tells nothing of the threshold: the trial fails (Optuna records it so) instead of scoring."""
+    summaries = [{"name": "r0", "status": "completed", "eval_loss_final": 0.2}, {"name": "r1", "status": "failed"}]
+    with pytest.raises(TrialFailed, match="r1: no eval_loss_final"):
+        objective_value(summaries, "eval_loss_final", False)
+
+
+def test_a_search_goes_on_past_a_failed_trial(tmp_path):
+    """Three trials over two batch sizes (the seeded sampler asks for the huge one twice): it runs out of
+    memory, its trials fail, and the search still finishes, with the other trial as its best."""
+    out = gradlab(tmp_path, "sweep", "model=lstm", "task=adding", "steps=2", "wandb=off", "hydra/sweeper=optuna",
+                  "batch_size=choice(2,4000000000)", "hydra.sweeper.n_trials=3", check=False)
+    assert out.returncode == 1, out.stderr  # a failed run: the sweep's exit code says so
+    (folder,) = (tmp_path / "results").iterdir()
+    assert "search finished: 2 runs (1 completed, 1 failed)" in out.stdout
+    assert "trial failed: lstm-adding-norm1-s0: no eval_loss_final" in out.stdout
+    assert yaml.safe_load((folder / "optimization_results.yaml").read_text())["best_params"] == {"batch_size": 2}
 
 
 def test_suggest_prints_a_grid_whose_sweep_runs(tmp_path):
@@ -102,6 +120,7 @@ def test_search_trials_are_runs_that_compare_reads_and_resume_skips(tmp_path):
     (["seed=0,1"], "seed=0,1: a search's trials each train trial_seeds seeds"),
     (["objective=eval_los"], "objective=eval_los: choose a summary figure"),
     (["trial_seeds=0"], "trial_seeds=0: must be an integer >= 1"),
+    (["max_norm=interval(0.05,"], "max_norm=interval(0.05,: not an override gradlab can read"),
 ])
 def test_bad_search_input_is_one_line_and_writes_nothing(tmp_path, args, message):
     base = [a for a in SEARCH if not a.startswith("hydra/sweeper")] if "nevergrad" in args[0] else SEARCH
@@ -111,7 +130,8 @@ def test_bad_search_input_is_one_line_and_writes_nothing(tmp_path, args, message
     assert not (tmp_path / "results").exists()
 
 
-def test_trial_seeds_belong_to_searches(tmp_path):
-    out = gradlab(tmp_path, "sweep", "model=mlp", "max_norm=1,5", "trial_seeds=3", check=False)
+@pytest.mark.parametrize("command", [["sweep", "max_norm=1,5"], ["train"]])
+def test_trial_seeds_belong_to_searches(tmp_path, command):
+    out = gradlab(tmp_path, *command, "model=mlp", "trial_seeds=3", check=False)
     assert out.returncode == 2 and "trial_seeds=3: sets the seeds of a search's trials" in out.stderr
     assert not (tmp_path / "results").exists()
