@@ -169,10 +169,14 @@ def plan(overrides: list[str], multirun: bool) -> Plan:
 
     composed = compose_all(jobs)
     confs = [plain(cfg) for cfg in composed]
+    searching = composed[0].hydra.runtime.choices.get("hydra/sweeper") == "optuna"
     shapes = {}  # each distinct model, built once on the meta device
     for conf in confs:
         check(conf, shapes)
         check_writable(conf)
+        if conf["trial_seeds"] != 1 and not searching:
+            raise bad("trial_seeds", conf["trial_seeds"], "sets the seeds of a search's trials (gradlab sweep "
+                      "hydra/sweeper=optuna); a grid sweeps seed=0,1,2, and one run has one seed")
     return Plan(overrides, confs, composed[0].hydra.runtime.choices["hydra/launcher"])
 
 
@@ -235,6 +239,7 @@ def search_plan(overrides: list[str]) -> Plan:
     from gradlab import search
     from gradlab.compare import HIGHER_IS_BETTER, figure_name
 
+    _check_syntax(overrides)  # before the intervals are read
     p = plan(search.representatives(search.named(overrides)), multirun=True)
     higher = figure_name(p.confs[0]["objective"]) in HIGHER_IS_BETTER
     return p._replace(overrides=search.prepared(overrides, higher))
@@ -246,12 +251,8 @@ def sweep(overrides: list[str], dry_run: bool = False) -> Swept:
     from gradlab.config import run_id, sweep_dir
     from gradlab.train import earlier_result
 
-    _check_syntax(overrides)
     searching = search.searching(overrides)
     p = search_plan(overrides) if searching else plan(overrides, multirun=True)
-    if not searching and any(conf["trial_seeds"] != 1 for conf in p.confs):
-        raise bad("trial_seeds", next(c["trial_seeds"] for c in p.confs if c["trial_seeds"] != 1),
-                  "sets the seeds of a search's trials (hydra/sweeper=optuna); a grid sweeps seed=0,1,2")
     folder = sweep_dir(p.confs[0])
     runs = list(dict.fromkeys(sweep_dir(conf) / run_id(conf) for conf in p.confs))
     done_before = (set(search.trial_runs(folder)) if searching else
@@ -332,9 +333,6 @@ def _status(run) -> str:
 def train(overrides: list[str], dry_run: bool = False) -> dict | None:
     p = plan(overrides, multirun=False)
     conf = p.confs[0]
-    if conf["trial_seeds"] != 1:
-        raise bad("trial_seeds", conf["trial_seeds"], "sets the seeds of a search's trials (gradlab sweep "
-                  "hydra/sweeper=optuna); one run has one seed")
     if dry_run:
         print_plan(p)
         return None
