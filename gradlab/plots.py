@@ -122,7 +122,7 @@ def norm_distribution(comparison: Comparison, curves: pd.DataFrame, thresholds: 
     levels = sorted(set(thresholds.values()))
     for ax, name in zip(axes.flat, groups):
         norms = curves.loc[curves["group"] == name, ["step", "grad_norm_raw"]].rename(columns={"grad_norm_raw": "grad_norm"})
-        norms = norms[norms["grad_norm"].map(math.isfinite) & (norms["grad_norm"] > 0)]
+        norms = norms[norms["grad_norm"].map(math.isfinite) & (norms["grad_norm"] > 0)]  # a log axis
         if norms.empty:
             ax.set_title(f"{name}: no finite norms", fontsize=9)
             continue
@@ -188,33 +188,43 @@ def _completed(comparison: Comparison, i: int, figure: str) -> pd.Series:
     return runs.loc[runs["status"] == "completed", figure].dropna()
 
 
+def _colored_lines(comparison: Comparison, x: pd.Series):
+    """(name, rows, color) per line, in the same colours on every chart."""
+    from matplotlib import colormaps
+
+    return [(name, rows, color) for (name, rows), color in zip(_lines(comparison, x).items(),
+                                                                colormaps["tab10"].colors * 3)]
+
+
+def _draw_line(ax, comparison: Comparison, rows: list, points: list, color, label: str) -> bool:
+    """One line of (threshold, centre, low, high) points, one per row, with its interval as error
+    bars. A line without thresholds is drawn as a horizontal line and band if it is the reference
+    (clip=none), else not at all. Whether it was drawn against the threshold."""
+    at = [p for p in points if math.isfinite(p[0])]
+    if not at:
+        if _reference(comparison, rows):
+            _, centre, low, high = points[0]
+            ax.axhline(centre, linestyle="--", color=color, label=label)
+            ax.axhspan(low, high, color=color, alpha=0.12)
+        return False
+    ax.errorbar([p[0] for p in at], [p[1] for p in at], yerr=[[p[1] - p[2] for p in at], [p[3] - p[1] for p in at]],
+                marker="o", capsize=3, color=color, label=label)
+    return True
+
+
 def _spread(ax, comparison: Comparison, x: pd.Series, figure: str, log: bool) -> None:
     """Per line: the median over seeds with the interquartile range, and each seed's value as a dot;
     a row without a threshold (clip=none) as a horizontal line and band."""
-    from matplotlib import colormaps
-
-    colors = iter(colormaps["tab10"].colors * 3)
-    for name, rows in _lines(comparison, x).items():
-        color = next(colors)
+    for name, rows, color in _colored_lines(comparison, x):
         values = [_completed(comparison, i, figure) for i in rows]
         if log:
             values = [v[v > 0] for v in values]
         quartiles = [v.quantile([0.25, 0.5, 0.75]).tolist() if len(v) else [math.nan] * 3 for v in values]
-        at = [x[i] for i in rows]
-        if not any(map(math.isfinite, at)):
-            if not _reference(comparison, rows):
-                continue
-            low, mid, high = quartiles[0]
-            ax.axhline(mid, linestyle="--", color=color, label=f"{name} (median, IQR)")
-            ax.axhspan(low, high, color=color, alpha=0.12)
-            continue
-        kept = [(a, q, v) for a, q, v in zip(at, quartiles, values) if math.isfinite(a)]
-        a, q = [k[0] for k in kept], [k[1] for k in kept]
-        mid = [m for _, m, _ in q]
-        yerr = [[m - lo for lo, m, _ in q], [hi - m for _, m, hi in q]]
-        ax.errorbar(a, mid, yerr=yerr, marker="o", capsize=3, color=color, label=f"{name} (median, IQR)")
-        for position, _, v in kept:
-            ax.scatter([position] * len(v), v, s=10, color=color, alpha=0.4, linewidths=0)
+        points = [(x[i], mid, low, high) for i, (low, mid, high) in zip(rows, quartiles)]
+        if _draw_line(ax, comparison, rows, points, color, f"{name} (median, IQR)"):
+            for i, v in zip(rows, values):
+                if math.isfinite(x[i]):
+                    ax.scatter([x[i]] * len(v), v, s=10, color=color, alpha=0.4, linewidths=0)
     if log:
         ax.set_yscale("log")
 
@@ -257,25 +267,13 @@ def success_chart(comparison: Comparison, x: pd.Series, target: float, plt):
 
     metric, relative = comparison.metric, "relative_threshold" in comparison.table
     fig, ax = plt.subplots(figsize=(7, 4.6), constrained_layout=True)
-    colors = iter(plt.get_cmap("tab10").colors * 3)
-    for name, rows in _lines(comparison, x).items():
-        color = next(colors)
+    for name, rows, color in _colored_lines(comparison, x):
         shares = []
         for i in rows:
             runs = comparison.members[i]
             k = int(((runs["status"] == "completed") & runs["steps_to_target"].notna()).sum())
-            low, high = wilson_interval(k, len(runs))
-            shares.append((x[i], k / len(runs), low, high))
-        at = [s for s in shares if math.isfinite(s[0])]
-        if not at:
-            if not _reference(comparison, rows):
-                continue
-            _, share, low, high = shares[0]
-            ax.axhline(share, linestyle="--", color=color, label=name)
-            ax.axhspan(low, high, color=color, alpha=0.12)
-            continue
-        ax.errorbar([s[0] for s in at], [s[1] for s in at], yerr=[[s[1] - s[2] for s in at], [s[3] - s[1] for s in at]],
-                    marker="o", capsize=3, color=color, label=name)
+            shares.append((x[i], k / len(runs), *wilson_interval(k, len(runs))))
+        _draw_line(ax, comparison, rows, shares, color, name)
     _threshold_ticks(ax, x, relative)
     ax.set(ylim=(-0.03, 1.03), ylabel=f"share of seeds reaching {metric.rsplit('_', 1)[0]} {target:g}",
            title="Seeds that reached the target, with Wilson 95% intervals")
