@@ -277,10 +277,23 @@ def _names(value: str, allowed: tuple, option: str) -> list[str]:
     return names
 
 
+def _counts(value: str) -> tuple:
+    from gradlab.errors import ConfigError
+
+    try:
+        counts = tuple(int(v) for v in value.split(",") if v)
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise ConfigError(f"--counts {value}: give numbers of runs >= 1, comma-separated (e.g. 1,4,16,64)")
+    return counts
+
+
 @app.command()
 def bench(
     only: Annotated[str, typer.Option("--only", help="Sections, comma-separated: loop, clip, sweep, scale, fixed, compile.")] = "loop,clip,sweep,scale,fixed",
-    models: Annotated[str, typer.Option("--models", help="Models, comma-separated: mlp, lstm, transformer.")] = "mlp,lstm,transformer",
+    models: Annotated[str, typer.Option("--models", help="Models, comma-separated: mlp, rnn, gru, lstm, transformer.")] = "mlp,lstm,transformer",
+    counts: Annotated[str, typer.Option("--counts", help="Runs trained together in the scale section, comma-separated.")] = "1,4,16,64",
     steps: Annotated[int, typer.Option("--steps", min=1, help="Steps per timing of loop (clip: half, scale: a quarter).")] = 100,
     sweep_steps: Annotated[int, typer.Option("--sweep-steps", min=1, help="Steps of each run of the sweep section.")] = 50,
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timings per measurement; medians are reported.")] = 3,
@@ -293,7 +306,8 @@ def bench(
     with user_errors():
         sections = _names(only, measure.SECTIONS, "--only")
         chosen = _names(models, measure.MODELS, "--models")
-    report = measure.run(sections, chosen, steps, repeats, sweep_steps, sweep_repeats)
+        sizes = _counts(counts)
+    report = measure.run(sections, chosen, steps, repeats, sweep_steps, sweep_repeats, sizes)
     measure.write(report, out)
     typer.echo(f"\nresults -> {out}")
 

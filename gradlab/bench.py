@@ -9,12 +9,15 @@ Sections (each a table on stdout and a key of the JSON file):
 - sweep: runs per minute of one 16-run sweep (4 thresholds x 4 seeds) started as a user
          starts it: one run at a time (engine=sequential), launcher=local, engine=vectorized,
          engine=auto (the default).
-- scale: wall time of N runs (1, 4, 16, 64) trained one after another in one process vs
-         together (engine=vectorized) vs as engine=auto chooses, and for the LSTM by sequence length;
-         medians of the repeats, alternating.
+- scale: wall time of N runs (--counts: 1, 4, 16, 64) trained one after another in one process
+         vs together (engine=vectorized) vs as engine=auto chooses, and for the LSTM by sequence
+         length; medians of the repeats, alternating. Its speedups, with the device, date and
+         torch version, are the entry of gradlab/measured.json that engine=auto would read
+         (`engine_auto` in the JSON file; benchmarks/README.md says how to record it).
 - fixed: wall time of a whole 1-step run in a fresh process (start, imports, data, W&B init).
 - compile (asked for by name): the loop section again with compile=true (both loops run the
-         compiled model), and the seconds the first compiled step takes.
+         compiled model), and on a GPU with compile=cudagraphs; the seconds the first compiled
+         step takes, and how the model ran (a run's `execution`).
 
 Timings alternate between the things compared and report medians over the repeats.
 """
@@ -31,12 +34,12 @@ from functools import partial
 
 SECTIONS = ("loop", "clip", "sweep", "scale", "fixed", "compile")  # all but compile by default
 COUNTS, LENGTHS = (1, 4, 16, 64), (25, 50, 100)
-MODELS = ("mlp", "lstm", "transformer")
+MODELS = ("mlp", "rnn", "gru", "lstm", "transformer")
 
 
-def alternate(timers: dict, repeats: int) -> dict:
-    """Each timer once as warm-up, then in turn `repeats` times; name -> median seconds."""
-    for t in timers.values():
+def alternate(timers: dict, repeats: int, warm: bool = True) -> dict:
+    """Each timer once as warm-up (unless not `warm`), then in turn `repeats` times; name -> median seconds."""
+    for t in timers.values() if warm else ():
         t()
     times = {name: [] for name in timers}
     for _ in range(repeats):
@@ -59,12 +62,14 @@ def _wait(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def loop(model: str, steps: int, repeats: int, *overrides: str) -> dict:
-    """gradlab's loop vs the plain loop on one run's model, data and optimizer."""
+def loops(model: str, steps: int, *overrides: str) -> tuple:
+    """(the run, gradlab's loop, the plain loop) on one run's model, data and optimizer: each
+    loop trains `steps` steps when called, waits for the device, and returns the seconds."""
     import torch
 
     from types import SimpleNamespace
 
+    from gradlab.devices import DTYPES
     from gradlab.objective import loss_fn
     from gradlab.progress import RunProgress
     from gradlab.tracking import Tracker
@@ -74,6 +79,8 @@ def loop(model: str, steps: int, repeats: int, *overrides: str) -> dict:
     run = build(conf)
     objective = loss_fn(run.task.spec)
     params = [p for p in run.model.parameters() if p.requires_grad]
+    dtype = DTYPES[conf["precision"]]
+    autocast = partial(torch.autocast, run.device.type, dtype=dtype, enabled=dtype != torch.float32)
 
     def gradlab_loop() -> float:  # a run's loop, with its record kept in memory
         start = time.perf_counter()
@@ -85,25 +92,53 @@ def loop(model: str, steps: int, repeats: int, *overrides: str) -> dict:
         _wait(run.device)
         return time.perf_counter() - start
 
-    def plain_loop() -> float:
+    def plain_loop() -> float:  # as a user writes it: autocast, and a GradScaler under fp16
         stream = run.task.batches(conf["batch_size"], conf["seed"])
+        scaler = torch.amp.GradScaler(run.device.type, enabled=conf["precision"] == "fp16")
         start = time.perf_counter()
         for _ in range(steps):
             x, y = next(stream)
-            objective(run.model(x), y).backward()
+            with autocast():
+                loss = objective(run.model(x), y)
+            scaler.scale(loss).backward()
+            scaler.unscale_(run.optimizer)
             torch.nn.utils.clip_grad_norm_(params, conf["max_norm"])
-            run.optimizer.step()
+            scaler.step(run.optimizer)
+            scaler.update()
             run.optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             for x, y in run.task.eval_batches():
-                objective(run.model(x), y)
+                objective(run.model(x).float(), y)
         _wait(run.device)
         return time.perf_counter() - start
 
+    return run, gradlab_loop, plain_loop
+
+
+def loop(model: str, steps: int, repeats: int, *overrides: str) -> dict:
+    """gradlab's loop vs the plain loop on one run's model, data and optimizer."""
+    _, gradlab_loop, plain_loop = loops(model, steps, *overrides)
     median = alternate({"gradlab": gradlab_loop, "plain": plain_loop}, repeats)
     return {"model": model, "steps": steps, "overrides": list(overrides),
             "gradlab_steps_per_s": steps / median["gradlab"],
             "plain_steps_per_s": steps / median["plain"], "ratio": median["plain"] / median["gradlab"]}
+
+
+def launches(model: str, steps: int, *overrides: str) -> dict:
+    """GPU kernels launched per step by gradlab's loop and by the plain loop (torch.profiler, over
+    `steps` steps after a warm-up): on a GPU, small models are bound by launches, not arithmetic."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    run, gradlab_loop, plain_loop = loops(model, steps, *overrides)
+    counts = {}
+    for name, timed in (("gradlab", gradlab_loop), ("plain", plain_loop)):
+        timed()  # warm-up: cuDNN and cuBLAS choose their kernels
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            timed()
+        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        counts[f"{name}_kernels_per_step"] = len(kernels) / steps
+    return {"model": model, "steps": steps, "overrides": list(overrides), **counts}
 
 
 def clip_costs(model: str, steps: int, repeats: int) -> dict:
@@ -164,9 +199,11 @@ def sweep_throughput(model: str, steps: int, repeats: int, seeds: int = 4) -> di
             "vs_sequential": {name: rate / runs_per_min["sequential"] for name, rate in runs_per_min.items()}}
 
 
-def scaling(model: str, count: int, steps: int, *overrides: str, repeats: int = 1) -> dict:
+def scaling(model: str, count: int, steps: int, *overrides: str, repeats: int = 1,
+            engines: tuple = ("sequential", "vectorized", "auto"), warm: bool = True) -> dict:
     """Median seconds to train `count` runs (seeds 0..count-1) one after another, as one vectorized
-    group, and as engine=auto chooses, alternating (each timing into a fresh folder)."""
+    group, and as engine=auto chooses (of `engines`), alternating, each timing into a fresh folder
+    (after a warm-up timing of each, unless not `warm`)."""
     from itertools import count as numbers
 
     from gradlab.train import train
@@ -190,13 +227,14 @@ def scaling(model: str, count: int, steps: int, *overrides: str, repeats: int = 
 
             return timed
 
-        median = alternate({engine: timer(engine) for engine in ("sequential", "vectorized", "auto")}, repeats)
-    return {"model": model, "runs": count, "steps": steps, "overrides": list(overrides), "repeats": repeats,
-            "sequential_s": median["sequential"], "vectorized_s": median["vectorized"], "auto_s": median["auto"],
-            "speedup": median["sequential"] / median["vectorized"], "auto_speedup": median["sequential"] / median["auto"]}
+        median = alternate({engine: timer(engine) for engine in engines}, repeats, warm)
+    row = {"model": model, "runs": count, "steps": steps, "overrides": list(overrides), "repeats": repeats,
+           **{f"{engine}_s": median[engine] for engine in engines},
+           "speedup": median["sequential"] / median["vectorized"]}
+    return {**row, "auto_speedup": median["sequential"] / median["auto"]} if "auto" in engines else row
 
 
-def _first_step(model: str) -> float:
+def _first_step(model: str, mode: str = "compile=true") -> float:
     """Seconds of a compiled model's first training step (the compilation)."""
     import torch
 
@@ -204,7 +242,7 @@ def _first_step(model: str) -> float:
     from gradlab.train import build
 
     torch._dynamo.reset()
-    run = build(_conf(f"model={model}", "compile=true"))
+    run = build(_conf(f"model={model}", mode))
     x, y = next(run.task.batches(8, 0))
     start = time.perf_counter()
     loss_fn(run.task.spec)(run.model(x), y).backward()
@@ -218,23 +256,17 @@ def fixed_cost(model: str, repeats: int) -> dict:
 
 
 def run(sections: list[str], models: list[str], steps: int, repeats: int, sweep_steps: int,
-        sweep_repeats: int) -> dict:
+        sweep_repeats: int, counts: tuple = COUNTS) -> dict:
     """Measure the chosen sections, printing each table as it is done; the results as one dict."""
-    import torch
-
-    from gradlab.config import resolve_device
-    from gradlab.train import device_name
-
-    device = resolve_device("auto")
-    report = {"device": device_name(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "repeats": repeats}
+    report = {**device_report(), "repeats": repeats}
     print(f"gradlab bench on {report['device']}, torch {report['torch']}, {report['threads']} threads, "
           f"medians of {repeats}")
     def scale_rows() -> list:
-        rows = [scaling(m, n, scale_steps, repeats=repeats) for m in models if m != "transformer" for n in COUNTS]
+        rows = [scaling(m, n, scale_steps, repeats=repeats) for m in models for n in counts]
         return rows + [scaling("lstm", 16, scale_steps, f"task.length={t}", repeats=repeats)
                        for t in LENGTHS if "lstm" in models]
 
+    modes = ["compile=true"] + (["compile=cudagraphs"] if report["kind"] != "cpu" else [])
     scale_steps = max(1, steps // 4)
     measures = {  # section -> (rows, title, one row's line)
         "loop": (lambda: [loop(m, steps, repeats) for m in models],
@@ -256,10 +288,10 @@ def run(sections: list[str], models: list[str], steps: int, repeats: int, sweep_
         "fixed": (lambda: [fixed_cost(m, repeats) for m in models],
                   "fixed: seconds for a whole 1-step run in a fresh process (start, imports, data, W&B init)",
                   lambda r: f"{r['seconds']:.2f} s"),
-        "compile": (lambda: [{**loop(m, steps, repeats, "compile=true"), "first_step_s": _first_step(m)}
-                             for m in models],
-                    f"compile: steps/s with compile=true, {steps} steps (compare with loop)",
-                    lambda r: f"{_loop_line(r)}   first step {r['first_step_s']:.1f} s"),
+        "compile": (lambda: [compiled(m, steps, repeats, mode) for m in models for mode in modes],
+                    f"compile: steps/s compiled, {steps} steps (compare with loop)",
+                    lambda r: f"{' '.join(r['overrides']):<18} {_loop_line(r)}   first step {r['first_step_s']:.1f} s"
+                              f"   {r['execution']}"),
     }
     for name in SECTIONS:
         if name in sections:
@@ -268,7 +300,45 @@ def run(sections: list[str], models: list[str], steps: int, repeats: int, sweep_
             print(f"\n{title}")
             for r in report[name]:
                 print(f"  {r['model']:<12} {line(r)}", flush=True)
+    if "scale" in report:
+        report["engine_auto"] = speedups(report, "gradlab bench --only scale --models " + ",".join(models) +
+                                         f" --counts {','.join(map(str, counts))} --steps {steps} --repeats {repeats}")
     return report
+
+
+def device_report() -> dict:
+    """What a benchmark ran on: the device (and the kind engine=auto keys figures by), torch, the
+    threads, the date."""
+    import torch
+
+    from gradlab import devices
+    from gradlab.config import resolve_device
+
+    device = resolve_device("auto")
+    return {"device": devices.name(device), "kind": devices.kind(device), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d", time.gmtime())}
+
+
+def speedups(report: dict, command: str) -> dict:
+    """The scale section's speedups as an entry of gradlab/measured.json, for engine=auto on
+    this kind of device: {kind: {device, torch, date, command, speedups: {model: {N: x}}}}."""
+    table = {}
+    for r in report["scale"]:
+        if not r["overrides"] and r["runs"] > 1:  # a model at its default size; N = 1 decides nothing
+            table.setdefault(r["model"], {})[str(r["runs"])] = round(r["speedup"], 2)
+    return {report["kind"]: {"device": report["device"], "torch": report["torch"], "date": report["date"],
+                             "threads": report["threads"], "command": command, "speedups": table}}
+
+
+def compiled(model: str, steps: int, repeats: int, mode: str) -> dict:
+    """The loop section with the model compiled (`mode`: compile=true or compile=cudagraphs), the
+    first (compiling) step's seconds, and how the model ran."""
+    from gradlab.train import compiling
+
+    flag = mode.split("=", 1)[1]
+    with compiling(True if flag == "true" else flag) as execution:
+        row = {**loop(model, steps, repeats, mode), "execution": execution()}
+    return {**row, "first_step_s": _first_step(model, mode)}
 
 
 def _loop_line(r: dict) -> str:

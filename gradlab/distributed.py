@@ -40,7 +40,8 @@ def world() -> World:
 
 
 def check(conf: dict, size: int) -> None:
-    """A data-parallel run needs a batch that splits evenly and, on GPUs, one GPU per process."""
+    """A data-parallel run needs a batch that splits evenly and, on GPUs, one GPU per process
+    (process r takes GPU r: one GPU named for all of them would put every rank on it)."""
     import torch
 
     if size == 1:
@@ -48,6 +49,9 @@ def check(conf: dict, size: int) -> None:
     if conf["batch_size"] % size:
         raise bad("batch_size", conf["batch_size"],
                   f"must split evenly over the {size} processes of a data-parallel run")
+    if str(conf["device"]).startswith("cuda:"):
+        raise bad("device", conf["device"], f"names one GPU for all {size} processes of a data-parallel run; "
+                  f"use device=cuda (process r takes GPU r) or device=cpu")
     if conf["device"] != "cpu" and torch.cuda.is_available() and size > torch.cuda.device_count():
         raise bad("devices", size,
                   f"this machine has {torch.cuda.device_count()} GPU(s); use device=cpu for more processes")

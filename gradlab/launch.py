@@ -225,7 +225,15 @@ def _launch_overrides(p: Plan, to_run: int) -> list[str]:
     warning = parallel.crowding(workers, p.confs[0]["device"] != "cpu" and parallel.gpus() > 0)
     if warning and p.launcher == "joblib" and p.confs[0]["progress"] != "none":
         print(warning, file=sys.stderr)
-    return [f"workers={workers}"]
+    settings = [f"workers={workers}"]
+    if p.launcher == "submitit_local" and not any(key_of(o) == GPUS_PER_NODE for o in p.overrides):
+        # submitit hides every GPU it is not given (CUDA_VISIBLE_DEVICES=""): give each job this
+        # machine's GPUs, of which each run takes one (parallel.pin_gpu)
+        settings.append(f"{GPUS_PER_NODE}={parallel.gpus() if p.confs[0]['device'] != 'cpu' else 0}")
+    return settings
+
+
+GPUS_PER_NODE = "hydra.launcher.gpus_per_node"
 
 
 class Swept(NamedTuple):

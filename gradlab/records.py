@@ -35,8 +35,8 @@ import yaml
 SUMMARY = "summary.json"
 STATUSES = ("completed", "diverged", "failed", "interrupted")
 FINISHED = ("completed", "diverged")  # re-running these would give the same numbers
-TEXT = ("status", "run_id", "name", "sweep", "config_hash", "device", "started", "finished", "error",
-        "execution")  # the rest: numbers
+TEXT = ("status", "run_id", "name", "sweep", "config_hash", "device", "fp32_precision", "started", "finished",
+        "error", "execution")  # the rest: numbers
 GROUPS = ("versions", "wandb")  # the summary's nested parts
 _YAML = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C parser where PyYAML has it: records load in bulk
 

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 
 import gradlab
-from gradlab import distributed, parallel, records
+from gradlab import devices, distributed, parallel, records
 from gradlab.clip import build_clip, tensor_norms
 from gradlab.components import label
 from gradlab.config import (check_knobs, check_writable, display_name, identity, norm_type, plain, stop_rule,
@@ -39,9 +39,6 @@ from gradlab.step import RECORDED, SCALARS, StepParts, read, train_step
 from gradlab.tasks import build_task, loaded
 from gradlab.tracking import Tracker, check_settings
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 class Run(NamedTuple):
     device: torch.device
     task: object
@@ -55,16 +52,18 @@ def build(conf: dict) -> Run:
     """Every component of a run, seeded; raises ConfigError (one line) on bad input."""
     device = _settings(conf)
     task = build_task(conf["task"])
-    torch.manual_seed(conf["seed"])
+    devices.exact_fp32()
+    torch.manual_seed(conf["seed"])  # initialised on the CPU, then moved: the same weights on every device
     try:
         model = build_model(conf["model"], task.spec).to(device)
     except RuntimeError as e:
         if out_of_memory(e):
             raise too_big(conf, device, "make it smaller") from None
         raise
+    around = _around(conf, model, device)
     if conf["compile"]:  # in place, so parameter names stay the model's; reduce-overhead replays CUDA graphs
         model.compile(mode="reduce-overhead" if conf["compile"] == "cudagraphs" else None)
-    return Run(device, loaded(conf["task"], device), model, *_around(conf, model))
+    return Run(device, loaded(conf["task"], device), model, *around)
 
 
 def check(conf: dict, shapes: dict) -> None:
@@ -72,20 +71,18 @@ def check(conf: dict, shapes: dict) -> None:
     built on the meta device (shapes, no memory), once per distinct model and task in `shapes`
     (a cache the caller keeps across a sweep's runs), so its own checks run (an impossible
     pairing) and the clip mode and optimizer can be built around it."""
-    from gradlab.vectorized import available
-
     device = _settings(conf)
     task = build_task(conf["task"])
     task.prepare()
-    key = json.dumps([conf["model"], conf["task"]], sort_keys=True, default=str)
+    key = json.dumps([conf["model"], conf["task"], str(device)], sort_keys=True, default=str)
     if key not in shapes:
         with torch.device("meta"):
             shapes[key] = build_model(conf["model"], task.spec)
         _consumes(conf, shapes[key], task.spec)
-    weights = sum(p.numel() * p.element_size() for p in shapes[key].parameters())
-    if weights > available(device):
-        raise too_big(conf, device, f"its weights alone take {weights / 2**30:.1f} GiB; make it smaller")
-    _around(conf, shapes[key])
+        weights = sum(p.numel() * p.element_size() for p in shapes[key].parameters())
+        if weights > devices.free_memory(device):
+            raise too_big(conf, device, f"its weights alone take {weights / 2**30:.1f} GiB; make it smaller")
+    _around(conf, shapes[key], device)
 
 
 def too_big(conf: dict, device, advice: str):
@@ -125,8 +122,9 @@ def _settings(conf: dict) -> torch.device:
     return resolve_device(conf["device"])
 
 
-def _around(conf: dict, model: torch.nn.Module) -> tuple:
-    """What a run builds around its model: clip mode, optimizer, spike guard."""
+def _around(conf: dict, model: torch.nn.Module, device: torch.device) -> tuple:
+    """What a run builds around its model: clip mode, optimizer, spike guard; the precision checked."""
+    devices.check_precision(conf["precision"], model, device)
     clip = build_clip(conf["clip"], norm_type(conf["norm_type"]), model)
     optimizer = build_optimizer(conf["optim"], model.parameters(), conf["lr"])
     lr_factor(conf["optim"], conf["steps"])
@@ -194,8 +192,10 @@ def compiling(requested):
     so that what it reports is this run's: yields a function that says how the model ran.
 
     "compiled": every frame torch.compile took on compiled (graph breaks included);
-    "partly compiled": some did not; "eager (compile failed)": none did; "eager": not asked
-    for, or the model never ran.
+    "partly compiled (eager: REASON)": some ran eagerly, and Dynamo's first line says why (an
+    nn.LSTM: "Attempted to wrap RNN, GRU, or LSTM"); "eager (compile failed)": none compiled;
+    "eager": not asked for, or the model never ran. compile=cudagraphs adds whether CUDA
+    graphs were used or skipped (always skipped on a CPU).
     """
     if not requested:
         yield lambda: "eager"
@@ -204,14 +204,22 @@ def compiling(requested):
     from torch._dynamo.utils import counters
 
     dynamo.reset()  # a model compiled earlier in this process would otherwise be reused unseen
-    frames = counters["frames"]
-    start = frames["ok"], frames["total"]
+    before = {kind: dict(counters[kind]) for kind in ("frames", "unimplemented", "inductor")}
+
+    def since(kind: str) -> dict:
+        return {k: v - before[kind].get(k, 0) for k, v in counters[kind].items() if v > before[kind].get(k, 0)}
 
     def execution() -> str:
-        ok, tried = frames["ok"] - start[0], frames["total"] - start[1]
+        frames = since("frames")
+        ok, tried = frames.get("ok", 0), frames.get("total", 0)
         if not ok:
             return "eager (compile failed)" if tried else "eager"
-        return "compiled" if ok == tried else "partly compiled"
+        reasons = "; ".join(dict.fromkeys(reason.splitlines()[0] for reason in since("unimplemented")))
+        how = "compiled" if ok == tried else f"partly compiled (eager: {reasons or 'frames Dynamo skipped'})"
+        if requested == "cudagraphs":
+            skips = since("inductor").get("cudagraph_skips", 0)
+            how += f", CUDA graphs skipped ({skips} graphs)" if skips else ", with CUDA graphs"
+        return how
 
     with dynamo.config.patch(suppress_errors=True):
         yield execution
@@ -248,8 +256,8 @@ class Session:
         self.progress = RunProgress(conf["progress"] if self.lead else "none", display_name(conf), conf["steps"])
         self.summary = {"status": "interrupted", "run_id": self.run_dir.name, "name": display_name(conf),
                         "sweep": conf["name"], "config_hash": identity(conf), "seed": conf["seed"],
-                        "device": device_name(run.device), "execution": "eager", "processes": world.size,
-                        "versions": versions(),
+                        "device": devices.name(run.device), "fp32_precision": devices.fp32_precision(),
+                        "execution": "eager", "processes": world.size, "versions": versions(),
                         "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         self.history, self.layers = [], []
         self.start = time.perf_counter()
@@ -282,7 +290,8 @@ class Session:
             try:
                 self.tracker.finish(self.summary)
                 if self.conf["save_model"]:
-                    torch.save(self.run.model.state_dict(), self.attempt.dir / "model.pt")
+                    weights = {k: v.cpu() for k, v in self.run.model.state_dict().items()}  # loads without a GPU
+                    torch.save(weights, self.attempt.dir / "model.pt")
                 self.summary["wandb"]["sync"] = self._sync_hint()
                 self.attempt.finish(self.summary, pd.DataFrame(self.history, columns=COLUMNS),
                                     pd.DataFrame(self.layers, columns=LAYER_COLUMNS) if self.layers else None)
@@ -331,7 +340,7 @@ class Stepper:
         self.eval_set = task.eval_batches()
         self.objective = loss_fn(task.spec)
         self.autocast = (nullcontext if conf["precision"] == "fp32"  # a disabled autocast still costs per call
-                         else partial(torch.autocast, device.type, dtype=DTYPES[conf["precision"]]))
+                         else partial(torch.autocast, device.type, dtype=devices.DTYPES[conf["precision"]]))
         self.scaler = torch.amp.GradScaler(device.type, enabled=conf["precision"] == "fp16")
         self.scheduler = (None if constant_lr(conf["optim"])  # no per-step call where nothing is scheduled
                           else torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(conf["optim"], self.steps)))
@@ -477,10 +486,6 @@ def figures(history: list) -> dict:
 
 def _num(x) -> float | None:
     return round(float(x), 6) if x is not None and math.isfinite(x) else None
-
-
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})"
 
 
 def versions() -> dict:

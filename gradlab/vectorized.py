@@ -19,7 +19,8 @@ Runs differ in seed, clip mode and knobs, and learning rate; anything else that 
 another group.
 
 engine=auto (the default) trains a group this way only where gradlab bench measured it faster
-(MEASURED); `schedule` says, for every group, which engine it gets and why.
+on this kind of device (gradlab/measured.json); `schedule` says, for every group, which
+engine it gets and why.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from typing import NamedTuple
 
 import torch
 
+from gradlab import devices
 from gradlab.clip import Slab, constant, select, stack, tensor_norms
-from gradlab.components import label
+from gradlab.components import label, shipped_targets
 from gradlab.config import NOT_IDENTITY, check_writable, clip_knobs, norm_type, run_id, stop_rule, sweep_dir
 from gradlab.distributed import SOLO
 from gradlab.objective import evaluate, member_losses
@@ -40,20 +42,6 @@ from gradlab.optim import StackedOptimizer, lr_factor, why_not_stacked
 from gradlab.train import Session, Stepper, reached, build, claim, failure, layer_figures, train
 
 FREE = ("seed", "lr", "clip")  # what may differ within a group (besides the clip knobs)
-# engine=auto's evidence: built-in models at their default sizes, on this project's 2-core CPU;
-# `scaling` of gradlab bench, medians of 3 (README, Speed). (class, cell) -> (fewest runs that
-# train faster together, or None: never; most runs measured faster in one group; the figure)
-MEASURED = {
-    ("gradlab.models.mlp.MLP", None): (2, 64, "mlp: 2 runs 1.5x, 4 runs 1.8x, 8-64 runs 2.7-2.9x faster together"),
-    ("gradlab.models.rnn.RecurrentNet", "rnn"): (4, 16, "rnn: 4 runs 1.2x, 16 runs 1.6x faster together, 64 runs "
-                                                        "0.92x: in parts of at most 16"),
-    ("gradlab.models.rnn.RecurrentNet", "gru"): (4, 16, "gru: 4 runs 1.4x, 16 runs 1.2x faster together (64 not "
-                                                        "measured): in parts of at most 16"),
-    ("gradlab.models.rnn.RecurrentNet", "lstm"): (None, 0, "lstm: 4 and 16 runs 0.59x and 0.49x together; torch's "
-                                                           "fused LSTM kernel wins"),
-    ("gradlab.models.transformer.Transformer", None): (None, 0, "transformer: 4 runs 0.81x together (attention has no "
-                                                                "batched kernel)"),
-}
 
 
 def why_alone(conf: dict) -> str | None:
@@ -121,20 +109,58 @@ def schedule(confs: list[dict]) -> list[Part]:
 
 def auto_choice(group: list[dict]) -> tuple[int, str]:
     """engine=auto: how many of the group's runs to train together at most (1: one at a time), and
-    why. Together only where gradlab bench measured it faster (README, Speed), in parts no larger
-    than measured faster; anything not measured stays sequential, so the default never costs time."""
+    why, from what gradlab bench measured on this kind of device (`choose`)."""
     from gradlab.config import resolve_device
 
-    first = group[0]
-    device = resolve_device(first["device"])
-    measured = MEASURED.get((first["model"].get("_target_"), first["model"].get("cell")))
-    if device.type != "cpu" or measured is None:
-        where = "a GPU" if device.type != "cpu" else f"model {first['model']['name']}"
-        return 1, f"auto: not measured on {where}, so sequential"
-    fewest, most, figure = measured
-    if fewest is None or len(group) < fewest:
-        return 1, f"auto: {figure}"
-    return most, f"auto: {figure}"
+    device = resolve_device(group[0]["device"])
+    return choose(len(group), group[0]["model"], devices.kind(device))
+
+
+def choose(runs: int, model_cfg: dict, where: str) -> tuple[int, str]:
+    """engine=auto on the device `where` ("cpu", or a GPU's name): `runs` of a built-in model train
+    together only if gradlab bench measured that many or fewer faster together there, and in
+    parts no larger than measured faster (MEASURED); a device, or a model, without figures
+    stays sequential, so the default never costs time."""
+    figures = measured().get(where)
+    if figures is None:
+        return 1, f"auto: nothing measured on {where}, so sequential (gradlab bench --only scale measures it)"
+    model = model_cfg.get("cell") or model_cfg.get("name") if model_cfg.get("_target_") in shipped_targets() else None
+    speedups = {int(n): s for n, s in figures["speedups"].get(model, {}).items()}
+    if not speedups:
+        return 1, f"auto: model {label('model', model_cfg)} not measured on {where}, so sequential"
+    fewest, most = faster_counts(speedups)
+    figure = (f"auto: {model} on {where}: " + ", ".join(f"{n} runs {s:.2f}x" for n, s in sorted(speedups.items())) +
+              f" together vs one at a time (gradlab bench, {figures['date']}, torch {figures['torch']})")
+    if fewest is None or runs < fewest:
+        return 1, figure
+    return most, figure + (f": in parts of at most {most}" if runs > most else "")
+
+
+def faster_counts(speedups: dict[int, float]) -> tuple[int | None, int]:
+    """(the fewest runs measured faster together, or None: never; the most runs measured faster
+    together without a slower count between them)."""
+    counts = sorted(speedups)
+    fewest = next((n for n in counts if speedups[n] > 1), None)
+    if fewest is None:
+        return None, 0
+    most = fewest
+    for n in counts[counts.index(fewest) + 1:]:
+        if speedups[n] <= 1:
+            break
+        most = n
+    return fewest, most
+
+
+MEASURED = "measured.json"  # engine=auto's evidence, in this package: device -> what gradlab bench measured
+
+
+def measured() -> dict:
+    """Per device ("cpu", or a GPU's name as torch gives it): when, with which torch and command,
+    and the speedup of N runs trained together over one at a time, per built-in model."""
+    import json
+    from importlib import resources
+
+    return json.loads(resources.files("gradlab").joinpath(MEASURED).read_text())
 
 
 def describe(group: list[dict]) -> str:
@@ -374,35 +400,32 @@ class Group:
 
 
 def member_bytes(conf: dict) -> int:
-    """Memory one member takes in the shared pass: the activations autograd saves for one of its
-    micro-batches (measured on a one-member pass), plus its parameters, their gradients, two
-    optimizer states and the stacked copy (5x the parameters)."""
+    """Memory one member takes in the shared passes: the larger of the activations autograd saves
+    for one of its training micro-batches and for one held-out batch (at least what the no-grad
+    evaluation keeps alive, K x up to 1000 samples with every state of a recurrence), measured
+    on one-member passes, plus its parameters, their gradients, two optimizer states and the
+    stacked copy (5x the parameters)."""
     from gradlab.objective import loss_fn
 
     run = build(conf)
-    x, y = next(run.task.batches(conf["batch_size"], conf["seed"]))
     params = {n: p.detach()[None].requires_grad_() for n, p in run.model.named_parameters()}
-    saved = 0
+    loss = torch.func.vmap(loss_fn(run.task.spec))
 
-    def pack(t):
-        nonlocal saved
-        saved += t.numel() * t.element_size()
-        return t
+    def saved(x, y) -> int:
+        total = 0
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        torch.func.vmap(loss_fn(run.task.spec))(stacked_forward(run.model, params, x[None]), y[None])
-    return saved + 5 * sum(p.numel() * p.element_size() for p in params.values())
+        def pack(t):
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
 
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss(stacked_forward(run.model, params, x[None]), y[None])
+        return total
 
-def available(device: torch.device) -> int:
-    """Free memory on the device: the GPU's, or the machine's (MemAvailable)."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        meminfo = dict(line.split(":", 1) for line in open("/proc/meminfo"))
-        return int(meminfo["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        return 1 << 62  # unknown: no limit
+    train_batch = next(run.task.batches(conf["batch_size"], conf["seed"]))
+    held_out = run.task.eval_batches()[0]
+    return max(saved(*train_batch), saved(*held_out)) + 5 * sum(p.numel() * p.element_size() for p in params.values())
 
 
 def fitting(group: list[dict]) -> int:
@@ -410,7 +433,7 @@ def fitting(group: list[dict]) -> int:
     from gradlab.config import resolve_device
 
     need = member_bytes(group[0])
-    return max(1, min(len(group), available(resolve_device(group[0]["device"])) // 2 // max(need, 1)))
+    return max(1, min(len(group), devices.free_memory(resolve_device(group[0]["device"])) // 2 // max(need, 1)))
 
 
 def run_groups(confs: list[dict]) -> list[dict]:

@@ -1,11 +1,37 @@
-"""Fixtures shared by the test files."""
+"""Fixtures shared by the test files.
+
+Tests marked `cuda` state what gradlab does on a GPU and are skipped without one. Every other
+test states what it does on the CPU and runs there on every machine: on a machine with a GPU,
+`device=auto` resolves to the CPU in them and in the processes they start, so the suite means
+the same thing everywhere.
+"""
 
 import os
 
 import pytest
+import torch
 
 from gradlab.config import plain
 from gradlab.launch import compose_all
+
+GPU = torch.cuda.is_available()  # read before any test hides the GPU
+
+
+def pytest_collection_modifyitems(config, items):
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords and not GPU:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def cpu_unless_marked_cuda(request, monkeypatch):
+    """Outside `cuda` tests, this process and the processes a test starts see no GPU."""
+    if request.node.get_closest_marker("cuda") or not GPU:
+        return
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
 
 
 @pytest.fixture(autouse=True)

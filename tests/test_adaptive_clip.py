@@ -316,7 +316,7 @@ def test_no_host_reads_on_any_device(mode, knobs):
     assert reads.ops == []
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="host-device syncs only show on CUDA")
+@pytest.mark.cuda  # host-device syncs only show on CUDA
 @pytest.mark.parametrize("mode,knobs", VARIANTS, ids=[f"{m}-{i}" for i, (m, _) in enumerate(VARIANTS)])
 def test_no_host_sync_on_cuda(mode, knobs):
     params = [torch.nn.Parameter(p.detach().cuda()) for p in make_params()]

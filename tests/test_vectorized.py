@@ -19,7 +19,8 @@ import torch
 
 from gradlab.config import run_id, sweep_dir
 from gradlab.train import train
-from gradlab.vectorized import groups, train_group
+from gradlab import devices
+from gradlab.vectorized import choose, groups, train_group
 
 SMALL = {"mlp": ["model.hidden=[16,16]"], "lstm": ["model.hidden_size=12", "task.length=8"],
          "gru": ["model.hidden_size=12", "task.length=8"], "rnn": ["model.hidden_size=12", "task.length=8"],
@@ -256,7 +257,7 @@ def test_a_group_too_large_for_memory_is_trained_in_parts(compose, monkeypatch, 
     confs = [compose("model=mlp", *SMALL["mlp"], *COMMON, f"seed={seed}", "progress=lines") for seed in range(4)]
     need = vectorized.member_bytes(confs[0])
     assert need > 0
-    monkeypatch.setattr(vectorized, "available", lambda device: 4 * need + 1)  # room for 2 at half the free memory
+    monkeypatch.setattr(devices, "free_memory", lambda device: 4 * need + 1)  # room for 2 at half the free memory
     vectorized.run_groups(confs)
     out = capsys.readouterr().out
     assert "4 runs (mlp on digits, batch 64, adam, 8 steps) do not fit in memory together" in out
@@ -283,22 +284,12 @@ def auto_part(compose, runs: int, *overrides):
     return part
 
 
-@pytest.mark.parametrize("model,runs,engine,figure", [
-    ("mlp", 2, "vectorized", "2 runs 1.5x"),
-    ("mlp", 64, "vectorized", "8-64 runs 2.7-2.9x faster"),
-    ("rnn", 3, "sequential", "4 runs 1.2x"),
-    ("rnn", 16, "vectorized", "16 runs 1.6x faster"),
-    ("gru", 4, "vectorized", "4 runs 1.4x"),
-    ("lstm", 16, "sequential", "0.49x"),
-    ("transformer", 8, "sequential", "4 runs 0.81x"),
-])
-def test_auto_trains_together_only_what_was_measured_faster(compose, model, runs, engine, figure):
-    part = auto_part(compose, runs, f"model={model}")
-    assert part.engine == engine and len(part.runs) == runs and figure in part.why
+def test_auto_splits_a_group_larger_than_was_measured_faster_into_even_parts(compose, monkeypatch):
+    from gradlab import vectorized
+    from test_devices import FIGURES
 
-
-def test_auto_splits_a_group_larger_than_was_measured_faster_into_even_parts(compose):
-    parts = auto_parts(compose, 40, "model=rnn")  # rnn: 64 together was slower; 16 the most measured faster
+    monkeypatch.setattr(vectorized, "measured", lambda: FIGURES)  # rnn: 16 together the most measured faster
+    parts = auto_parts(compose, 40, "model=rnn")
     assert [len(p.runs) for p in parts] == [14, 13, 13] and {p.engine for p in parts} == {"vectorized"}
     assert sorted(c["seed"] for p in parts for c in p.runs) == list(range(40))
     assert "in parts of at most 16" in parts[0].why
@@ -306,7 +297,7 @@ def test_auto_splits_a_group_larger_than_was_measured_faster_into_even_parts(com
 
 def test_auto_leaves_what_was_not_measured_sequential_and_the_engines_can_be_forced(compose):
     mine = auto_part(compose, 16, "model=custom", "model._target_=mynets.nets.ResidualMLP")
-    assert mine.engine == "sequential" and mine.why == "auto: not measured on model residualmlp, so sequential"
+    assert mine.engine == "sequential" and mine.why == "auto: model residualmlp not measured on cpu, so sequential"
     assert auto_part(compose, 16, "model=lstm", "engine=vectorized").engine == "vectorized"
     assert auto_part(compose, 16, "model=mlp", "engine=sequential").engine == "sequential"
 
@@ -316,14 +307,16 @@ def test_dry_run_says_which_engine_each_group_gets_and_why(tmp_path):
                          cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "engine: auto, 2 group(s)" in out.stdout
-    assert "4 run(s) together: rnn on adding, batch 64, adam, 1500 steps (auto: rnn: 4 runs 1.2x, 16 runs 1.6x faster" in out.stdout
-    assert "4 run(s) one at a time: lstm on adding, batch 64, adam, 1500 steps (auto: lstm: 4 and 16 runs 0.59x" in out.stdout
+    for model in ("rnn", "lstm"):  # each group's engine and the figure that decided it (gradlab/measured.json)
+        size, why = choose(4, {"_target_": "gradlab.models.rnn.RecurrentNet", "name": model, "cell": model}, "cpu")
+        how = "together" if size > 1 else "one at a time"
+        assert f"4 run(s) {how}: {model} on adding, batch 64, adam, 1500 steps ({why})" in out.stdout
 
 
 def test_an_auto_sweep_trains_the_measured_groups_together(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "gradlab", "sweep", "model=rnn", "model.hidden_size=8", "task.length=8",
-                          "seed=0,1,2,3", "steps=6", "eval_every=3", "wandb=off", "name=auto"], cwd=tmp_path,
+    out = subprocess.run([sys.executable, "-m", "gradlab", "sweep", "model=mlp", "model.hidden=[8]", "seed=0,1,2,3",
+                          "steps=6", "eval_every=3", "wandb=off", "name=auto"], cwd=tmp_path,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "[vectorized] 4 run(s) together: rnn on adding" in out.stdout
+    assert "[vectorized] 4 run(s) together: mlp on digits" in out.stdout
     assert "sweep finished: 4 runs (4 completed)" in out.stdout

@@ -31,13 +31,13 @@ from pathlib import Path
 import lightning
 import torch
 
-from gradlab import records
+from gradlab import devices, records
 from gradlab.clip import Clipper, config, make, measure
 from gradlab.config import clip_label
 from gradlab.config import norm_type as check_norm_type
 from gradlab.errors import bad
 from gradlab.step import SCALARS, read
-from gradlab.train import COLUMNS, LAYER_COLUMNS, device_name, figures, one_line, versions
+from gradlab.train import COLUMNS, LAYER_COLUMNS, figures, one_line, versions
 
 EVAL = {"val_loss": "eval_loss", "val_acc": "eval_acc"}  # trainer.callback_metrics key -> history column
 
@@ -97,7 +97,8 @@ class GradlabClipping(lightning.Callback):
         display = f"{self.config['model']['name']}-{self.task}-{clip_label(self.config)}" + (
             f"-s{seed}" if seed is not None else "")
         self.head = {"run_id": f"{display}-{digest}", "name": display, "sweep": self.name, "config_hash": digest,
-                     "seed": self.config["seed"], "device": device_name(pl_module.device), "execution": "eager",
+                     "seed": self.config["seed"], "device": devices.name(pl_module.device), "fp32_precision": devices.fp32_precision(),
+                     "execution": "eager",
                      "processes": trainer.world_size, "versions": versions(),
                      "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         self.fp16 = str(trainer.precision) == "16-mixed"  # its scaler skips steps with inf/nan gradients

@@ -1,8 +1,11 @@
-"""What the tasks share: knob checks, the two ways of serving batches, eval chunking.
+"""What the tasks share: knob checks, the two ways of serving batches, eval chunking, and
+moving batches to the device.
 
-`Synthetic` tasks draw fresh samples on the device for every batch; `Stored` tasks hold
-a finite data set on the device and walk through it in a continuous stream of random
-permutations.
+`Synthetic` tasks draw fresh samples for every batch; `Stored` tasks hold a finite data set
+on the device and walk through it in a continuous stream of random permutations. Every random
+draw is made on the CPU, whatever the run's device: a GPU's generator (Philox) draws other
+numbers than the CPU's (mt19937) from the same seed, so drawing there would make a seed
+another data stream on a GPU. What is drawn moves to the device without blocking the host.
 """
 
 from __future__ import annotations
@@ -32,6 +35,13 @@ def fraction(key: str, value) -> float:
     return float(value)
 
 
+def to_device(tensors, device: torch.device) -> tuple:
+    """CPU tensors on `device`; to a GPU from pinned memory, a copy the host does not wait for."""
+    if device.type != "cuda":
+        return tuple(t.to(device) for t in tensors)
+    return tuple(t.pin_memory().to(device, non_blocking=True) for t in tensors)
+
+
 def in_chunks(x: torch.Tensor, y: torch.Tensor) -> list:
     """A held-out set as a list of (x, y) batches of at most EVAL_BATCH samples."""
     return list(zip(x.split(EVAL_BATCH), y.split(EVAL_BATCH)))
@@ -40,8 +50,8 @@ def in_chunks(x: torch.Tensor, y: torch.Tensor) -> list:
 class Synthetic(Task):
     """A generated task: subclasses define `sample(n, generator)` on the generator's device.
 
-    The held-out set is generated on the CPU from EVAL_SEED, so it is the same for every
-    run seed and every device.
+    Training batches are drawn on the CPU from the run's seed, and the held-out set from
+    EVAL_SEED (the same for every run seed), so both are the same on every device.
     """
 
     def __init__(self, eval_size: int):
@@ -56,22 +66,23 @@ class Synthetic(Task):
         self.eval = (x.to(self.device), y.to(self.device))
 
     def batches(self, n: int, seed: int):
-        g = torch.Generator(self.device).manual_seed(seed)
+        g = torch.Generator().manual_seed(seed)
         while True:
-            yield self.sample(n, g)
+            yield to_device(self.sample(n, g), self.device)
 
     def eval_batches(self) -> list:
         return in_chunks(*self.eval)
 
 
-def permutations(size: int, n: int, g: torch.Generator):
-    """Endless index batches of n over `size` samples, on the generator's device: random
+def permutations(size: int, n: int, seed: int):
+    """Endless index batches of n over `size` samples, drawn on the CPU from `seed`: random
     permutations chained, so a batch that crosses an epoch boundary is still full and every
     sample is seen once per epoch."""
-    order = torch.empty(0, dtype=torch.long, device=g.device)
+    g = torch.Generator().manual_seed(seed)
+    order = torch.empty(0, dtype=torch.long)
     while True:
         while len(order) < n:
-            order = torch.cat([order, torch.randperm(size, generator=g, device=g.device)])
+            order = torch.cat([order, torch.randperm(size, generator=g)])
         idx, order = order[:n], order[n:]
         yield idx
 
@@ -84,7 +95,8 @@ class Stored(Task):
 
     def batches(self, n: int, seed: int):
         x, y = self.train
-        for idx in permutations(len(y), n, torch.Generator(y.device).manual_seed(seed)):
+        for idx in permutations(len(y), n, seed):
+            (idx,) = to_device([idx], y.device)
             yield x[idx], y[idx]
 
     def eval_batches(self) -> list:

@@ -26,7 +26,7 @@ from torch.utils.data import default_collate
 from gradlab import components
 from gradlab.errors import bad
 from gradlab.tasks import Task, TaskSpec
-from gradlab.tasks._base import EVAL_BATCH, integer, permutations
+from gradlab.tasks._base import EVAL_BATCH, integer, permutations, to_device
 
 LOSSES = ("cross_entropy", "mse")
 
@@ -76,11 +76,11 @@ class DatasetTask(Task):
         x, y = torch.as_tensor(x), torch.as_tensor(y)
         if self.loss == "mse":
             y = y.float().reshape(len(indices), -1)
-        return x.to(self.device), y.to(self.device)
+        return to_device((x, y), self.device)
 
     def batches(self, n: int, seed: int):
         train = self.dataset("train")
-        for idx in permutations(len(train), n, torch.Generator().manual_seed(seed)):
+        for idx in permutations(len(train), n, seed):
             yield self._batch(train, idx.tolist())
 
     def eval_batches(self) -> list:

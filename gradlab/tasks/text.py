@@ -16,7 +16,7 @@ import torch
 
 from gradlab.errors import bad
 from gradlab.tasks import Task, TaskSpec
-from gradlab.tasks._base import fraction, in_chunks, integer
+from gradlab.tasks._base import fraction, in_chunks, integer, to_device
 
 
 def windows(data: torch.Tensor, starts: torch.Tensor, seq_len: int) -> tuple:
@@ -82,9 +82,9 @@ class Text(Task):
         self.eval = windows(held_out, starts, self.seq_len)
 
     def batches(self, n: int, seed: int):
-        g = torch.Generator(self.data.device).manual_seed(seed)
+        g = torch.Generator().manual_seed(seed)  # on the CPU: the same windows on every device
         while True:
-            starts = torch.randint(0, len(self.data) - self.seq_len, (n,), generator=g, device=self.data.device)
+            (starts,) = to_device([torch.randint(0, len(self.data) - self.seq_len, (n,), generator=g)], self.data.device)
             yield windows(self.data, starts, self.seq_len)
 
     def eval_batches(self) -> list:
