@@ -63,8 +63,10 @@ def _wait(device) -> None:
 
 
 def loops(model: str, steps: int, *overrides: str) -> tuple:
-    """(the run, gradlab's loop, the plain loop) on one run's model, data and optimizer: each
-    loop trains `steps` steps when called, waits for the device, and returns the seconds."""
+    """(gradlab's loop, the plain loop) on one run's model, data and optimizer: each loop trains
+    `steps` steps when called, waits for the device, and returns the seconds."""
+    from contextlib import nullcontext
+
     import torch
 
     from types import SimpleNamespace
@@ -79,8 +81,8 @@ def loops(model: str, steps: int, *overrides: str) -> tuple:
     run = build(conf)
     objective = loss_fn(run.task.spec)
     params = [p for p in run.model.parameters() if p.requires_grad]
-    dtype = DTYPES[conf["precision"]]
-    autocast = partial(torch.autocast, run.device.type, dtype=dtype, enabled=dtype != torch.float32)
+    autocast = (nullcontext if conf["precision"] == "fp32"  # as plain as before: no autocast call under fp32
+                else partial(torch.autocast, run.device.type, dtype=DTYPES[conf["precision"]]))
 
     def gradlab_loop() -> float:  # a run's loop, with its record kept in memory
         start = time.perf_counter()
@@ -112,12 +114,12 @@ def loops(model: str, steps: int, *overrides: str) -> tuple:
         _wait(run.device)
         return time.perf_counter() - start
 
-    return run, gradlab_loop, plain_loop
+    return gradlab_loop, plain_loop
 
 
 def loop(model: str, steps: int, repeats: int, *overrides: str) -> dict:
     """gradlab's loop vs the plain loop on one run's model, data and optimizer."""
-    _, gradlab_loop, plain_loop = loops(model, steps, *overrides)
+    gradlab_loop, plain_loop = loops(model, steps, *overrides)
     median = alternate({"gradlab": gradlab_loop, "plain": plain_loop}, repeats)
     return {"model": model, "steps": steps, "overrides": list(overrides),
             "gradlab_steps_per_s": steps / median["gradlab"],
@@ -130,7 +132,7 @@ def launches(model: str, steps: int, *overrides: str) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    run, gradlab_loop, plain_loop = loops(model, steps, *overrides)
+    gradlab_loop, plain_loop = loops(model, steps, *overrides)
     counts = {}
     for name, timed in (("gradlab", gradlab_loop), ("plain", plain_loop)):
         timed()  # warm-up: cuDNN and cuBLAS choose their kernels

@@ -28,6 +28,7 @@ import torch
 from gradlab.errors import bad
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # precision -> autocast dtype
+UNKNOWN = 1 << 62  # free memory that could not be read: no limit
 
 
 def name(device: torch.device) -> str:
@@ -101,8 +102,6 @@ def free_memory(device: torch.device) -> int:
     except (OSError, KeyError, ValueError):
         return UNKNOWN
 
-
-UNKNOWN = 1 << 62  # free memory that could not be read: no limit
 
 
 def _driver_free(index: int) -> int:

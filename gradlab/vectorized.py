@@ -124,7 +124,8 @@ def choose(runs: int, model_cfg: dict, where: str) -> tuple[int, str]:
     figures = measured().get(where)
     if figures is None:
         return 1, f"auto: nothing measured on {where}, so sequential (gradlab bench --only scale measures it)"
-    model = model_cfg.get("cell") or model_cfg.get("name") if model_cfg.get("_target_") in shipped_targets() else None
+    shipped = model_cfg.get("_target_") in shipped_targets()  # a user's class is never measured
+    model = (model_cfg.get("cell") or model_cfg.get("name")) if shipped else None
     speedups = {int(n): s for n, s in figures["speedups"].get(model, {}).items()}
     if not speedups:
         return 1, f"auto: model {label('model', model_cfg)} not measured on {where}, so sequential"
