@@ -2,7 +2,7 @@
 
     bash benchmarks/gpu_check.sh                          # installs what is missing, then runs this
     python benchmarks/gpu_check.py --out DIR [--budget S]
-    python benchmarks/gpu_check.py record DIR/gpu_check.json   # its engine=auto figures -> gradlab/measured.json
+    python benchmarks/gpu_check.py record DIR/gpu_check.json   # engine=auto's figures into gradlab/
 
 Sections run in order (SECTIONS); each adds its results to DIR/gpu_check.json and a table to
 DIR/gpu_check.md as it ends, so a check cut short keeps what finished. Without CUDA, the
@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,17 @@ TF32_DEFAULTS = {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch
 MODELS = ("mlp", "lstm", "transformer")  # the loop, clip, precision and compile sections
 ALL_MODELS = ("mlp", "rnn", "gru", "lstm", "transformer")  # the scale section
 COUNTS = (16, 64)  # runs trained together in the scale section
-PACKAGES = ("torch", "torchvision", "hydra-core", "omegaconf", "wandb", "typer", "pandas", "numpy", "lightning")
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "hydra-core",
+    "omegaconf",
+    "wandb",
+    "typer",
+    "pandas",
+    "numpy",
+    "lightning",
+)
 MAIN_JOB = ["sweep", "model=lstm", "clip=norm", "max_norm=1,5"]  # the README's main job
 TESTS_TIMEOUT, MAIN_JOB_TIMEOUT = 300, 240  # seconds: a hung subprocess ends its section, not the check
 
@@ -50,15 +59,27 @@ def environment() -> dict:
         except metadata.PackageNotFoundError:
             versions[name] = None
     devices.exact_fp32()
-    env = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-           "cudnn": torch.backends.cudnn.version(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
-           "tf32_defaults": TF32_DEFAULTS, "fp32_precision_in_runs": devices.fp32_precision(),
-           "packages": versions, "wandb_importable": wandb_works()}
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "tf32_defaults": TF32_DEFAULTS,
+        "fp32_precision_in_runs": devices.fp32_precision(),
+        "packages": versions,
+        "wandb_importable": wandb_works(),
+    }
     if GPU:
         props = torch.cuda.get_device_properties(0)
-        env.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                   capability=f"{props.major}.{props.minor}", gpus=torch.cuda.device_count(),
-                   driver=_run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]).strip())
+        env.update(
+            gpu=props.name,
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+            capability=f"{props.major}.{props.minor}",
+            gpus=torch.cuda.device_count(),
+            driver=_run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]).strip(),
+        )
     return env
 
 
@@ -74,8 +95,23 @@ def cuda_tests() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         xml = Path(tmp) / "cuda.xml"
         start = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider",
-                              f"--junitxml={xml}"], cwd=ROOT, capture_output=True, text=True, timeout=TESTS_TIMEOUT)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-m",
+                "cuda",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                f"--junitxml={xml}",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=TESTS_TIMEOUT,
+        )
         seconds = time.perf_counter() - start
         cases = ElementTree.parse(xml).getroot().iter("testcase") if xml.exists() else []
         outcome = {"passed": 0, "failed": 0, "skipped": 0}
@@ -85,14 +121,23 @@ def cuda_tests() -> dict:
             if bad is not None:
                 outcome["failed"] += 1
                 message = (bad.get("message") or bad.text or "").strip().splitlines()
-                failures.append({"test": f"{case.get('classname')}::{case.get('name')}",
-                                 "error": message[0][:300] if message else ""})
+                failures.append(
+                    {
+                        "test": f"{case.get('classname')}::{case.get('name')}",
+                        "error": message[0][:300] if message else "",
+                    }
+                )
             elif case.find("skipped") is not None:
                 outcome["skipped"] += 1
             else:
                 outcome["passed"] += 1
-    return {"exit_code": out.returncode, "seconds": round(seconds, 1), **outcome, "failures": failures,
-            "tail": out.stdout.strip().splitlines()[-3:]}
+    return {
+        "exit_code": out.returncode,
+        "seconds": round(seconds, 1),
+        **outcome,
+        "failures": failures,
+        "tail": out.stdout.strip().splitlines()[-3:],
+    }
 
 
 def main_job() -> dict:
@@ -103,15 +148,47 @@ def main_job() -> dict:
     for device in (["cuda"] if GPU else []) + ["cpu"]:
         with tempfile.TemporaryDirectory() as root:
             start = time.perf_counter()
-            out = subprocess.run([sys.executable, "-m", "gradlab", *MAIN_JOB, f"device={device}", f"wandb={wandb}",
-                                  "progress=none", f"results_root={root}"], capture_output=True, text=True,
-                                 timeout=MAIN_JOB_TIMEOUT)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "gradlab",
+                    *MAIN_JOB,
+                    f"device={device}",
+                    f"wandb={wandb}",
+                    "progress=none",
+                    f"results_root={root}",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=MAIN_JOB_TIMEOUT,
+            )
             wall = time.perf_counter() - start
             runs = [json.loads(p.read_text()) for p in sorted(Path(root).glob("*/*/summary.json"))]
-        rows.append({"device": device, "exit_code": out.returncode, "wall_s": round(wall, 1), "wandb": wandb,
-                     "error": out.stderr.strip()[-300:] if out.returncode else None,
-                     "runs": [{k: r.get(k) for k in ("name", "status", "device", "fp32_precision", "wall_time_s",
-                                                     "steps_per_s", "eval_loss_final")} for r in runs]})
+        rows.append(
+            {
+                "device": device,
+                "exit_code": out.returncode,
+                "wall_s": round(wall, 1),
+                "wandb": wandb,
+                "error": out.stderr.strip()[-300:] if out.returncode else None,
+                "runs": [
+                    {
+                        k: r.get(k)
+                        for k in (
+                            "name",
+                            "status",
+                            "device",
+                            "fp32_precision",
+                            "wall_time_s",
+                            "steps_per_s",
+                            "eval_loss_final",
+                        )
+                    }
+                    for r in runs
+                ],
+            }
+        )
     return {"command": "gradlab " + " ".join(MAIN_JOB), "rows": rows}
 
 
@@ -157,11 +234,18 @@ def scale(steps: int) -> dict:
 
     rows = []
     for model in ALL_MODELS:
-        bench.scaling(model, 2, 2, engines=("sequential", "vectorized"), warm=False)  # kernels chosen, data loaded
-        rows += [bench.scaling(model, k, steps, engines=("sequential", "vectorized"), warm=False) for k in COUNTS]
+        bench.scaling(
+            model, 2, 2, engines=("sequential", "vectorized"), warm=False
+        )  # kernels chosen, data loaded
+        rows += [
+            bench.scaling(model, k, steps, engines=("sequential", "vectorized"), warm=False) for k in COUNTS
+        ]
     report = {"scale": rows, **bench.device_report()}
-    command = (f"benchmarks/gpu_check.py scale: bench.scaling(MODEL, N, {steps}), N in {', '.join(map(str, COUNTS))}, "
-               "one timing each after a warm-up")
+    command = (
+        f"benchmarks/gpu_check.py scale: bench.scaling(MODEL, N, {steps}), "
+        f"N in {', '.join(map(str, COUNTS))}, "
+        "one timing each after a warm-up"
+    )
     return {"steps": steps, "rows": rows, "engine_auto": bench.speedups(report, command)}
 
 
@@ -169,8 +253,11 @@ def compiled(steps: int, repeats: int) -> dict:
     from gradlab import bench
 
     modes = ["compile=true"] + (["compile=cudagraphs"] if GPU else [])
-    return {"steps": steps, "repeats": repeats,
-            "rows": [bench.compiled(m, steps, repeats, mode) for m in MODELS for mode in modes]}
+    return {
+        "steps": steps,
+        "repeats": repeats,
+        "rows": [bench.compiled(m, steps, repeats, mode) for m in MODELS for mode in modes],
+    }
 
 
 # name -> (needs CUDA, estimated seconds on the H200, the section with its sizes on a GPU / on a CPU)
@@ -191,18 +278,29 @@ def markdown(name: str, result: dict) -> str:
     if name == "environment":
         return "\n".join(f"- {k}: {v}" for k, v in result.items() if k != "section_s")
     if name == "cuda_tests":
-        lines = [f"passed {result['passed']}, failed {result['failed']}, skipped {result['skipped']} "
-                 f"({result['seconds']} s, exit {result['exit_code']})"]
+        lines = [
+            f"passed {result['passed']}, failed {result['failed']}, skipped {result['skipped']} "
+            f"({result['seconds']} s, exit {result['exit_code']})"
+        ]
         return "\n".join(lines + [f"- FAILED {f['test']}: {f['error']}" for f in result["failures"]])
     if name == "main_job":
-        lines = [f"`{result['command']}`", "", "| device | wall s | run | s | steps/s | eval loss |", "|---|---|---|---|---|---|"]
+        lines = [
+            f"`{result['command']}`",
+            "",
+            "| device | wall s | run | s | steps/s | eval loss |",
+            "|---|---|---|---|---|---|",
+        ]
         for row in result["rows"]:
             for r in row["runs"] or [{}]:
-                lines.append(f"| {row['device']} | {row['wall_s']} | {r.get('name')} ({r.get('status')}) | "
-                             f"{r.get('wall_time_s')} | {r.get('steps_per_s')} | {r.get('eval_loss_final')} |")
+                lines.append(
+                    f"| {row['device']} | {row['wall_s']} | {r.get('name')} ({r.get('status')}) | "
+                    f"{r.get('wall_time_s')} | {r.get('steps_per_s')} | {r.get('eval_loss_final')} |"
+                )
         return "\n".join(lines)
     rows = [_cells(r) for r in result["rows"]]
-    columns = list(dict.fromkeys(k for r in rows for k in r))  # every row's, in order: a refused row has fewer
+    columns = list(
+        dict.fromkeys(k for r in rows for k in r)
+    )  # every row's, in order: a refused row has fewer
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     return "\n".join(lines + ["| " + " | ".join(_format(r.get(c, "")) for c in columns) + " |" for r in rows])
 
@@ -238,8 +336,13 @@ def _run(command: list[str]) -> str:
 
 def check(out: Path, budget: float) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    report = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cuda": GPU, "budget_s": budget,
-              "sections": {}, "skipped": {}}
+    report = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cuda": GPU,
+        "budget_s": budget,
+        "sections": {},
+        "skipped": {},
+    }
     (out / "gpu_check.md").write_text(f"# gradlab GPU check, {report['started']}\n")
     start = time.perf_counter()
     for name, (needs_cuda, estimate, measure) in SECTIONS.items():
@@ -262,8 +365,9 @@ def check(out: Path, budget: float) -> dict:
                 result = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
             result["section_s"] = round(time.perf_counter() - began, 1)
             report["sections"][name] = result
-            text = (f"error: {result['error']}" if "error" in result else markdown(name, result)) + \
-                f"\n\n({result['section_s']} s)"
+            text = (
+                f"error: {result['error']}" if "error" in result else markdown(name, result)
+            ) + f"\n\n({result['section_s']} s)"
         print(f"[gpu_check] {name}: {text.splitlines()[0]}", flush=True)
         with open(out / "gpu_check.md", "a") as md:
             md.write(f"\n## {name}\n\n{text}\n")
@@ -300,8 +404,10 @@ def main() -> None:
         record(Path(args.report))
         return
     report = check(Path(args.out), args.budget)
-    print(f"[gpu_check] done in {report['elapsed_s']} s; skipped: "
-          f"{', '.join(f'{k} ({v})' for k, v in report['skipped'].items()) or 'none'} -> {args.out}")
+    print(
+        f"[gpu_check] done in {report['elapsed_s']} s; skipped: "
+        f"{', '.join(f'{k} ({v})' for k, v in report['skipped'].items()) or 'none'} -> {args.out}"
+    )
 
 
 if __name__ == "__main__":

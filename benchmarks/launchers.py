@@ -10,7 +10,7 @@ import sys
 
 from gradlab.bench import sweep_throughput
 
-model, steps, repeats = (sys.argv[1:] + ["lstm", "300", "3"][len(sys.argv) - 1:])[:3]
+model, steps, repeats = (sys.argv[1:] + ["lstm", "300", "3"][len(sys.argv) - 1 :])[:3]
 result = sweep_throughput(model, int(steps), int(repeats), seeds=2)
 print(f"8-run sweep, model={model}, {steps} steps per run, median of {repeats}:")
 for name, seconds in result["seconds"].items():

@@ -28,17 +28,34 @@ def make_records(root: Path, n: int) -> None:
     rng = np.random.default_rng(0)
     history = pd.DataFrame({"step": np.arange(1, 201), "loss": rng.random(200), "grad_norm": rng.random(200)})
     for i in range(n):
-        conf = {**base, "seed": i % 10, "max_norm": [0.25, 0.5, 1, 2, 5][i // 10 % 5],
-                "clip": {"mode": "norm", "max_norm": [0.25, 0.5, 1, 2, 5][i // 10 % 5]}, "lr": 10 ** -(1 + i // 50 % 20)}
+        conf = {
+            **base,
+            "seed": i % 10,
+            "max_norm": [0.25, 0.5, 1, 2, 5][i // 10 % 5],
+            "clip": {"mode": "norm", "max_norm": [0.25, 0.5, 1, 2, 5][i // 10 % 5]},
+            "lr": 10 ** -(1 + i // 50 % 20),
+        }
         run = root / "sweep" / f"{run_id(conf)}-{i}"
         run.mkdir(parents=True)
         (run / "config.yaml").write_text(yaml.safe_dump(conf, sort_keys=False))
         history.to_csv(run / "history.csv", index=False)
-        (run / "summary.json").write_text(json.dumps({
-            "status": "completed", "name": run.name, "sweep": "sweep", "seed": conf["seed"],
-            "eval_loss_final": float(rng.random()), "train_loss_final": float(rng.random()),
-            "train_loss_best": float(rng.random()), "grad_norm_mean": 1.0, "grad_norm_max": 3.0,
-            "clip_fraction": 0.5, "steps_per_s": 100.0}))
+        (run / "summary.json").write_text(
+            json.dumps(
+                {
+                    "status": "completed",
+                    "name": run.name,
+                    "sweep": "sweep",
+                    "seed": conf["seed"],
+                    "eval_loss_final": float(rng.random()),
+                    "train_loss_final": float(rng.random()),
+                    "train_loss_best": float(rng.random()),
+                    "grad_norm_mean": 1.0,
+                    "grad_norm_max": 3.0,
+                    "clip_fraction": 0.5,
+                    "steps_per_s": 100.0,
+                }
+            )
+        )
 
 
 def main(n: int = 1000) -> None:
@@ -52,8 +69,10 @@ def main(n: int = 1000) -> None:
             start = time.perf_counter()
             result = compare(runs)
             table.append(time.perf_counter() - start)
-        print(f"{n} records: load {statistics.median(load):.2f} s, table {statistics.median(table):.2f} s "
-              f"(median of 3; {len(result.table)} groups)")
+        print(
+            f"{n} records: load {statistics.median(load):.2f} s, table {statistics.median(table):.2f} s "
+            f"(median of 3; {len(result.table)} groups)"
+        )
 
 
 if __name__ == "__main__":

@@ -19,11 +19,22 @@ app = typer.Typer(
 )
 
 OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
-DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the runs that would be made, and which are done; train nothing.")]
+DryRun = Annotated[
+    bool,
+    typer.Option("--dry-run", help="Print the runs that would be made, and which are done; train nothing."),
+]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing while training (progress=none).")]
-Force = Annotated[bool, typer.Option("--force", help="Re-run runs that already finished instead of skipping them.")]
-ConfigDir = Annotated[list[str], typer.Option("--config-dir", help="A folder of your own configs (model/, task/, clip/, "
-                                               "optim/ ... YAML files), used beside gradlab's; may be repeated.")]
+Force = Annotated[
+    bool, typer.Option("--force", help="Re-run runs that already finished instead of skipping them.")
+]
+ConfigDir = Annotated[
+    list[str],
+    typer.Option(
+        "--config-dir",
+        help="A folder of your own configs (model/, task/, clip/, "
+        "optim/ ... YAML files), used beside gradlab's; may be repeated.",
+    ),
+]
 
 
 @contextmanager
@@ -41,8 +52,12 @@ def user_errors():
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
     except (Interrupted, KeyboardInterrupt) as e:
-        typer.echo(str(e) if isinstance(e, Interrupted) else
-                   "interrupted: finished runs are kept; running the same command again makes the rest", err=True)
+        typer.echo(
+            str(e)
+            if isinstance(e, Interrupted)
+            else "interrupted: finished runs are kept; running the same command again makes the rest",
+            err=True,
+        )
         _handled_interrupt()
         raise typer.Exit(130) from None
 
@@ -60,12 +75,19 @@ def _handled_interrupt() -> None:
 def _flags(quiet: bool, force: bool, config_dir: list[str] = ()) -> list[str]:
     from gradlab.launch import search_override
 
-    return (["progress=none"] if quiet else []) + (["force=true"] if force else []) + search_override(config_dir)
+    return (
+        (["progress=none"] if quiet else []) + (["force=true"] if force else []) + search_override(config_dir)
+    )
 
 
 @app.command(context_settings=OVERRIDES)
-def train(ctx: typer.Context, dry_run: DryRun = False, quiet: Quiet = False, force: Force = False,
-          config_dir: ConfigDir = ()):
+def train(
+    ctx: typer.Context,
+    dry_run: DryRun = False,
+    quiet: Quiet = False,
+    force: Force = False,
+    config_dir: ConfigDir = (),
+):
     """One run: gradlab train model=transformer clip=value clip_value=0.5 accum_steps=4"""
     from gradlab import launch
 
@@ -76,8 +98,13 @@ def train(ctx: typer.Context, dry_run: DryRun = False, quiet: Quiet = False, for
 
 
 @app.command(context_settings=OVERRIDES)
-def sweep(ctx: typer.Context, dry_run: DryRun = False, quiet: Quiet = False, force: Force = False,
-          config_dir: ConfigDir = ()):
+def sweep(
+    ctx: typer.Context,
+    dry_run: DryRun = False,
+    quiet: Quiet = False,
+    force: Force = False,
+    config_dir: ConfigDir = (),
+):
     """A grid of runs (Hydra multirun): gradlab sweep model=lstm clip=norm max_norm=1,5"""
     from gradlab import launch
 
@@ -90,10 +117,14 @@ def sweep(ctx: typer.Context, dry_run: DryRun = False, quiet: Quiet = False, for
 @app.command(context_settings=OVERRIDES)
 def suggest(
     ctx: typer.Context,
-    pilot_steps: Annotated[int, typer.Option("--pilot-steps", min=2, help="Steps of the pilot run (at most the "
-                                                                          "run's own budget).")] = PILOT_STEPS,
-    skip: Annotated[float, typer.Option("--skip", help="Share of the pilot's first steps left out as the "
-                                                       "transient, in [0, 1).")] = SKIP,
+    pilot_steps: Annotated[
+        int,
+        typer.Option("--pilot-steps", min=2, help="Steps of the pilot run (at most the run's own budget)."),
+    ] = PILOT_STEPS,
+    skip: Annotated[
+        float,
+        typer.Option("--skip", help="Share of the pilot's first steps left out as the transient, in [0, 1)."),
+    ] = SKIP,
     quiet: Quiet = False,
     config_dir: ConfigDir = (),
 ):
@@ -111,6 +142,7 @@ def list_options(config_dir: ConfigDir = ()):
     from importlib import resources
 
     from gradlab.experiments import catalogue, header
+
     from gradlab.launch import options, search_override, user_folders
     from gradlab.sweep import GROUPS
 
@@ -135,13 +167,26 @@ def list_options(config_dir: ConfigDir = ()):
 
 
 Paths = Annotated[list[str], typer.Argument(help="Sweep folders or results roots holding run records.")]
-By = Annotated[str, typer.Option("--by", help="Comma-separated config keys to group by (default: the keys that vary).")]
-Metric = Annotated[str, typer.Option("--metric", help="Summary figure to sort by, e.g. eval_loss, train_loss_best.")]
+By = Annotated[
+    str, typer.Option("--by", help="Comma-separated config keys to group by (default: the keys that vary).")
+]
+Metric = Annotated[
+    str, typer.Option("--metric", help="Summary figure to sort by, e.g. eval_loss, train_loss_best.")
+]
 Out = Annotated[str, typer.Option("--out", help="Folder for the output files (default: the first path).")]
-Target = Annotated[float, typer.Option("--target", help="Steps until the metric reaches this value, and the share "
-                                                        "of seeds that reach it.")]
-Relative = Annotated[bool, typer.Option("--relative", help="Express each norm threshold as max_norm / the median "
-                                                           "pre-clip gradient norm of its runs.")]
+Target = Annotated[
+    float,
+    typer.Option(
+        "--target", help="Steps until the metric reaches this value, and the share of seeds that reach it."
+    ),
+]
+Relative = Annotated[
+    bool,
+    typer.Option(
+        "--relative",
+        help="Express each norm threshold as max_norm / the median pre-clip gradient norm of its runs.",
+    ),
+]
 
 
 def _comparison(paths, by, metric, target=None, relative=False, paired=False):
@@ -158,11 +203,19 @@ def compare(
     metric: Metric = "eval_loss",
     target: Target = None,
     relative: Relative = False,
-    paired: Annotated[bool, typer.Option("--paired", help="Each row against the best, seed by seed: the paired "
-                                                          "difference with its 95% interval and p-value.")] = False,
+    paired: Annotated[
+        bool,
+        typer.Option(
+            "--paired",
+            help="Each row against the best, seed by seed: the paired "
+            "difference with its 95% interval and p-value.",
+        ),
+    ] = False,
     fmt: Annotated[str, typer.Option("--format", help="md, csv, latex or all.")] = "all",
     out: Out = "",
-    wandb: Annotated[bool, typer.Option("--wandb", help="Also log the table and plots as a W&B run of job_type report.")] = False,
+    wandb: Annotated[
+        bool, typer.Option("--wandb", help="Also log the table and plots as a W&B run of job_type report.")
+    ] = False,
 ):
     """Comparison table of the runs under PATHS: gradlab compare results/<sweep>"""
     from pathlib import Path
@@ -184,8 +237,14 @@ def compare(
 
 
 @app.command(rich_help_panel="Results")
-def plot(paths: Paths, by: By = "", metric: Metric = "eval_loss", target: Target = None, relative: Relative = False,
-         out: Out = ""):
+def plot(
+    paths: Paths,
+    by: By = "",
+    metric: Metric = "eval_loss",
+    target: Target = None,
+    relative: Relative = False,
+    out: Out = "",
+):
     """PNGs: curves over training, the metric and clip fraction against the threshold, the share of
     seeds reaching --target against it, and the gradient-norm distribution with the thresholds."""
     from pathlib import Path
@@ -208,8 +267,11 @@ def _print_table(cells, comparison) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    best = (f"ranked within each of the {comparison.tasks} tasks, * = best of its task" if comparison.tasks > 1
-            else "* = best")
+    best = (
+        f"ranked within each of the {comparison.tasks} tasks, * = best of its task"
+        if comparison.tasks > 1
+        else "* = best"
+    )
     table = Table(title=f"sorted by {comparison.metric}: mean ± std over completed runs; {best}")
     for column in cells.columns:
         table.add_column(column, no_wrap=True)
@@ -229,24 +291,35 @@ def _report(runs, comparison, cells, out) -> None:
     group = runs["sweep"].iloc[0] if runs["sweep"].nunique() == 1 else "compare"
     images = {p.stem: p for p in draw(comparison, runs, out)}
     where = log_report(group, {"comparison": cells}, images, settings, out)
-    typer.echo(f"logged the comparison to W&B (group {group})" + (f"; offline files in {where}/wandb" if where else ""))
+    typer.echo(
+        f"logged the comparison to W&B (group {group})"
+        + (f"; offline files in {where}/wandb" if where else "")
+    )
 
 
 @app.command(context_settings=OVERRIDES, rich_help_panel="Results")
 def reproduce(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="A study (see --list), or all.")] = "",
-    scale: Annotated[str, typer.Option("--scale", help="smoke (seconds), quick (CPU minutes) or full (paper sizes, GPU).")] = "quick",
+    scale: Annotated[
+        str, typer.Option("--scale", help="smoke (seconds), quick (CPU minutes) or full (paper sizes, GPU).")
+    ] = "quick",
     list_studies: Annotated[bool, typer.Option("--list", help="List the studies and their claims.")] = False,
-    results_root: Annotated[str, typer.Option("--results-root", help="Where the studies' runs and reports go.")] = "results",
-    publish: Annotated[bool, typer.Option("--publish", help="Also copy each report into results/reference/.")] = False,
+    results_root: Annotated[
+        str, typer.Option("--results-root", help="Where the studies' runs and reports go.")
+    ] = "results",
+    publish: Annotated[
+        bool, typer.Option("--publish", help="Also copy each report into results/reference/.")
+    ] = False,
     quiet: Quiet = False,
 ):
     """Run a published threshold recommendation as a study and report whether it holds.
 
-    Extra overrides go to every sweep of the study, e.g. `gradlab reproduce lstm-adding device=cuda wandb=off`."""
-    from gradlab.errors import ConfigError
+    Extra overrides go to every sweep of the study, e.g.
+    `gradlab reproduce lstm-adding device=cuda wandb=off`."""
     from gradlab.experiments import STUDIES, study_module
+
+    from gradlab.errors import ConfigError
 
     if list_studies or not name:
         for key in STUDIES:
@@ -291,16 +364,32 @@ def _counts(value: str) -> tuple:
 
 @app.command()
 def bench(
-    only: Annotated[str, typer.Option("--only", help="Sections, comma-separated: loop, clip, sweep, scale, fixed, compile.")] = "loop,clip,sweep,scale,fixed",
-    models: Annotated[str, typer.Option("--models", help="Models, comma-separated: mlp, rnn, gru, lstm, transformer.")] = "mlp,lstm,transformer",
-    counts: Annotated[str, typer.Option("--counts", help="Runs trained together in the scale section, comma-separated.")] = "1,4,16,64",
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Steps per timing of loop (clip: half, scale: a quarter).")] = 100,
-    sweep_steps: Annotated[int, typer.Option("--sweep-steps", min=1, help="Steps of each run of the sweep section.")] = 50,
-    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timings per measurement; medians are reported.")] = 3,
-    sweep_repeats: Annotated[int, typer.Option("--sweep-repeats", min=1, help="Timings of each whole sweep.")] = 1,
+    only: Annotated[
+        str,
+        typer.Option("--only", help="Sections, comma-separated: loop, clip, sweep, scale, fixed, compile."),
+    ] = "loop,clip,sweep,scale,fixed",
+    models: Annotated[
+        str, typer.Option("--models", help="Models, comma-separated: mlp, rnn, gru, lstm, transformer.")
+    ] = "mlp,lstm,transformer",
+    counts: Annotated[
+        str, typer.Option("--counts", help="Runs trained together in the scale section, comma-separated.")
+    ] = "1,4,16,64",
+    steps: Annotated[
+        int, typer.Option("--steps", min=1, help="Steps per timing of loop (clip: half, scale: a quarter).")
+    ] = 100,
+    sweep_steps: Annotated[
+        int, typer.Option("--sweep-steps", min=1, help="Steps of each run of the sweep section.")
+    ] = 50,
+    repeats: Annotated[
+        int, typer.Option("--repeats", min=1, help="Timings per measurement; medians are reported.")
+    ] = 3,
+    sweep_repeats: Annotated[
+        int, typer.Option("--sweep-repeats", min=1, help="Timings of each whole sweep.")
+    ] = 1,
     out: Annotated[str, typer.Option("--out", help="JSON file for the results.")] = "results/bench.json",
 ):
-    """How fast gradlab is here: its loop vs plain PyTorch, clip mode costs, sweep throughput, scaling, fixed cost."""
+    """How fast gradlab is here: its loop vs plain PyTorch, clip mode costs, sweep throughput, scaling,
+    fixed cost."""
     from gradlab import bench as measure
 
     with user_errors():

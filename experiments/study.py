@@ -78,7 +78,7 @@ class Lab:
 
 
 def run_study(study, scale: str, root: Path, extra: list[str] = ()) -> Path:
-    """Run a study at a scale (extra overrides go to every sweep) and write its report.md; returns its path."""
+    """Run a study at a scale (extra overrides go to every sweep) and write its report.md; its path."""
     lab = Lab(study, scale, root, extra)
     start = time.perf_counter()
     verdict = study.run(lab, study.SCALES[scale])
@@ -90,25 +90,53 @@ def write_report(study, lab: Lab, verdict: Verdict, wall_s: float) -> Path:
 
     import gradlab
 
-    seeds = "; ".join(f"{label}: {len(s)} ({', '.join(map(str, sorted(s)))})" for label, s in lab.seeds.items())
-    lines = [f"# {study.NAME} ({lab.scale} scale)", "", f"**Claim.** {study.CLAIM}", "",
-             f"**Source.** {study.SOURCE}", "", f"## Verdict: {verdict.outcome}", "",
-             "Computed from the runs below, by rules fixed before they ran (experiments/study.py and the "
-             "study's module): holds, contradicted, indistinguishable, or not stressed.", ""]
+    seeds = "; ".join(
+        f"{label}: {len(s)} ({', '.join(map(str, sorted(s)))})" for label, s in lab.seeds.items()
+    )
+    lines = [
+        f"# {study.NAME} ({lab.scale} scale)",
+        "",
+        f"**Claim.** {study.CLAIM}",
+        "",
+        f"**Source.** {study.SOURCE}",
+        "",
+        f"## Verdict: {verdict.outcome}",
+        "",
+        "Computed from the runs below, by rules fixed before they ran (experiments/study.py and the "
+        "study's module): holds, contradicted, indistinguishable, or not stressed.",
+        "",
+    ]
     lines += [f"- {line}" for line in verdict.lines]
-    lines += ["", f"**Statistics.** {TESTS} Seeds per arm, by sweep: {seeds}.", "",
-              f"**Departures from the paper.** {study.DEPARTURES}", ""]
+    lines += [
+        "",
+        f"**Statistics.** {TESTS} Seeds per arm, by sweep: {seeds}.",
+        "",
+        f"**Departures from the paper.** {study.DEPARTURES}",
+        "",
+    ]
     command = " ".join(["gradlab reproduce", study.NAME, "--scale", lab.scale, *map(shlex.quote, lab.extra)])
-    runs = (f"all {lab.made} runs made by this call (a first run)" if not lab.reused else
-            f"{lab.made} runs made by this call, {lab.reused} found finished and reused")
-    lines += ["## Setup", "", f"Reproduce: `{command}`, which runs:", "",
-              "```", *lab.commands, "```", "",
-              f"Made {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()} "
-              f"({platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
-              f"{', ' + torch.cuda.get_device_name() if torch.cuda.is_available() else ''}); "
-              f"gradlab {gradlab.__version__}, torch {torch.__version__}, python {platform.python_version()}; "
-              f"wall time {wall_s / 60:.1f} min, {runs}; the runs' own wall times add up to "
-              f"{lab.run_seconds / 60:.1f} min.", ""]
+    runs = (
+        f"all {lab.made} runs made by this call (a first run)"
+        if not lab.reused
+        else f"{lab.made} runs made by this call, {lab.reused} found finished and reused"
+    )
+    lines += [
+        "## Setup",
+        "",
+        f"Reproduce: `{command}`, which runs:",
+        "",
+        "```",
+        *lab.commands,
+        "```",
+        "",
+        f"Made {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()} "
+        f"({platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
+        f"{', ' + torch.cuda.get_device_name() if torch.cuda.is_available() else ''}); "
+        f"gradlab {gradlab.__version__}, torch {torch.__version__}, python {platform.python_version()}; "
+        f"wall time {wall_s / 60:.1f} min, {runs}; the runs' own wall times add up to "
+        f"{lab.run_seconds / 60:.1f} min.",
+        "",
+    ]
     for label, note, comparison in lab.sections:
         lines += [f"## {label}", ""] + ([note, ""] if note else [])
         lines += [to_markdown(readable(comparison)), f"![{label}]({label}/curves.png)", ""]
@@ -142,17 +170,23 @@ def publish_report(report: Path) -> Path:
 # --- verdicts: four outcomes, from paired seeds
 
 HOLDS, CONTRADICTED, INDISTINGUISHABLE, NOT_STRESSED = OUTCOMES = (
-    "holds", "contradicted", "indistinguishable", "not stressed")
-RARE = 0.01    # an arm that clipped on fewer steps than this is the same run as none
-TESTS = ("Comparisons pair arms by seed (same initialisation and data stream). Continuous figures: "
-         "paired t interval (95%) of the mean difference over the shared seeds. Success counts: "
-         "exact McNemar test (two-sided binomial test on the discordant pairs), with Wilson 95% "
-         "intervals of each arm's success rate.")
+    "holds",
+    "contradicted",
+    "indistinguishable",
+    "not stressed",
+)
+RARE = 0.01  # an arm that clipped on fewer steps than this is the same run as none
+TESTS = (
+    "Comparisons pair arms by seed (same initialisation and data stream). Continuous figures: "
+    "paired t interval (95%) of the mean difference over the shared seeds. Success counts: "
+    "exact McNemar test (two-sided binomial test on the discordant pairs), with Wilson 95% "
+    "intervals of each arm's success rate."
+)
 
 
 class Finding(NamedTuple):
     outcome: str  # holds | contradicted | indistinguishable (of one comparison)
-    text: str     # the comparison with its interval or p-value
+    text: str  # the comparison with its interval or p-value
 
 
 def per_seed(runs: pd.DataFrame, figure: str, where: dict) -> pd.Series:
@@ -188,16 +222,19 @@ def seeds_to_tell(diff: Difference, margin: float = 0.0) -> str:
 
 class Counts(NamedTuple):
     """Paired successes of two arms over their shared seeds."""
+
     n: int
-    a: int       # successes of a
-    b: int       # successes of b
+    a: int  # successes of a
+    b: int  # successes of b
     b_only: int  # seeds where b succeeded and a did not
     a_only: int
-    p: float     # exact McNemar: two-sided binomial test on the discordant pairs
+    p: float  # exact McNemar: two-sided binomial test on the discordant pairs
 
     def __str__(self) -> str:
-        return (f"{self.b}/{self.n} {wilson(self.b, self.n)} vs {self.a}/{self.n} {wilson(self.a, self.n)} "
-                f"(McNemar exact p={self.p:.2g})")
+        return (
+            f"{self.b}/{self.n} {wilson(self.b, self.n)} vs {self.a}/{self.n} {wilson(self.a, self.n)} "
+            f"(McNemar exact p={self.p:.2g})"
+        )
 
 
 def counts(a: pd.Series, b: pd.Series) -> Counts:
@@ -232,10 +269,16 @@ class Verdict:
         self.lines: list[str] = []
 
     def control(self, failed: bool, text: str) -> None:
-        """A negative control: an arm that must fail the claim's criterion (`text` says which and how it did)."""
+        """A negative control: an arm that must fail the claim's criterion (`text`: which, and how it did)."""
         self.controls.append(bool(failed))
-        self.lines.append(f"Negative control: {text}: " + (
-            "failed, as it must." if failed else "did **not** fail, so this design does not stress the claim."))
+        self.lines.append(
+            f"Negative control: {text}: "
+            + (
+                "failed, as it must."
+                if failed
+                else "did **not** fail, so this design does not stress the claim."
+            )
+        )
 
     def compare(self, what: str, finding: Finding) -> None:
         self.findings.append(finding)
@@ -269,21 +312,29 @@ def fired(runs: pd.DataFrame, where: dict) -> float:
     return float(per_seed(runs, "clip_fraction", where).mean())
 
 
-def against_control(verdict: Verdict, runs: pd.DataFrame, name: str, arm: dict, control: dict, budget: int) -> None:
+def against_control(
+    verdict: Verdict, runs: pd.DataFrame, name: str, arm: dict, control: dict, budget: int
+) -> None:
     """The claim "arm reaches the target, where the control does not": steps to the target
     (censored at the budget), paired t, as the comparison; seeds solved, exact McNemar, beside it.
     An arm that clipped on under 1% of steps is the same run as none: its comparison never holds."""
     share = fired(runs, arm)
     c = counts(solved(runs, control), solved(runs, arm))
-    finding = better(difference(steps_to_target(runs, control, budget), steps_to_target(runs, arm, budget)),
-                     lower_is_better=True)
+    finding = better(
+        difference(steps_to_target(runs, control, budget), steps_to_target(runs, arm, budget)),
+        lower_is_better=True,
+    )
     if not (c.a or c.b):
-        finding = finding._replace(text=f"neither arm reached the target within {budget} steps: a longer budget, "
-                                        "not more seeds, could tell")
+        finding = finding._replace(
+            text=f"neither arm reached the target within {budget} steps: a longer budget, "
+            "not more seeds, could tell"
+        )
     finding = finding._replace(text=f"{finding.text}; seeds solved {c}; clipped on {share:.1%} of steps")
     if share < RARE:  # whatever its numbers say, it is not support for the claim
-        finding = finding._replace(outcome=INDISTINGUISHABLE if finding.outcome == HOLDS else finding.outcome,
-                                   text=f"{finding.text}; rarely fired ({share:.2%} of steps): the same run as none")
+        finding = finding._replace(
+            outcome=INDISTINGUISHABLE if finding.outcome == HOLDS else finding.outcome,
+            text=f"{finding.text}; rarely fired ({share:.2%} of steps): the same run as none",
+        )
     verdict.compare(f"{name} against the control, steps to the target (censored at {budget})", finding)
 
 
@@ -307,7 +358,10 @@ def within(values: pd.Series, low: float, high: float, what: str) -> Finding:
     """Does the mean of a per-seed figure lie in [low, high]? By its t interval: holds inside,
     contradicted wholly outside, else indistinguishable."""
     d = difference(pd.Series(0.0, index=values.index), values)
-    text = f"{what} {d.mean:.4g} [{d.low:.4g}, {d.high:.4g}] (t interval, {d.n} seeds), allowed [{low:g}, {high:g}]"
+    text = (
+        f"{what} {d.mean:.4g} [{d.low:.4g}, {d.high:.4g}] (t interval, {d.n} seeds), "
+        f"allowed [{low:g}, {high:g}]"
+    )
     if low <= d.low and d.high <= high:
         return Finding(HOLDS, text)
     if d.high < low or d.low > high:

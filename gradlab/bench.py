@@ -38,7 +38,8 @@ MODELS = ("mlp", "rnn", "gru", "lstm", "transformer")
 
 
 def alternate(timers: dict, repeats: int, warm: bool = True) -> dict:
-    """Each timer once as warm-up (unless not `warm`), then in turn `repeats` times; name -> median seconds."""
+    """Each timer once as warm-up (unless not `warm`), then in turn `repeats` times; name -> median
+    seconds."""
     for t in timers.values() if warm else ():
         t()
     times = {name: [] for name in timers}
@@ -66,10 +67,9 @@ def loops(model: str, steps: int, *overrides: str) -> tuple:
     """(gradlab's loop, the plain loop) on one run's model, data and optimizer: each loop trains
     `steps` steps when called, waits for the device, and returns the seconds."""
     from contextlib import nullcontext
+    from types import SimpleNamespace
 
     import torch
-
-    from types import SimpleNamespace
 
     from gradlab.devices import DTYPES
     from gradlab.objective import loss_fn
@@ -81,13 +81,20 @@ def loops(model: str, steps: int, *overrides: str) -> tuple:
     run = build(conf)
     objective = loss_fn(run.task.spec)
     params = [p for p in run.model.parameters() if p.requires_grad]
-    autocast = (nullcontext if conf["precision"] == "fp32"  # as plain as before: no autocast call under fp32
-                else partial(torch.autocast, run.device.type, dtype=DTYPES[conf["precision"]]))
+    autocast = (
+        nullcontext
+        if conf["precision"] == "fp32"  # as plain as before: no autocast call under fp32
+        else partial(torch.autocast, run.device.type, dtype=DTYPES[conf["precision"]])
+    )
 
     def gradlab_loop() -> float:  # a run's loop, with its record kept in memory
         start = time.perf_counter()
-        session = SimpleNamespace(history=[], layers=[], progress=RunProgress("none", model, steps),
-                                  tracker=Tracker(conf, None, enabled=False))
+        session = SimpleNamespace(
+            history=[],
+            layers=[],
+            progress=RunProgress("none", model, steps),
+            tracker=Tracker(conf, None, enabled=False),
+        )
         stepper = Stepper(conf, run, session)
         for step in range(1, steps + 1):
             stepper.record(step, stepper.step(stepper.net, stepper.batches(step), stepper.parts))
@@ -121,9 +128,14 @@ def loop(model: str, steps: int, repeats: int, *overrides: str) -> dict:
     """gradlab's loop vs the plain loop on one run's model, data and optimizer."""
     gradlab_loop, plain_loop = loops(model, steps, *overrides)
     median = alternate({"gradlab": gradlab_loop, "plain": plain_loop}, repeats)
-    return {"model": model, "steps": steps, "overrides": list(overrides),
-            "gradlab_steps_per_s": steps / median["gradlab"],
-            "plain_steps_per_s": steps / median["plain"], "ratio": median["plain"] / median["gradlab"]}
+    return {
+        "model": model,
+        "steps": steps,
+        "overrides": list(overrides),
+        "gradlab_steps_per_s": steps / median["gradlab"],
+        "plain_steps_per_s": steps / median["plain"],
+        "ratio": median["plain"] / median["gradlab"],
+    }
 
 
 def launches(model: str, steps: int, *overrides: str) -> dict:
@@ -171,38 +183,70 @@ def clip_costs(model: str, steps: int, repeats: int) -> dict:
         return timed
 
     median = alternate({mode: timer(mode) for mode in options("clip")}, repeats)
-    return {"model": model, "steps": steps,
-            "modes": {mode: {"ms_per_step": t * 1e3, "vs_none": t / median["none"]} for mode, t in median.items()}}
+    return {
+        "model": model,
+        "steps": steps,
+        "modes": {
+            mode: {"ms_per_step": t * 1e3, "vs_none": t / median["none"]} for mode, t in median.items()
+        },
+    }
 
 
 def _gradlab(args: list[str]) -> float:
     """Wall time of a gradlab command in a fresh process, results in a fresh folder."""
     with tempfile.TemporaryDirectory() as root:
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "gradlab", *args, f"results_root={root}", "progress=none"],
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "gradlab", *args, f"results_root={root}", "progress=none"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         return time.perf_counter() - start
 
 
 def sweep_throughput(model: str, steps: int, repeats: int, seeds: int = 4) -> dict:
     """Runs per minute of a sweep of 4 norm thresholds x `seeds` seeds, by launcher (alternating)."""
-    sweep = ["sweep", f"model={model}", "clip=norm", "max_norm=0.5,1,2,5", f"seed=range({seeds})", f"steps={steps}",
-             "eval_every=0", "wandb=offline"]
-    launchers = {"sequential": ["engine=sequential"], "joblib": ["launcher=local"], "vectorized": ["engine=vectorized"],
-                 "auto": ["engine=auto"]}
+    sweep = [
+        "sweep",
+        f"model={model}",
+        "clip=norm",
+        "max_norm=0.5,1,2,5",
+        f"seed=range({seeds})",
+        f"steps={steps}",
+        "eval_every=0",
+        "wandb=offline",
+    ]
+    launchers = {
+        "sequential": ["engine=sequential"],
+        "joblib": ["launcher=local"],
+        "vectorized": ["engine=vectorized"],
+        "auto": ["engine=auto"],
+    }
     times = {name: [] for name in launchers}
     for _ in range(repeats):
         for name, extra in launchers.items():
             times[name].append(_gradlab([*sweep, *extra]))
     runs = 4 * seeds
     runs_per_min = {name: runs * 60 / statistics.median(values) for name, values in times.items()}
-    return {"model": model, "runs": runs, "steps": steps, "runs_per_min": runs_per_min,
-            "seconds": {name: statistics.median(values) for name, values in times.items()},
-            "vs_sequential": {name: rate / runs_per_min["sequential"] for name, rate in runs_per_min.items()}}
+    return {
+        "model": model,
+        "runs": runs,
+        "steps": steps,
+        "runs_per_min": runs_per_min,
+        "seconds": {name: statistics.median(values) for name, values in times.items()},
+        "vs_sequential": {name: rate / runs_per_min["sequential"] for name, rate in runs_per_min.items()},
+    }
 
 
-def scaling(model: str, count: int, steps: int, *overrides: str, repeats: int = 1,
-            engines: tuple = ("sequential", "vectorized", "auto"), warm: bool = True) -> dict:
+def scaling(
+    model: str,
+    count: int,
+    steps: int,
+    *overrides: str,
+    repeats: int = 1,
+    engines: tuple = ("sequential", "vectorized", "auto"),
+    warm: bool = True,
+) -> dict:
     """Median seconds to train `count` runs (seeds 0..count-1) one after another, as one vectorized
     group, and as engine=auto chooses (of `engines`), alternating, each timing into a fresh folder
     (after a warm-up timing of each, unless not `warm`)."""
@@ -212,8 +256,17 @@ def scaling(model: str, count: int, steps: int, *overrides: str, repeats: int = 
     from gradlab.vectorized import run_groups, train_group
 
     with tempfile.TemporaryDirectory() as root:
-        confs = [_conf(f"model={model}", f"steps={steps}", f"seed={seed}", "eval_every=0", f"results_root={root}",
-                       *overrides) for seed in range(count)]
+        confs = [
+            _conf(
+                f"model={model}",
+                f"steps={steps}",
+                f"seed={seed}",
+                "eval_every=0",
+                f"results_root={root}",
+                *overrides,
+            )
+            for seed in range(count)
+        ]
         fresh = numbers()
 
         def timer(engine: str):
@@ -230,9 +283,15 @@ def scaling(model: str, count: int, steps: int, *overrides: str, repeats: int = 
             return timed
 
         median = alternate({engine: timer(engine) for engine in engines}, repeats, warm)
-    row = {"model": model, "runs": count, "steps": steps, "overrides": list(overrides), "repeats": repeats,
-           **{f"{engine}_s": median[engine] for engine in engines},
-           "speedup": median["sequential"] / median["vectorized"]}
+    row = {
+        "model": model,
+        "runs": count,
+        "steps": steps,
+        "overrides": list(overrides),
+        "repeats": repeats,
+        **{f"{engine}_s": median[engine] for engine in engines},
+        "speedup": median["sequential"] / median["vectorized"],
+    }
     return {**row, "auto_speedup": median["sequential"] / median["auto"]} if "auto" in engines else row
 
 
@@ -253,47 +312,85 @@ def _first_step(model: str, mode: str = "compile=true") -> float:
 
 
 def fixed_cost(model: str, repeats: int) -> dict:
-    times = [_gradlab(["train", f"model={model}", "steps=1", "eval_every=0", "wandb=offline"]) for _ in range(repeats)]
+    times = [
+        _gradlab(["train", f"model={model}", "steps=1", "eval_every=0", "wandb=offline"])
+        for _ in range(repeats)
+    ]
     return {"model": model, "seconds": statistics.median(times)}
 
 
-def run(sections: list[str], models: list[str], steps: int, repeats: int, sweep_steps: int,
-        sweep_repeats: int, counts: tuple = COUNTS) -> dict:
+def run(
+    sections: list[str],
+    models: list[str],
+    steps: int,
+    repeats: int,
+    sweep_steps: int,
+    sweep_repeats: int,
+    counts: tuple = COUNTS,
+) -> dict:
     """Measure the chosen sections, printing each table as it is done; the results as one dict."""
     report = {**device_report(), "repeats": repeats}
-    print(f"gradlab bench on {report['device']}, torch {report['torch']}, {report['threads']} threads, "
-          f"medians of {repeats}")
+    print(
+        f"gradlab bench on {report['device']}, torch {report['torch']}, {report['threads']} threads, "
+        f"medians of {repeats}"
+    )
+
     def scale_rows() -> list:
         rows = [scaling(m, n, scale_steps, repeats=repeats) for m in models for n in counts]
-        return rows + [scaling("lstm", 16, scale_steps, f"task.length={t}", repeats=repeats)
-                       for t in LENGTHS if "lstm" in models]
+        return rows + [
+            scaling("lstm", 16, scale_steps, f"task.length={t}", repeats=repeats)
+            for t in LENGTHS
+            if "lstm" in models
+        ]
 
     modes = ["compile=true"] + (["compile=cudagraphs"] if report["kind"] != "cpu" else [])
     scale_steps = max(1, steps // 4)
     measures = {  # section -> (rows, title, one row's line)
-        "loop": (lambda: [loop(m, steps, repeats) for m in models],
-                 f"loop: steps/s, gradlab's loop (all metrics) vs a plain PyTorch loop, {steps} steps", _loop_line),
-        "clip": (lambda: [clip_costs(m, max(1, steps // 2), repeats) for m in models],
-                 f"clip: ms per step of gradlab's step by clip mode (ratio to clip=none), {max(1, steps // 2)} steps",
-                 lambda r: "  ".join(f"{mode} {v['ms_per_step']:.2f} ({v['vs_none']:.2f}x)"
-                                     for mode, v in r["modes"].items())),
-        "sweep": (lambda: [sweep_throughput(m, sweep_steps, sweep_repeats) for m in models if m != "transformer"],
-                  f"sweep: runs per minute, 16 runs (4 thresholds x 4 seeds), {sweep_steps} steps each, "
-                  f"median of {sweep_repeats}",
-                  lambda r: "   ".join(f"{name} {rate:6.1f} ({r['vs_sequential'][name]:.2f}x)"
-                                       for name, rate in r["runs_per_min"].items())),
-        "scale": (scale_rows, f"scale: seconds for N runs of {scale_steps} steps, one after another vs vectorized "
-                              f"vs engine=auto (one process, median of {repeats})",
-                  lambda r: f"{' '.join(r['overrides']):<16} N={r['runs']:<3} sequential {r['sequential_s']:7.2f}   "
-                            f"vectorized {r['vectorized_s']:7.2f} ({r['speedup']:.2f}x)   "
-                            f"auto {r['auto_s']:7.2f} ({r['auto_speedup']:.2f}x)"),
-        "fixed": (lambda: [fixed_cost(m, repeats) for m in models],
-                  "fixed: seconds for a whole 1-step run in a fresh process (start, imports, data, W&B init)",
-                  lambda r: f"{r['seconds']:.2f} s"),
-        "compile": (lambda: [compiled(m, steps, repeats, mode) for m in models for mode in modes],
-                    f"compile: steps/s compiled, {steps} steps (compare with loop)",
-                    lambda r: f"{' '.join(r['overrides']):<18} {_loop_line(r)}   first step {r['first_step_s']:.1f} s"
-                              f"   {r['execution']}"),
+        "loop": (
+            lambda: [loop(m, steps, repeats) for m in models],
+            f"loop: steps/s, gradlab's loop (all metrics) vs a plain PyTorch loop, {steps} steps",
+            _loop_line,
+        ),
+        "clip": (
+            lambda: [clip_costs(m, max(1, steps // 2), repeats) for m in models],
+            f"clip: ms per step of gradlab's step by clip mode (ratio to clip=none), "
+            f"{max(1, steps // 2)} steps",
+            lambda r: "  ".join(
+                f"{mode} {v['ms_per_step']:.2f} ({v['vs_none']:.2f}x)" for mode, v in r["modes"].items()
+            ),
+        ),
+        "sweep": (
+            lambda: [sweep_throughput(m, sweep_steps, sweep_repeats) for m in models if m != "transformer"],
+            f"sweep: runs per minute, 16 runs (4 thresholds x 4 seeds), {sweep_steps} steps each, "
+            f"median of {sweep_repeats}",
+            lambda r: "   ".join(
+                f"{name} {rate:6.1f} ({r['vs_sequential'][name]:.2f}x)"
+                for name, rate in r["runs_per_min"].items()
+            ),
+        ),
+        "scale": (
+            scale_rows,
+            f"scale: seconds for N runs of {scale_steps} steps, one after another vs vectorized "
+            f"vs engine=auto (one process, median of {repeats})",
+            lambda r: (
+                f"{' '.join(r['overrides']):<16} N={r['runs']:<3} sequential {r['sequential_s']:7.2f}   "
+                f"vectorized {r['vectorized_s']:7.2f} ({r['speedup']:.2f}x)   "
+                f"auto {r['auto_s']:7.2f} ({r['auto_speedup']:.2f}x)"
+            ),
+        ),
+        "fixed": (
+            lambda: [fixed_cost(m, repeats) for m in models],
+            "fixed: seconds for a whole 1-step run in a fresh process (start, imports, data, W&B init)",
+            lambda r: f"{r['seconds']:.2f} s",
+        ),
+        "compile": (
+            lambda: [compiled(m, steps, repeats, mode) for m in models for mode in modes],
+            f"compile: steps/s compiled, {steps} steps (compare with loop)",
+            lambda r: (
+                f"{' '.join(r['overrides']):<18} {_loop_line(r)}   first step {r['first_step_s']:.1f} s"
+                f"   {r['execution']}"
+            ),
+        ),
     }
     for name in SECTIONS:
         if name in sections:
@@ -303,8 +400,12 @@ def run(sections: list[str], models: list[str], steps: int, repeats: int, sweep_
             for r in report[name]:
                 print(f"  {r['model']:<12} {line(r)}", flush=True)
     if "scale" in report:
-        report["engine_auto"] = speedups(report, "gradlab bench --only scale --models " + ",".join(models) +
-                                         f" --counts {','.join(map(str, counts))} --steps {steps} --repeats {repeats}")
+        report["engine_auto"] = speedups(
+            report,
+            "gradlab bench --only scale --models "
+            + ",".join(models)
+            + f" --counts {','.join(map(str, counts))} --steps {steps} --repeats {repeats}",
+        )
     return report
 
 
@@ -317,8 +418,13 @@ def device_report() -> dict:
     from gradlab.config import resolve_device
 
     device = resolve_device("auto")
-    return {"device": devices.name(device), "kind": devices.kind(device), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d", time.gmtime())}
+    return {
+        "device": devices.name(device),
+        "kind": devices.kind(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+    }
 
 
 def speedups(report: dict, command: str) -> dict:
@@ -328,8 +434,16 @@ def speedups(report: dict, command: str) -> dict:
     for r in report["scale"]:
         if not r["overrides"] and r["runs"] > 1:  # a model at its default size; N = 1 decides nothing
             table.setdefault(r["model"], {})[str(r["runs"])] = round(r["speedup"], 2)
-    return {report["kind"]: {"device": report["device"], "torch": report["torch"], "date": report["date"],
-                             "threads": report["threads"], "command": command, "speedups": table}}
+    return {
+        report["kind"]: {
+            "device": report["device"],
+            "torch": report["torch"],
+            "date": report["date"],
+            "threads": report["threads"],
+            "command": command,
+            "speedups": table,
+        }
+    }
 
 
 def compiled(model: str, steps: int, repeats: int, mode: str) -> dict:
@@ -344,7 +458,9 @@ def compiled(model: str, steps: int, repeats: int, mode: str) -> dict:
 
 
 def _loop_line(r: dict) -> str:
-    return f"gradlab {r['gradlab_steps_per_s']:8.1f}   plain {r['plain_steps_per_s']:8.1f}   {r['ratio']:.3f}x"
+    return (
+        f"gradlab {r['gradlab_steps_per_s']:8.1f}   plain {r['plain_steps_per_s']:8.1f}   {r['ratio']:.3f}x"
+    )
 
 
 def write(report: dict, path) -> None:

@@ -19,9 +19,22 @@ from gradlab.errors import ConfigError
 from gradlab.tracking import flatten
 
 # summary figures that can be compared; a smaller value is better unless listed in HIGHER_IS_BETTER
-METRICS = ("eval_loss_final", "eval_loss_best", "eval_acc_final", "eval_acc_best", "train_loss_final",
-           "train_loss_best", "grad_norm_mean", "grad_norm_median", "grad_norm_median_early", "grad_norm_max",
-           "clip_fraction", "loss_spikes", "scaler_skips", "steps_per_s")
+METRICS = (
+    "eval_loss_final",
+    "eval_loss_best",
+    "eval_acc_final",
+    "eval_acc_best",
+    "train_loss_final",
+    "train_loss_best",
+    "grad_norm_mean",
+    "grad_norm_median",
+    "grad_norm_median_early",
+    "grad_norm_max",
+    "clip_fraction",
+    "loss_spikes",
+    "scaler_skips",
+    "steps_per_s",
+)
 HIGHER_IS_BETTER = ("eval_acc_final", "eval_acc_best", "steps_per_s")
 # the history column a metric's target is checked against
 SERIES = {"eval_loss": "eval_loss", "eval_acc": "eval_acc", "train_loss": "loss"}
@@ -36,8 +49,11 @@ def load_runs(paths: list) -> pd.DataFrame:
     for root in map(Path, paths):
         if not root.exists():
             raise ConfigError(f"{root}: no such file or folder")
-        found = [p.parent for p in sorted(root.rglob(records.SUMMARY)) if not _hidden(p.relative_to(root))] \
-            if root.is_dir() else []
+        found = (
+            [p.parent for p in sorted(root.rglob(records.SUMMARY)) if not _hidden(p.relative_to(root))]
+            if root.is_dir()
+            else []
+        )
         if not found:
             raise ConfigError(f"{root}: no run records (summary.json) found")
         for run in found:
@@ -127,7 +143,8 @@ def check_keys(runs: pd.DataFrame, by: list[str]) -> None:
 
 
 def read_history(run_dir: str, columns: list) -> pd.DataFrame | None:
-    """The run's per-step series (float columns), or None where it has none (failed before a step, salvaged)."""
+    """The run's per-step series (float columns), or None where it has none (failed before a step,
+    salvaged)."""
     try:
         history = pd.read_csv(Path(run_dir) / "history.csv", usecols=["step", *columns], dtype=float)
     except (OSError, ValueError):
@@ -160,14 +177,20 @@ def _interval(values: pd.Series) -> float:
 
 class Comparison(NamedTuple):
     table: pd.DataFrame  # one row per group, best first (per task, when the runs are of several), raw numbers
-    metric: str          # the summary figure it is sorted by
-    by: list             # the grouping keys
-    tasks: int = 1       # tasks among the runs: rows are ranked within each task
-    members: list = ()   # per row of the table, its runs (every status)
+    metric: str  # the summary figure it is sorted by
+    by: list  # the grouping keys
+    tasks: int = 1  # tasks among the runs: rows are ranked within each task
+    members: list = ()  # per row of the table, its runs (every status)
 
 
-def compare(runs: pd.DataFrame, by: list[str] | None = None, metric: str = "eval_loss",
-            target: float | None = None, relative: bool = False, paired: bool = False) -> Comparison:
+def compare(
+    runs: pd.DataFrame,
+    by: list[str] | None = None,
+    metric: str = "eval_loss",
+    target: float | None = None,
+    relative: bool = False,
+    paired: bool = False,
+) -> Comparison:
     """Group runs, aggregate over seeds, sort by metric and mark the best group.
 
     Means and spreads are over completed runs; diverged and failed runs are counted. Runs of
@@ -187,12 +210,18 @@ def compare(runs: pd.DataFrame, by: list[str] | None = None, metric: str = "eval
     if tasks > 1:
         by = ["task.name", *(k for k in by if k != "task.name")]
     if relative and ("grad_norm_median" not in runs or runs["grad_norm_median"].isna().all()):
-        raise ConfigError("--relative: no run here records its median gradient norm (grad_norm_median); "
-                          "run the sweep again with --force to record it")
+        raise ConfigError(
+            "--relative: no run here records its median gradient norm (grad_norm_median); "
+            "run the sweep again with --force to record it"
+        )
     if target is not None and metric.rsplit("_", 1)[0] not in SERIES:
         raise ConfigError(f"--target needs a loss or accuracy metric, not {metric}")
     if target is not None:
-        steps = {p: steps_to_target(p, metric, target) for p, s in zip(runs["path"], runs["status"]) if s == "completed"}
+        steps = {
+            p: steps_to_target(p, metric, target)
+            for p, s in zip(runs["path"], runs["status"])
+            if s == "completed"
+        }
         for path in [p for p, s in steps.items() if s is None]:
             print(f"warning: skipping {path}: unreadable record (history.csv)", file=sys.stderr)
         runs = runs[runs["path"].map(lambda p: steps.get(p, math.nan) is not None)]
@@ -202,8 +231,12 @@ def compare(runs: pd.DataFrame, by: list[str] | None = None, metric: str = "eval
         done = group[group["status"] == "completed"]
         labels = labels if isinstance(labels, tuple) else (labels,)
         row = {key: _label(value) for key, value in zip(by, labels)}
-        row.update(runs=len(group), completed=len(done), diverged=int((group["status"] == "diverged").sum()),
-                   failed=int((group["status"] == "failed").sum()))
+        row.update(
+            runs=len(group),
+            completed=len(done),
+            diverged=int((group["status"] == "diverged").sum()),
+            failed=int((group["status"] == "failed").sum()),
+        )
         for m in [m for m in METRICS if m in runs.columns]:
             row[f"{m}_mean"] = done[m].mean()
             row[f"{m}_std"] = done[m].std(ddof=1) if len(done) > 1 else math.nan
@@ -219,8 +252,11 @@ def compare(runs: pd.DataFrame, by: list[str] | None = None, metric: str = "eval
         members.append(group)
     table = pd.DataFrame(rows)
     order = ["task.name"] if tasks > 1 else []
-    table = table.sort_values([*order, f"{metric}_mean"], ascending=[*(True for _ in order), metric not in HIGHER_IS_BETTER],
-                              na_position="last")
+    table = table.sort_values(
+        [*order, f"{metric}_mean"],
+        ascending=[*(True for _ in order), metric not in HIGHER_IS_BETTER],
+        na_position="last",
+    )
     members = [members[i] for i in table.index]
     table = table.reset_index(drop=True)
     ranked = table[table[f"{metric}_mean"].notna()]
@@ -292,20 +328,28 @@ def _fmt(mean: float, std: float = math.nan, ci: float = math.nan) -> str:
 def readable(comparison: Comparison, intervals: bool = True) -> pd.DataFrame:
     """The table as text cells: mean ± std [± 95% interval] of each figure, counts, steps to target."""
     table, metric, by = comparison.table, comparison.metric, comparison.by
-    shown = [metric] + [m for m in SHOWN if m != metric and f"{m}_mean" in table and table[f"{m}_mean"].notna().any()]
+    shown = [metric] + [
+        m for m in SHOWN if m != metric and f"{m}_mean" in table and table[f"{m}_mean"].notna().any()
+    ]
     out = table[["best", *by, "runs", "completed", "diverged", "failed"]].copy()
     for m in shown:
         ci = table[f"{m}_ci95"] if intervals else [math.nan] * len(table)
         out[m] = [_fmt(a, b, c) for a, b, c in zip(table[f"{m}_mean"], table[f"{m}_std"], ci)]
     if "steps_to_target_mean" in table:
-        out["steps_to_target"] = [("never" if math.isnan(s) else f"{s:.0f}") + f" ({r})"
-                                  for s, r in zip(table["steps_to_target_mean"], table["reached_target"])]
+        out["steps_to_target"] = [
+            ("never" if math.isnan(s) else f"{s:.0f}") + f" ({r})"
+            for s, r in zip(table["steps_to_target_mean"], table["reached_target"])
+        ]
     if "relative_threshold" in table:
         out["max_norm/median_norm"] = [_fmt(v) for v in table["relative_threshold"]]
     if PAIRED[0] in table:
         out["vs best (paired)"] = [paired_text(row, metric) for _, row in table.iterrows()]
-    plain = {"grad_norm_mean": "grad_norm_mean_mean", "grad_norm_max": "grad_norm_max_max",
-             "clip_fraction": "clip_fraction_mean", "steps_per_s": "steps_per_s_mean"}
+    plain = {
+        "grad_norm_mean": "grad_norm_mean_mean",
+        "grad_norm_max": "grad_norm_max_max",
+        "clip_fraction": "clip_fraction_mean",
+        "steps_per_s": "steps_per_s_mean",
+    }
     for name, column in plain.items():
         if name not in out:  # the sort metric keeps its mean ± std
             out[name] = [_fmt(v) for v in table[column]]
@@ -328,15 +372,30 @@ def paired_text(row, metric: str) -> str:
 
 
 def caption(comparison: Comparison) -> str:
-    ranked = (f"ranked within each task ({comparison.tasks} tasks: their losses are not comparable); * = best of its task"
-              if comparison.tasks > 1 else "* = best")
-    return (f"Sorted by {comparison.metric}; {ranked}. Figures: mean ± std over completed runs "
-            f"[± half-width of the 95% t-interval when n >= 3]; diverged and failed runs are counted, not averaged."
-            + (" max_norm/median_norm: the threshold over the median of its runs' median pre-clip gradient norms."
-               if "relative_threshold" in comparison.table else "")
-            + (" vs best (paired): this row minus the best row of its task, seed by seed over the seeds both "
-               "completed, with the 95% paired t interval and p-value; indistinguishable when the interval holds 0."
-               if PAIRED[0] in comparison.table else ""))
+    ranked = (
+        f"ranked within each task ({comparison.tasks} tasks: their losses are not comparable); "
+        "* = best of its task"
+        if comparison.tasks > 1
+        else "* = best"
+    )
+    return (
+        f"Sorted by {comparison.metric}; {ranked}. Figures: mean ± std over completed runs "
+        "[± half-width of the 95% t-interval when n >= 3]; diverged and failed runs are counted, "
+        "not averaged."
+        + (
+            " max_norm/median_norm: the threshold over the median of its runs' median pre-clip "
+            "gradient norms."
+            if "relative_threshold" in comparison.table
+            else ""
+        )
+        + (
+            " vs best (paired): this row minus the best row of its task, seed by seed over the seeds both "
+            "completed, with the 95% paired t interval and p-value; indistinguishable when the "
+            "interval holds 0."
+            if PAIRED[0] in comparison.table
+            else ""
+        )
+    )
 
 
 def to_markdown(cells: pd.DataFrame) -> str:
@@ -353,9 +412,11 @@ def to_latex(cells: pd.DataFrame) -> str:
 def write(comparison: Comparison, cells: pd.DataFrame, out: Path, formats: list[str]) -> list[Path]:
     """comparison.md / .csv (raw numbers) / .tex beside the runs."""
     table = comparison.table
-    writers = {"md": lambda p: p.write_text(f"{caption(comparison)}\n\n{to_markdown(cells)}"),
-               "csv": lambda p: table.to_csv(p, index=False),
-               "latex": lambda p: p.write_text(to_latex(cells))}
+    writers = {
+        "md": lambda p: p.write_text(f"{caption(comparison)}\n\n{to_markdown(cells)}"),
+        "csv": lambda p: table.to_csv(p, index=False),
+        "latex": lambda p: p.write_text(to_latex(cells)),
+    }
     suffix = {"md": "md", "csv": "csv", "latex": "tex"}
     written = []
     try:

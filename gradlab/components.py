@@ -23,8 +23,12 @@ from gradlab.errors import ConfigError
 
 GROUPS = ("model", "task", "clip", "optim")
 # keys of a component config that gradlab reads itself, per group
-RESERVED = {"model": ("name", "lr"), "task": ("name", "steps", "batch_size"), "clip": ("mode",),
-            "optim": ("name", "schedule", "warmup_steps")}
+RESERVED = {
+    "model": ("name", "lr"),
+    "task": ("name", "steps", "batch_size"),
+    "clip": ("mode",),
+    "optim": ("name", "schedule", "warmup_steps"),
+}
 HYDRA_KEYS = ("_target_", "_recursive_", "_convert_", "_args_")  # read by instantiate itself
 
 
@@ -32,8 +36,10 @@ def target(group: str, cfg: dict) -> str:
     """The class path of a component config; ConfigError when it names none."""
     path = cfg.get("_target_")
     if not isinstance(path, str) or "." not in path:
-        raise ConfigError(f"{group}._target_={path}: name the class as package.module.Class, "
-                          f"e.g. {group}._target_=mypkg.nets.Net")
+        raise ConfigError(
+            f"{group}._target_={path}: name the class as package.module.Class, "
+            f"e.g. {group}._target_=mypkg.nets.Net"
+        )
     return path
 
 
@@ -52,9 +58,11 @@ def locate(group: str, cfg: dict):
         return _locate(path)
     except Exception as e:  # ImportError inside the user's module, or a missing attribute
         cause = e.__cause__ or e
-        raise ConfigError(f"{group}._target_={path}: cannot import it ({type(cause).__name__}: "
-                          f"{str(cause).splitlines()[0] if str(cause) else ''}); is its package installed "
-                          "or on PYTHONPATH?") from None
+        raise ConfigError(
+            f"{group}._target_={path}: cannot import it ({type(cause).__name__}: "
+            f"{str(cause).splitlines()[0] if str(cause) else ''}); is its package installed "
+            "or on PYTHONPATH?"
+        ) from None
 
 
 def knobs(group: str, cfg: dict) -> dict:
@@ -72,17 +80,31 @@ def check(group: str, cfg: dict, context: dict = None) -> dict:
     except (TypeError, ValueError):  # a builtin without a signature: instantiate will say
         return context
     open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    accepted = [n for n, p in params.items() if n not in context and n not in ("self", "params")
-                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    accepted = [
+        n
+        for n, p in params.items()
+        if n not in context
+        and n not in ("self", "params")
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
     for key in given:
         if key not in accepted and not open_ended:
-            raise ConfigError(f"{group}.{key}: unknown key for {group}={label(group, cfg)} "
-                              f"({target(group, cfg)}); allowed: {', '.join(accepted) or 'none'}")
-    missing = [n for n in accepted if params[n].default is inspect.Parameter.empty and n not in given
-               and params[n].kind is not inspect.Parameter.VAR_POSITIONAL]
+            raise ConfigError(
+                f"{group}.{key}: unknown key for {group}={label(group, cfg)} "
+                f"({target(group, cfg)}); allowed: {', '.join(accepted) or 'none'}"
+            )
+    missing = [
+        n
+        for n in accepted
+        if params[n].default is inspect.Parameter.empty
+        and n not in given
+        and params[n].kind is not inspect.Parameter.VAR_POSITIONAL
+    ]
     if missing:
-        raise ConfigError(f"{group}.{missing[0]}: required by {target(group, cfg)}; set it with "
-                          f"+{group}.{missing[0]}=VALUE or in the {group}'s config")
+        raise ConfigError(
+            f"{group}.{missing[0]}: required by {target(group, cfg)}; set it with "
+            f"+{group}.{missing[0]}=VALUE or in the {group}'s config"
+        )
     return {k: v for k, v in context.items() if open_ended or k in params}
 
 
@@ -120,12 +142,17 @@ def option(group: str, name: str, **changes) -> dict:
     return {**resolved, **changes}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def shipped_targets() -> frozenset:
     """The classes of gradlab's own options (conf/<group>/*.yaml): named by their option, so
     their `_target_` is not part of a run's identity."""
     import yaml
 
-    found = {yaml.safe_load(resources.files("gradlab.conf").joinpath(group, f"{name}.yaml").read_text()).get("_target_")
-             for group in GROUPS for name in options(group)}
+    found = {
+        yaml.safe_load(resources.files("gradlab.conf").joinpath(group, f"{name}.yaml").read_text()).get(
+            "_target_"
+        )
+        for group in GROUPS
+        for name in options(group)
+    }
     return frozenset(found - {None, "???"})

@@ -17,8 +17,22 @@ from gradlab.errors import bad, positive
 # keys that change where, how or on how many processes a run is made or shown, not what it computes
 # (a data-parallel, vectorized or compiled run computes the same run, up to float rounding:
 # tests/test_distributed.py, test_vectorized.py, test_step.py)
-NOT_IDENTITY = ("name", "results_root", "progress", "force", "wandb", "logger", "workers", "devices", "save_model",
-                "engine", "group_size", "compile", "objective", "trial_seeds")
+NOT_IDENTITY = (
+    "name",
+    "results_root",
+    "progress",
+    "force",
+    "wandb",
+    "logger",
+    "workers",
+    "devices",
+    "save_model",
+    "engine",
+    "group_size",
+    "compile",
+    "objective",
+    "trial_seeds",
+)
 ENGINES = ("auto", "sequential", "vectorized")
 COMPILE = (False, True, "cudagraphs")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -82,7 +96,9 @@ def check_knobs(conf: dict) -> None:
         raise bad("engine", conf["engine"], f"choose from {', '.join(ENGINES)}")
     check_mistake(conf)
     if conf["stop_at_target"] is not None and not conf["eval_every"]:
-        raise bad("stop_at_target", conf["stop_at_target"], "needs evaluations during the run: set eval_every > 0")
+        raise bad(
+            "stop_at_target", conf["stop_at_target"], "needs evaluations during the run: set eval_every > 0"
+        )
     stop_rule(conf["stop_at_target"])
 
 
@@ -90,7 +106,9 @@ def check_objective(name) -> None:
     from gradlab.compare import METRICS, figure_name
 
     if figure_name(str(name)) not in METRICS:
-        raise bad("objective", name, f"choose a summary figure: {', '.join(METRICS)} (eval_loss = eval_loss_final)")
+        raise bad(
+            "objective", name, f"choose a summary figure: {', '.join(METRICS)} (eval_loss = eval_loss_final)"
+        )
 
 
 def stop_rule(text) -> tuple | None:
@@ -125,7 +143,8 @@ def check_mistake(conf: dict) -> None:
 
 
 def sizes(conf: dict) -> str:
-    """The sizes that decide a run's memory, for an out-of-memory message: `model=lstm hidden_size=200000 ... batch_size=64`."""
+    """The sizes that decide a run's memory, for an out-of-memory message:
+    `model=lstm hidden_size=200000 ... batch_size=64`."""
     from gradlab.components import label
 
     model = conf["model"]
@@ -167,7 +186,11 @@ def check_writable(conf: dict) -> None:
     path = sweep_dir(conf)
     for parent in [path, *path.parents]:
         if (parent / REFERENCE_MARK).exists():
-            raise bad("name", path, f"{parent} holds committed reference results; write elsewhere (name=..., results_root=...)")
+            raise bad(
+                "name",
+                path,
+                f"{parent} holds committed reference results; write elsewhere (name=..., results_root=...)",
+            )
     existing = next(p for p in [path, *path.parents] if p.exists())
     try:
         if not existing.is_dir():
@@ -177,7 +200,7 @@ def check_writable(conf: dict) -> None:
         raise bad("results_root", conf["results_root"], f"cannot write {path} ({e.strerror or e})") from None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def clip_knobs() -> frozenset:
     """Top-level knobs that clip modes read through their own `clip.<knob>` (max_norm, clip_value, ...)."""
     from importlib import resources
@@ -214,11 +237,14 @@ def identity(conf: dict) -> str:
 
 def clip_label(conf: dict) -> str:
     """`none`, `norm5`, `value0.5`, `autoclip10`, `norm1-p1`: the clip mode and its first knob's value."""
-    from gradlab.components import HYDRA_KEYS, label as named
+    from gradlab.components import HYDRA_KEYS
+    from gradlab.components import label as named
 
     clip = conf["clip"]
     first = next((v for k, v in clip.items() if k != "mode" and k not in HYDRA_KEYS), None)
-    label = named("clip", clip) + (f"{first:g}" if isinstance(first, (int, float)) and not isinstance(first, bool) else "")
+    label = named("clip", clip) + (
+        f"{first:g}" if isinstance(first, (int, float)) and not isinstance(first, bool) else ""
+    )
     p = norm_type(conf["norm_type"])
     return label if p == 2 else f"{label}-p{p:g}"
 
@@ -233,5 +259,3 @@ def display_name(conf: dict) -> str:
 def run_id(conf: dict) -> str:
     """Directory name of the run: readable name + identity hash, stable across re-runs."""
     return f"{display_name(conf)}-{identity(conf)}"
-
-

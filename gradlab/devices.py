@@ -65,16 +65,23 @@ def check_precision(precision: str, model: torch.nn.Module, device: torch.device
     kind = type(recurrent).__name__
     if device.type == "cuda":
         if precision == "bf16" and torch.backends.cudnn.enabled:
-            raise bad("precision", precision, f"torch's autocast runs cuDNN's {kind} in float16, not bfloat16, on "
-                      f"a GPU (unscaled); use precision=fp16 (float16 with loss scaling) or fp32")
+            raise bad(
+                "precision",
+                precision,
+                f"torch's autocast runs cuDNN's {kind} in float16, not bfloat16, on "
+                f"a GPU (unscaled); use precision=fp16 (float16 with loss scaling) or fp32",
+            )
         return
     failure = cpu_trial(type(recurrent), precision)
     if failure:
-        raise bad("precision", precision, f"torch cannot run {kind} in {precision} on this CPU ({failure}); "
-                  "use precision=fp32 or bf16")
+        raise bad(
+            "precision",
+            precision,
+            f"torch cannot run {kind} in {precision} on this CPU ({failure}); use precision=fp32 or bf16",
+        )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_trial(cell: type, precision: str) -> str | None:
     """A forward and backward of a tiny `cell` under the precision's autocast on the CPU; the
     error's first line if it fails, else None."""
@@ -103,7 +110,6 @@ def free_memory(device: torch.device) -> int:
         return UNKNOWN
 
 
-
 def _driver_free(index: int) -> int:
     """nvidia-smi's free memory of this process's GPU `index` (CUDA_VISIBLE_DEVICES mapped)."""
     visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
@@ -111,8 +117,13 @@ def _driver_free(index: int) -> int:
     if not shutil.which("nvidia-smi"):
         return UNKNOWN
     try:
-        out = subprocess.run(["nvidia-smi", f"--id={gpu}", "--query-gpu=memory.free", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=30, check=True).stdout
+        out = subprocess.run(
+            ["nvidia-smi", f"--id={gpu}", "--query-gpu=memory.free", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
         return int(out.split()[0]) * 2**20
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         return UNKNOWN

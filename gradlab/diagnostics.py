@@ -21,7 +21,13 @@ class Smoothness:
     """
 
     def __init__(self, every: int, model: torch.nn.Module, objective, data: list, autocast):
-        self.every, self.model, self.objective, self.data, self.autocast = every, model, objective, data, autocast
+        self.every, self.model, self.objective, self.data, self.autocast = (
+            every,
+            model,
+            objective,
+            data,
+            autocast,
+        )
         self.samples = sum(len(x) for x, _ in data)
         self.step, self.before = 0, None
 
@@ -46,7 +52,7 @@ class Smoothness:
         return torch.stack([change / move, _norm(g0)])
 
     def _gradient(self, params, weights: list) -> list:
-        """The gradient of the mean loss on S at `weights` (loaded into params), with the random state kept."""
+        """The gradient of the mean loss on S at `weights` (loaded into params); the random state kept."""
         with torch.no_grad():
             torch._foreach_copy_([p.detach() for p in params], weights)
         devices = [params[0].device] if params[0].device.type == "cuda" else []
@@ -56,7 +62,9 @@ class Smoothness:
                 with self.autocast():
                     loss = self.objective(self.model(x), y) * (len(x) / self.samples)
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
-                torch._foreach_add_(total, [torch.zeros_like(w) if g is None else g for g, w in zip(grads, weights)])
+                torch._foreach_add_(
+                    total, [torch.zeros_like(w) if g is None else g for g, w in zip(grads, weights)]
+                )
         return total
 
 

@@ -35,8 +35,12 @@ SOLO = World(0, 1, 0, 1)  # a run in one process
 def world() -> World:
     """This process's place among torchrun's processes (rank 0 of 1 outside torchrun)."""
     env = os.environ
-    return World(*(int(env.get(key, default)) for key, default in
-                   (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0), ("LOCAL_WORLD_SIZE", 1))))
+    return World(
+        *(
+            int(env.get(key, default))
+            for key, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0), ("LOCAL_WORLD_SIZE", 1))
+        )
+    )
 
 
 def check(conf: dict, size: int) -> None:
@@ -47,21 +51,43 @@ def check(conf: dict, size: int) -> None:
     if size == 1:
         return
     if conf["batch_size"] % size:
-        raise bad("batch_size", conf["batch_size"],
-                  f"must split evenly over the {size} processes of a data-parallel run")
+        raise bad(
+            "batch_size",
+            conf["batch_size"],
+            f"must split evenly over the {size} processes of a data-parallel run",
+        )
     if str(conf["device"]).startswith("cuda:"):
-        raise bad("device", conf["device"], f"names one GPU for all {size} processes of a data-parallel run; "
-                  f"use device=cuda (process r takes GPU r) or device=cpu")
+        raise bad(
+            "device",
+            conf["device"],
+            f"names one GPU for all {size} processes of a data-parallel run; "
+            f"use device=cuda (process r takes GPU r) or device=cpu",
+        )
     if conf["device"] != "cpu" and torch.cuda.is_available() and size > torch.cuda.device_count():
-        raise bad("devices", size,
-                  f"this machine has {torch.cuda.device_count()} GPU(s); use device=cpu for more processes")
+        raise bad(
+            "devices",
+            size,
+            f"this machine has {torch.cuda.device_count()} GPU(s); use device=cpu for more processes",
+        )
 
 
 def spawn(devices: int, args: list[str]) -> int:
     """Start `gradlab train` as `devices` torchrun processes on this machine; their exit code."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}",
-               "-m", "gradlab", "train", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}  # gradlab sets the threads
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={devices}",
+        "-m",
+        "gradlab",
+        "train",
+        *args,
+    ]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+    }  # gradlab sets the threads
     return subprocess.run(command, env=env).returncode
 
 

@@ -17,7 +17,9 @@ def out_of_memory(e: BaseException) -> bool:
     """A failed allocation: torch's OutOfMemoryError (GPU), or the CPU allocator's RuntimeError."""
     import torch
 
-    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
+    return isinstance(e, torch.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and "can't allocate memory" in str(e)
+    )
 
 
 def bad(key: str, value, allowed: str) -> ConfigError:

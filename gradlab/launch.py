@@ -18,7 +18,6 @@ from typing import NamedTuple
 from gradlab.errors import ConfigError, Interrupted, LaunchError, bad
 from gradlab.sweep import GROUPS, default_name, expand, key_of
 
-
 SEARCHPATH = "hydra.searchpath"
 
 
@@ -29,7 +28,11 @@ def search_override(folders: list[str]) -> list[str]:
     for folder in folders:
         path = Path(folder).expanduser().resolve()
         if not path.is_dir():
-            raise bad("--config-dir", folder, "not a folder; give one that holds model/, task/, clip/ ... folders of YAML")
+            raise bad(
+                "--config-dir",
+                folder,
+                "not a folder; give one that holds model/, task/, clip/ ... folders of YAML",
+            )
         paths.append(f"file://{path}")
     return [f"{SEARCHPATH}=[{','.join(paths)}]"] if paths else []
 
@@ -42,7 +45,9 @@ def user_folders(overrides: list[str]) -> list[Path]:
     for override in overrides:
         if key_of(override) == SEARCHPATH:
             value = OverridesParser.create().parse_overrides([override])[0].value()
-            found += [Path(v[len("file://"):]) for v in value if isinstance(v, str) and v.startswith("file://")]
+            found += [
+                Path(v[len("file://") :]) for v in value if isinstance(v, str) and v.startswith("file://")
+            ]
     return found
 
 
@@ -83,13 +88,17 @@ def _check_syntax(overrides: list[str]) -> None:
     parser = OverridesParser.create()
     for override in overrides:
         if override.startswith("~") and not key_of(override).startswith("hydra"):
-            raise ConfigError(f"{override}: gradlab needs every key of the configuration; set "
-                              f"{key_of(override)}=VALUE instead of deleting it")
+            raise ConfigError(
+                f"{override}: gradlab needs every key of the configuration; set "
+                f"{key_of(override)}=VALUE instead of deleting it"
+            )
         try:
             parser.parse_overrides([override])
         except HydraException as e:
-            raise ConfigError(f"{override}: not an override gradlab can read ({_hydra_error(e)}); quote a value with "
-                              f"spaces, non-ASCII or special characters, as in '{key_of(override)}=\"...\"'") from None
+            raise ConfigError(
+                f"{override}: not an override gradlab can read ({_hydra_error(e)}); quote a value with "
+                f"spaces, non-ASCII or special characters, as in '{key_of(override)}=\"...\"'"
+            ) from None
 
 
 def _unknown_nested(job: list[str]) -> ConfigError | None:
@@ -99,8 +108,11 @@ def _unknown_nested(job: list[str]) -> ConfigError | None:
     from hydra.errors import HydraException
 
     try:
-        base = compose("config", overrides=[o for o in job if key_of(o) in GROUPS or key_of(o) == SEARCHPATH],
-                       return_hydra_config=True)
+        base = compose(
+            "config",
+            overrides=[o for o in job if key_of(o) in GROUPS or key_of(o) == SEARCHPATH],
+            return_hydra_config=True,
+        )
     except HydraException:
         return None
     for override in job:
@@ -115,7 +127,11 @@ def _unknown_nested(job: list[str]) -> ConfigError | None:
             siblings = [f"{'.'.join(parents)}.{k}" for k in node.keys()]
             close = difflib.get_close_matches(key, siblings, n=1)
             group = parents[0]
-            owner = f" of {group}={base.hydra.runtime.choices[group]}" if group in base.hydra.runtime.choices else ""
+            owner = (
+                f" of {group}={base.hydra.runtime.choices[group]}"
+                if group in base.hydra.runtime.choices
+                else ""
+            )
             hint = f"did you mean {close[0]}? " if close else ""
             return ConfigError(f"{key}: unknown key{owner}; {hint}(`gradlab list` shows the options)")
     return None
@@ -143,8 +159,8 @@ def compose_all(jobs: list[list[str]]) -> list:
 
 class Plan(NamedTuple):
     overrides: list[str]  # as given, the sweep's name added
-    confs: list[dict]     # per job, its resolved config
-    launcher: str         # Hydra's launcher plugin: basic, joblib, submitit_slurm, submitit_local
+    confs: list[dict]  # per job, its resolved config
+    launcher: str  # Hydra's launcher plugin: basic, joblib, submitit_slurm, submitit_local
 
 
 def plan(overrides: list[str], multirun: bool) -> Plan:
@@ -175,8 +191,12 @@ def plan(overrides: list[str], multirun: bool) -> Plan:
         check(conf, shapes)
         check_writable(conf)
         if conf["trial_seeds"] != 1 and not searching:
-            raise bad("trial_seeds", conf["trial_seeds"], "sets the seeds of a search's trials (gradlab sweep "
-                      "hydra/sweeper=optuna); a grid sweeps seed=0,1,2, and one run has one seed")
+            raise bad(
+                "trial_seeds",
+                conf["trial_seeds"],
+                "sets the seeds of a search's trials (gradlab sweep "
+                "hydra/sweeper=optuna); a grid sweeps seed=0,1,2, and one run has one seed",
+            )
     return Plan(overrides, confs, composed[0].hydra.runtime.choices["hydra/launcher"])
 
 
@@ -198,8 +218,10 @@ def print_plan(p: Plan, settings: list[str] = ()) -> None:
         print(f"launcher: {p.launcher} ({' '.join(settings)})")
     compiled = {conf["compile"] for conf in confs} - {False}
     if compiled:
-        print(f"compile: {', '.join(str(c).lower() for c in compiled)}: torch.compile each model; a model that "
-              "does not compile runs eagerly, and its summary says how it ran (execution)")
+        print(
+            f"compile: {', '.join(str(c).lower() for c in compiled)}: torch.compile each model; a model that "
+            "does not compile runs eagerly, and its summary says how it ran (execution)"
+        )
     for i, (conf, job) in enumerate(zip(confs, expand(p.overrides))):
         done = earlier_result(conf)
         how = f", {done.get('execution', 'eager')}" if done and conf["compile"] else ""
@@ -209,15 +231,22 @@ def print_plan(p: Plan, settings: list[str] = ()) -> None:
 
 
 def _launch_overrides(p: Plan, to_run: int) -> list[str]:
-    """The launcher's settings, checked: `workers=auto` made a number; a cluster launcher needs its cluster."""
+    """The launcher's settings, checked: `workers=auto` made a number; a cluster launcher needs its
+    cluster."""
     from gradlab import parallel
 
     if any(conf["devices"] != 1 for conf in p.confs):
-        raise bad("devices", next(c["devices"] for c in p.confs if c["devices"] != 1),
-                  "a data-parallel run is started by `gradlab train` (one run); a sweep's runs take one process each")
+        raise bad(
+            "devices",
+            next(c["devices"] for c in p.confs if c["devices"] != 1),
+            "a data-parallel run is started by `gradlab train` (one run); a sweep's runs take one "
+            "process each",
+        )
     if p.launcher == "submitit_slurm" and not shutil.which("sbatch"):
-        raise ConfigError("launcher=slurm: no `sbatch` on this machine (SLURM is not installed here); "
-                          "launcher=slurm_local runs the same code path on this machine")
+        raise ConfigError(
+            "launcher=slurm: no `sbatch` on this machine (SLURM is not installed here); "
+            "launcher=slurm_local runs the same code path on this machine"
+        )
     workers = p.confs[0]["workers"]
     if workers == "auto" and p.launcher in parallel.PARALLEL:
         workers = parallel.default_workers(p.launcher, to_run)
@@ -237,8 +266,8 @@ GPUS_PER_NODE = "hydra.launcher.gpus_per_node"
 
 
 class Swept(NamedTuple):
-    runs: list     # the folders of the sweep's runs
-    counts: dict   # status -> runs, as read from the records (`_report`)
+    runs: list  # the folders of the sweep's runs
+    counts: dict  # status -> runs, as read from the records (`_report`)
 
 
 def search_plan(overrides: list[str]) -> Plan:
@@ -263,8 +292,11 @@ def sweep(overrides: list[str], dry_run: bool = False) -> Swept:
     p = search_plan(overrides) if searching else plan(overrides, multirun=True)
     folder = sweep_dir(p.confs[0])
     runs = list(dict.fromkeys(sweep_dir(conf) / run_id(conf) for conf in p.confs))
-    done_before = (set(search.trial_runs(folder)) if searching else
-                   {sweep_dir(conf) / run_id(conf) for conf in p.confs if earlier_result(conf)})
+    done_before = (
+        set(search.trial_runs(folder))
+        if searching
+        else {sweep_dir(conf) / run_id(conf) for conf in p.confs if earlier_result(conf)}
+    )
     settings = _launch_overrides(p, len(runs) - len(done_before))
     if p.confs[0]["engine"] == "vectorized" and p.launcher != "basic":
         raise bad("engine", "vectorized", "trains its groups in this process; use it with launcher=basic")
@@ -282,7 +314,9 @@ def sweep(overrides: list[str], dry_run: bool = False) -> Swept:
             if searching:
                 search.quiet_sampler()
             sys.argv = ["gradlab", "--multirun", *p.overrides, *settings]
-            os.environ["HYDRA_FULL_ERROR"] = "1"  # a launcher's failure is raised here, not printed as a traceback
+            os.environ["HYDRA_FULL_ERROR"] = (
+                "1"  # a launcher's failure is raised here, not printed as a traceback
+            )
             os.environ[parallel.SWEEP_PID] = str(os.getpid())  # its workers stop when this process is gone
             try:
                 main()
@@ -290,13 +324,17 @@ def sweep(overrides: list[str], dry_run: bool = False) -> Swept:
                 del os.environ[parallel.SWEEP_PID]
     except KeyboardInterrupt:
         _report(p, done_before, searching)
-        raise Interrupted("interrupted: finished runs are kept, the run(s) in progress are recorded as "
-                          "interrupted; running the same command again makes the rest") from None
+        raise Interrupted(
+            "interrupted: finished runs are kept, the run(s) in progress are recorded as "
+            "interrupted; running the same command again makes the rest"
+        ) from None
     except Exception as e:
         _report(p, done_before, searching)
         first = next((line for line in str(e).splitlines() if line.strip()), "")
-        raise LaunchError(f"the {p.launcher} launcher stopped ({type(e).__name__}: {first}); finished runs are "
-                          "kept, and running the same command again makes the rest") from None
+        raise LaunchError(
+            f"the {p.launcher} launcher stopped ({type(e).__name__}: {first}); finished runs are "
+            "kept, and running the same command again makes the rest"
+        ) from None
     counts = _report(p, done_before, searching)
     return Swept(search.trial_runs(folder) if searching else runs, counts)
 
@@ -312,14 +350,21 @@ def _report(p: Plan, done_before: set, searching: bool = False) -> dict:
 
     folder = sweep_dir(p.confs[0])
     ran = search.trial_runs(folder) if searching else [sweep_dir(conf) / run_id(conf) for conf in p.confs]
-    counts = dict.fromkeys(("completed", "diverged", "failed", "interrupted", "skipped", "elsewhere", "unfinished"), 0)
+    counts = dict.fromkeys(
+        ("completed", "diverged", "failed", "interrupted", "skipped", "elsewhere", "unfinished"), 0
+    )
     seen = set()
     for run in ran:
         counts["skipped" if run in done_before | seen else _status(run)] += 1
         seen.add(run)
     if progress_mode(p.confs[0]["progress"]) != "none":
-        shown = ", ".join(f"{n} {'in progress elsewhere' if k == 'elsewhere' else k}" for k, n in counts.items() if n)
-        print(f"{'search' if searching else 'sweep'} finished: {len(ran)} runs ({shown}) -> {folder}", flush=True)
+        shown = ", ".join(
+            f"{n} {'in progress elsewhere' if k == 'elsewhere' else k}" for k, n in counts.items() if n
+        )
+        print(
+            f"{'search' if searching else 'sweep'} finished: {len(ran)} runs ({shown}) -> {folder}",
+            flush=True,
+        )
         if searching:
             print(search.best(folder), flush=True)
         if any(folder.glob("*/wandb/offline-run-*")):
@@ -362,9 +407,16 @@ def train(overrides: list[str], dry_run: bool = False) -> dict | None:
     try:
         summary = run(conf)
     except KeyboardInterrupt:
-        raise Interrupted(f"interrupted: the run is recorded as interrupted unless {run_dir} already held a "
-                          "finished one, which is kept; running the same command again makes it") from None
+        raise Interrupted(
+            f"interrupted: the run is recorded as interrupted unless {run_dir} already held a "
+            "finished one, which is kept; running the same command again makes it"
+        ) from None
     hint = summary.get("wandb", {}).get("sync")
-    if hint and Path(hint).exists() and progress_mode(conf["progress"]) != "none" and distributed.world().rank == 0:
+    if (
+        hint
+        and Path(hint).exists()
+        and progress_mode(conf["progress"]) != "none"
+        and distributed.world().rank == 0
+    ):
         print(offline_hint(hint.removesuffix("/wandb")))
     return summary

@@ -26,7 +26,9 @@ def mistaken_step(mistake: str):
     def step(model, micro_batches, parts: StepParts) -> StepOutput:
         k = len(micro_batches)
         if mistake == "no_loss_division":
-            out = train_step(model, micro_batches, parts._replace(loss_fn=lambda o, y: k * parts.loss_fn(o, y)))
+            out = train_step(
+                model, micro_batches, parts._replace(loss_fn=lambda o, y: k * parts.loss_fn(o, y))
+            )
             return out._replace(scalars=_with(out.scalars, "loss", out.scalars[SCALARS.index("loss")] / k))
         if mistake == "clip_scaled":
             return train_step(model, micro_batches, parts._replace(scaler=_ScaledClip(parts.scaler)))

@@ -16,7 +16,9 @@ def member_losses(spec):
     loss of each member's batch, (K,), in one call."""
     if spec.output == "regression":
         return lambda out, y: F.mse_loss(out, y, reduction="none").flatten(1).mean(1)
-    return lambda out, y: F.cross_entropy(out.flatten(0, -2), y.flatten(), reduction="none").view(len(y), -1).mean(1)
+    return lambda out, y: (
+        F.cross_entropy(out.flatten(0, -2), y.flatten(), reduction="none").view(len(y), -1).mean(1)
+    )
 
 
 @torch.no_grad()

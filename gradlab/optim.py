@@ -44,10 +44,12 @@ def lr_factor(optim_cfg: dict, steps: int):
 
 # what a vectorized group's StackedOptimizer does for a member, by the torch class it stands for:
 # the class's options it takes (all but lr equal across the group's members; maximize off)
-STACKABLE = {torch.optim.SGD: ("momentum", "dampening", "nesterov", "weight_decay"),
-             torch.optim.Adam: ("betas", "eps", "weight_decay", "amsgrad", "decoupled_weight_decay"),
-             torch.optim.AdamW: ("betas", "eps", "weight_decay", "amsgrad"),
-             torch.optim.RMSprop: ("alpha", "eps", "weight_decay", "momentum", "centered")}
+STACKABLE = {
+    torch.optim.SGD: ("momentum", "dampening", "nesterov", "weight_decay"),
+    torch.optim.Adam: ("betas", "eps", "weight_decay", "amsgrad", "decoupled_weight_decay"),
+    torch.optim.AdamW: ("betas", "eps", "weight_decay", "amsgrad"),
+    torch.optim.RMSprop: ("alpha", "eps", "weight_decay", "momentum", "centered"),
+}
 
 
 def why_not_stacked(optim_cfg: dict) -> str | None:
@@ -56,7 +58,9 @@ def why_not_stacked(optim_cfg: dict) -> str | None:
     if kind not in STACKABLE:
         return f"optim {kind.__name__} (batched: {', '.join(c.__name__ for c in STACKABLE)})"
     knobs = components.knobs("optim", optim_cfg)
-    other = sorted(set(knobs) - set(STACKABLE[kind]) - {"foreach", "fused", "capturable", "differentiable", "maximize"})
+    other = sorted(
+        set(knobs) - set(STACKABLE[kind]) - {"foreach", "fused", "capturable", "differentiable", "maximize"}
+    )
     if other or knobs.get("maximize"):
         return f"optim option {', '.join(other) or 'maximize'} (not batched)"
     return None
@@ -78,8 +82,9 @@ class StackedOptimizer:
     def step(self) -> None:
         self.steps += 1
         params = [p for p in self.params if p.grad is not None]
-        getattr(self, self.kind)(params, [p.grad for p in params], self.options,
-                                 torch.tensor(self.lrs, dtype=torch.float64))
+        getattr(self, self.kind)(
+            params, [p.grad for p in params], self.options, torch.tensor(self.lrs, dtype=torch.float64)
+        )
 
     def _state(self, name: str, params: list, first=torch.zeros_like) -> list:
         if name not in self.state:
@@ -122,9 +127,11 @@ class StackedOptimizer:
             second = self._state("max_exp_avg_sq", params)
             torch._foreach_maximum_(second, exp_avg_sq)
         denom = torch._foreach_sqrt(second)
-        torch._foreach_div_(denom, math.sqrt(1 - beta2 ** t))
+        torch._foreach_div_(denom, math.sqrt(1 - beta2**t))
         torch._foreach_add_(denom, o["eps"])
-        update = torch._foreach_mul(exp_avg, self._per_member(-lr / (1 - beta1 ** t), params))  # addcdiv's order
+        update = torch._foreach_mul(
+            exp_avg, self._per_member(-lr / (1 - beta1**t), params)
+        )  # addcdiv's order
         torch._foreach_div_(update, denom)
         torch._foreach_add_(params, update)
 

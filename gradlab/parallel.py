@@ -52,8 +52,10 @@ def crowding(workers: int, use_gpu: bool) -> str | None:
     """A warning when more runs go at once than the machine has GPUs (or, without GPUs, cores)."""
     have, what = (gpus(), "GPU") if use_gpu else (cores(), "CPU core")
     if workers > have:
-        return (f"warning: workers={workers} > {have} {what}(s): runs will share them "
-                f"(fine for small models; set workers={have} for one each)")
+        return (
+            f"warning: workers={workers} > {have} {what}(s): runs will share them "
+            f"(fine for small models; set workers={have} for one each)"
+        )
     return None
 
 

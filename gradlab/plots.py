@@ -28,7 +28,9 @@ def group_name(row, by: list) -> str:
     for key in by:
         value = _label(row[key])
         if value != "-":
-            parts.append(value if key in ("clip.mode", "model.name", "task.name") else f"{key.split('.')[-1]}={value}")
+            parts.append(
+                value if key in ("clip.mode", "model.name", "task.name") else f"{key.split('.')[-1]}={value}"
+            )
     return " ".join(parts) or "all runs"
 
 
@@ -40,8 +42,11 @@ def _histories(runs: pd.DataFrame, by: list) -> pd.DataFrame:
         if history is None:
             continue
         smooth = history[["loss", "grad_norm", "grad_norm_clipped"]].rolling(SMOOTH, min_periods=1).mean()
-        frames.append(history.assign(**smooth, grad_norm_raw=history["grad_norm"], group=group_name(run, by),
-                                     path=run["path"]))
+        frames.append(
+            history.assign(
+                **smooth, grad_norm_raw=history["grad_norm"], group=group_name(run, by), path=run["path"]
+            )
+        )
     if not frames:
         from gradlab.errors import ConfigError
 
@@ -72,10 +77,12 @@ def plot(comparison: Comparison, runs: pd.DataFrame, out: Path, target: float | 
     colors = dict(zip(groups, plt.get_cmap("tab10" if len(groups) <= 10 else "tab20").colors))
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), constrained_layout=True)
-    panels = [("loss", "train loss (MSE or cross-entropy)", "Training loss"),
-              ("grad_norm", "total gradient norm", "Gradient norm before clipping"),
-              ("grad_norm_clipped", "total gradient norm", "Gradient norm after clipping"),
-              ("clip_fraction", "fraction of steps clipped so far", "Clip fraction")]
+    panels = [
+        ("loss", "train loss (MSE or cross-entropy)", "Training loss"),
+        ("grad_norm", "total gradient norm", "Gradient norm before clipping"),
+        ("grad_norm_clipped", "total gradient norm", "Gradient norm after clipping"),
+        ("clip_fraction", "fraction of steps clipped so far", "Clip fraction"),
+    ]
     for ax, (column, ylabel, title) in zip(axes.flat, panels):
         for name in groups:
             _band(ax, curves[curves["group"] == name], column, colors[name], name)
@@ -89,7 +96,9 @@ def plot(comparison: Comparison, runs: pd.DataFrame, out: Path, target: float | 
     axes.flat[0].legend(fontsize=8, title=f"median, min-max band; {SMOOTH}-step mean")
     fig.suptitle(f"{runs['sweep'].iloc[0] if runs['sweep'].nunique() == 1 else 'runs'}: {len(runs)} runs")
     written = [_save(fig, out / "curves.png")]
-    written.append(_save(norm_distribution(comparison, curves, _thresholds(runs, by), plt), out / "norms.png"))
+    written.append(
+        _save(norm_distribution(comparison, curves, _thresholds(runs, by), plt), out / "norms.png")
+    )
     x = threshold_axis(comparison)
     if x is not None:
         written.append(_save(threshold_chart(comparison, x, plt), out / "threshold.png"))
@@ -117,11 +126,14 @@ def norm_distribution(comparison: Comparison, curves: pd.DataFrame, thresholds: 
     groups = [group_name(r, comparison.by) for _, r in comparison.table.iterrows()]
     cols = min(3, len(groups))
     rows = math.ceil(len(groups) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 4.4 * rows), sharey=True, squeeze=False,
-                             constrained_layout=True)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(4.6 * cols, 4.4 * rows), sharey=True, squeeze=False, constrained_layout=True
+    )
     levels = sorted(set(thresholds.values()))
     for ax, name in zip(axes.flat, groups):
-        norms = curves.loc[curves["group"] == name, ["step", "grad_norm_raw"]].rename(columns={"grad_norm_raw": "grad_norm"})
+        norms = curves.loc[curves["group"] == name, ["step", "grad_norm_raw"]].rename(
+            columns={"grad_norm_raw": "grad_norm"}
+        )
         norms = norms[norms["grad_norm"].map(math.isfinite) & (norms["grad_norm"] > 0)]  # a log axis
         if norms.empty:
             ax.set_title(f"{name}: no finite norms", fontsize=9)
@@ -135,8 +147,13 @@ def norm_distribution(comparison: Comparison, curves: pd.DataFrame, thresholds: 
         for i, level in enumerate(levels):
             above = (norms["grad_norm"] > level).mean()
             own = thresholds.get(name) == level
-            ax.axhline(level, color=f"C{i + 1}", linestyle="-" if own else "--", linewidth=1.6 if own else 1,
-                       label=f"{level:g}: {above:.0%} of steps above")
+            ax.axhline(
+                level,
+                color=f"C{i + 1}",
+                linestyle="-" if own else "--",
+                linewidth=1.6 if own else 1,
+                label=f"{level:g}: {above:.0%} of steps above",
+            )
         ax.set_yscale("log")
         ax.set_title(name, fontsize=10)
         ax.set(xlabel="optimizer step")
@@ -144,11 +161,14 @@ def norm_distribution(comparison: Comparison, curves: pd.DataFrame, thresholds: 
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     for ax in axes[:, 0]:
         ax.set_ylabel("pre-clip gradient norm")
-    for ax in axes.flat[len(groups):]:
+    for ax in axes.flat[len(groups) :]:
         ax.set_visible(False)
     width = curves["step"].max() / min(INTERVALS, curves["step"].nunique())
-    fig.suptitle(f"Distribution of the gradient norm before clipping, per {width:.0f}-step interval over all seeds "
-                 "(diverged ones up to their end); solid line: the group's own threshold", fontsize=10)
+    fig.suptitle(
+        f"Distribution of the gradient norm before clipping, per {width:.0f}-step interval over all seeds "
+        "(diverged ones up to their end); solid line: the group's own threshold",
+        fontsize=10,
+    )
     return fig
 
 
@@ -173,7 +193,10 @@ def _lines(comparison: Comparison, x: pd.Series) -> dict:
     lines: dict = {}
     for i, name in enumerate(names):
         lines.setdefault(name, []).append(i)
-    return {name: sorted(rows, key=lambda i: (x[i] if math.isfinite(x[i]) else -math.inf)) for name, rows in lines.items()}
+    return {
+        name: sorted(rows, key=lambda i: x[i] if math.isfinite(x[i]) else -math.inf)
+        for name, rows in lines.items()
+    }
 
 
 def _reference(comparison: Comparison, rows: list) -> bool:
@@ -192,8 +215,10 @@ def _colored_lines(comparison: Comparison, x: pd.Series):
     """(name, rows, color) per line, in the same colours on every chart."""
     from matplotlib import colormaps
 
-    return [(name, rows, color) for (name, rows), color in zip(_lines(comparison, x).items(),
-                                                                colormaps["tab10"].colors * 3)]
+    return [
+        (name, rows, color)
+        for (name, rows), color in zip(_lines(comparison, x).items(), colormaps["tab10"].colors * 3)
+    ]
 
 
 def _draw_line(ax, comparison: Comparison, rows: list, points: list, color, label: str) -> bool:
@@ -207,8 +232,15 @@ def _draw_line(ax, comparison: Comparison, rows: list, points: list, color, labe
             ax.axhline(centre, linestyle="--", color=color, label=label)
             ax.axhspan(low, high, color=color, alpha=0.12)
         return False
-    ax.errorbar([p[0] for p in at], [p[1] for p in at], yerr=[[p[1] - p[2] for p in at], [p[3] - p[1] for p in at]],
-                marker="o", capsize=3, color=color, label=label)
+    ax.errorbar(
+        [p[0] for p in at],
+        [p[1] for p in at],
+        yerr=[[p[1] - p[2] for p in at], [p[3] - p[1] for p in at]],
+        marker="o",
+        capsize=3,
+        color=color,
+        label=label,
+    )
     return True
 
 
@@ -237,8 +269,11 @@ def _threshold_ticks(ax, x: pd.Series, relative: bool) -> None:
     if len(ticks) <= 10 and all(b / a >= 1.3 for a, b in zip(ticks, ticks[1:])):
         ax.set_xticks(ticks, [f"{t:.2g}" if relative else f"{t:g}" for t in ticks])
         ax.minorticks_off()
-    ax.set_xlabel("threshold / median pre-clip gradient norm of its runs" if relative
-                  else "clipping threshold (max_norm or clip_value)")
+    ax.set_xlabel(
+        "threshold / median pre-clip gradient norm of its runs"
+        if relative
+        else "clipping threshold (max_norm or clip_value)"
+    )
     ax.grid(alpha=0.3, which="both")
 
 
@@ -275,8 +310,11 @@ def success_chart(comparison: Comparison, x: pd.Series, target: float, plt):
             shares.append((x[i], k / len(runs), *wilson_interval(k, len(runs))))
         _draw_line(ax, comparison, rows, shares, color, name)
     _threshold_ticks(ax, x, relative)
-    ax.set(ylim=(-0.03, 1.03), ylabel=f"share of seeds reaching {metric.rsplit('_', 1)[0]} {target:g}",
-           title="Seeds that reached the target, with Wilson 95% intervals")
+    ax.set(
+        ylim=(-0.03, 1.03),
+        ylabel=f"share of seeds reaching {metric.rsplit('_', 1)[0]} {target:g}",
+        title="Seeds that reached the target, with Wilson 95% intervals",
+    )
     ax.legend(fontsize=8)
     return fig
 

@@ -23,7 +23,10 @@ def progress_mode(mode: str) -> str:
 
 
 def _info(row: dict, clip_fraction: float, steps_per_s: float) -> str:
-    return f"loss {row['loss']:.4g} gnorm {row['grad_norm']:.3g} clip {clip_fraction:.0%} {steps_per_s:.0f} steps/s"
+    return (
+        f"loss {row['loss']:.4g} gnorm {row['grad_norm']:.3g} clip {clip_fraction:.0%} "
+        f"{steps_per_s:.0f} steps/s"
+    )
 
 
 class RunProgress:
@@ -37,8 +40,14 @@ class RunProgress:
         if self.mode == "bar":
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(bar_width=10), MofNCompleteColumn(),
-                                TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False)
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(bar_width=10),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+                transient=False,
+            )
             self.task = self.bar.add_task(name, total=total, info="")
             self.bar.start()
 
@@ -47,8 +56,11 @@ class RunProgress:
             self.bar.update(self.task, completed=step, info=_info(row, clip_fraction, steps_per_s))
         elif self.mode == "lines" and (step >= self.next_line or step == self.total):
             eta = (time.perf_counter() - self.start) / step * (self.total - step)
-            print(f"{self.name} step {step}/{self.total}  {_info(row, clip_fraction, steps_per_s)}  eta {eta:.0f}s",
-                  flush=True)
+            print(
+                f"{self.name} step {step}/{self.total}  {_info(row, clip_fraction, steps_per_s)}  "
+                f"eta {eta:.0f}s",
+                flush=True,
+            )
             self.next_line = (step // self.every + 1) * self.every
 
     def close(self, summary: dict, run_dir) -> None:
@@ -90,7 +102,12 @@ class SweepProgress:
     def ended(self, summaries: list) -> None:
         for summary in summaries:
             status = summary.get("status", "failed")
-            self.counts["skipped" if summary.get("skipped") else status if status in self.counts else "failed"] += 1
+            self.counts[
+                "skipped" if summary.get("skipped") else status if status in self.counts else "failed"
+            ] += 1
         if not self.quiet:
-            print(f"[sweep {sum(self.counts.values())}/{self.total}] {self.counts['diverged']} diverged, "
-                  f"{self.counts['failed']} failed", flush=True)
+            print(
+                f"[sweep {sum(self.counts.values())}/{self.total}] {self.counts['diverged']} diverged, "
+                f"{self.counts['failed']} failed",
+                flush=True,
+            )

@@ -35,10 +35,23 @@ import yaml
 SUMMARY = "summary.json"
 STATUSES = ("completed", "diverged", "failed", "interrupted")
 FINISHED = ("completed", "diverged")  # re-running these would give the same numbers
-TEXT = ("status", "run_id", "name", "sweep", "config_hash", "device", "fp32_precision", "started", "finished",
-        "error", "execution")  # the rest: numbers
+TEXT = (
+    "status",
+    "run_id",
+    "name",
+    "sweep",
+    "config_hash",
+    "device",
+    "fp32_precision",
+    "started",
+    "finished",
+    "error",
+    "execution",
+)  # the rest: numbers
 GROUPS = ("versions", "wandb")  # the summary's nested parts
-_YAML = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C parser where PyYAML has it: records load in bulk
+_YAML = getattr(
+    yaml, "CSafeLoader", yaml.SafeLoader
+)  # the C parser where PyYAML has it: records load in bulk
 
 
 class Unreadable(Exception):
@@ -183,8 +196,10 @@ class Attempt:
             self._write_summary(summary)
             return True
         except OSError as e:
-            print(f"warning: could not record {self.run_dir.name} ({e.strerror or e}); it will be made again",
-                  file=sys.stderr)
+            print(
+                f"warning: could not record {self.run_dir.name} ({e.strerror or e}); it will be made again",
+                file=sys.stderr,
+            )
             return False
 
     def _write_summary(self, summary: dict) -> None:
@@ -215,4 +230,3 @@ def _install(attempt: Path, run_dir: Path) -> None:
         os.replace(run_dir, old)
     os.replace(attempt, run_dir)
     shutil.rmtree(old, ignore_errors=True)
-

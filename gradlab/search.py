@@ -53,8 +53,12 @@ def representatives(overrides: list[str]) -> list[str]:
         if not parsed.is_sweep_override():
             out.append(override)
         elif key_of(override) == "seed":
-            raise bad("seed", override.split("=", 1)[1], "a search's trials each train trial_seeds seeds "
-                      "from seed; set trial_seeds=3 instead of sweeping seed")
+            raise bad(
+                "seed",
+                override.split("=", 1)[1],
+                "a search's trials each train trial_seeds seeds "
+                "from seed; set trial_seeds=3 instead of sweeping seed",
+            )
         elif isinstance(parsed.value(), IntervalSweep):
             value = parsed.value()
             out.append(f"{parsed.get_key_element()}={value.start},{value.end}")
@@ -74,9 +78,13 @@ def prepared(overrides: list[str], objective_is_higher: bool) -> list[str]:
     """The search's overrides with what gradlab sets unless they set it: the folder's name, a seeded
     sampler, and the direction its objective needs."""
     given = {key_of(o) for o in overrides}
-    unseeded = SAMPLER_SEED in given or f"{SWEEPER}/sampler=grid" in overrides  # the grid sampler draws nothing
+    unseeded = (
+        SAMPLER_SEED in given or f"{SWEEPER}/sampler=grid" in overrides
+    )  # the grid sampler draws nothing
     extra = [] if unseeded else [f"{SAMPLER_SEED}=0"]
-    extra += [] if DIRECTION in given else [f"{DIRECTION}={'maximize' if objective_is_higher else 'minimize'}"]
+    extra += (
+        [] if DIRECTION in given else [f"{DIRECTION}={'maximize' if objective_is_higher else 'minimize'}"]
+    )
     extra += [] if FAILURES in given else [f"{FAILURES}=1.0"]  # a failed run never takes the search down
     return [*named(overrides), *extra]
 
@@ -107,7 +115,10 @@ def trial(cfg) -> float:
     conf = plain(cfg)
     summaries = run_groups([{**conf, "seed": conf["seed"] + i} for i in range(conf["trial_seeds"])])
     figure = figure_name(conf["objective"])
-    talk = progress_mode(conf["progress"]) != "none" and HydraConfig.get().runtime.choices.get(SWEEPER) == "optuna"
+    talk = (
+        progress_mode(conf["progress"]) != "none"
+        and HydraConfig.get().runtime.choices.get(SWEEPER) == "optuna"
+    )
     try:
         value = objective_value(summaries, figure, figure in HIGHER_IS_BETTER)
     except TrialFailed as e:
@@ -141,7 +152,9 @@ def best(folder) -> str:
     if not results.exists():
         return "no search result: the sweeper did not finish (its finished runs are kept)"
     found = yaml.safe_load(results.read_text())
-    params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in found["best_params"].items())
+    params = " ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in found["best_params"].items()
+    )
     return f"best trial: {params} (objective {found['best_value']:.4g}) -> {results}"
 
 
@@ -151,6 +164,8 @@ def describe(p) -> str:
 
     conf = p.confs[0]
     sweeper = " ".join(o for o in p.overrides if key_of(o).startswith("hydra.sweeper."))
-    return (f"search {conf['name']} -> {conf['results_root']}/{conf['name']}: Optuna ({sweeper}), "
-            f"each trial {conf['trial_seeds']} seed(s) from seed {conf['seed']}, objective "
-            f"{figure_name(conf['objective'])}; checked: the {len(p.confs)} runs at the ends of its intervals")
+    return (
+        f"search {conf['name']} -> {conf['results_root']}/{conf['name']}: Optuna ({sweeper}), "
+        f"each trial {conf['trial_seeds']} seed(s) from seed {conf['seed']}, objective "
+        f"{figure_name(conf['objective'])}; checked: the {len(p.confs)} runs at the ends of its intervals"
+    )

@@ -22,7 +22,11 @@ class SpikeGuard:
         self.sigma = positive("spike_sigma", sigma)
         if isinstance(window, bool) or not isinstance(window, int) or window < 2:
             raise bad("spike_window", window, "must be an integer >= 2")
-        if isinstance(min_history, bool) or not isinstance(min_history, int) or not 2 <= min_history <= window:
+        if (
+            isinstance(min_history, bool)
+            or not isinstance(min_history, int)
+            or not 2 <= min_history <= window
+        ):
             raise bad("spike_min_history", min_history, f"must be an integer in [2, spike_window={window}]")
         if metric not in METRICS:
             raise bad("spike_metric", metric, f"choose from {', '.join(METRICS)}")

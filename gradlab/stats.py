@@ -14,6 +14,7 @@ LEVEL = 0.95  # every interval is a 95% interval; a test "tells" at p < 1 - LEVE
 
 class Difference(NamedTuple):
     """The paired difference b - a of a figure over the seeds both arms have."""
+
     n: int
     mean: float
     low: float
@@ -22,8 +23,9 @@ class Difference(NamedTuple):
     sd: float
 
     def __str__(self) -> str:
-        return (f"{self.mean:+.4g} [{self.low:+.4g}, {self.high:+.4g}] (paired t, {self.n} seeds, "
-                f"p={self.p:.2g})")
+        return (
+            f"{self.mean:+.4g} [{self.low:+.4g}, {self.high:+.4g}] (paired t, {self.n} seeds, p={self.p:.2g})"
+        )
 
 
 def difference(a: pd.Series, b: pd.Series) -> Difference:
@@ -57,4 +59,3 @@ def wilson(k: int, n: int) -> str:
     """`[low, high]`: the Wilson 95% interval of a success rate k/n."""
     low, high = wilson_interval(k, n)
     return "[n/a]" if math.isnan(low) else f"[{low:.2f}, {high:.2f}]"
-

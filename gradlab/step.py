@@ -9,8 +9,9 @@ Everything returned stays on the device: the host reads it at log intervals only
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -19,26 +20,43 @@ from gradlab.clip import constant, measure
 from gradlab.spikes import SpikeGuard
 
 # columns of StepOutput.scalars, in order; `read` turns a row of them into what the history records
-SCALARS = ("loss", "grad_norm", "grad_norm_clipped", "fired", "smoothness", "smoothness_grad_norm", "spike_skipped")
-RECORDED = ("loss", "grad_norm", "grad_norm_clipped", "clipped", "scaler_skipped", "smoothness", "smoothness_grad_norm",
-            "spike_skipped", "clip_coef")
+SCALARS = (
+    "loss",
+    "grad_norm",
+    "grad_norm_clipped",
+    "fired",
+    "smoothness",
+    "smoothness_grad_norm",
+    "spike_skipped",
+)
+RECORDED = (
+    "loss",
+    "grad_norm",
+    "grad_norm_clipped",
+    "clipped",
+    "scaler_skipped",
+    "smoothness",
+    "smoothness_grad_norm",
+    "spike_skipped",
+    "clip_coef",
+)
 
 
 class StepOutput(NamedTuple):
-    scalars: torch.Tensor      # float32 vector, one value per name in SCALARS
+    scalars: torch.Tensor  # float32 vector, one value per name in SCALARS
     layer_norms: torch.Tensor  # pre-clip p-norm of each parameter's gradient
 
 
 class StepParts(NamedTuple):
     """What a step is made of, besides the model and its batches."""
 
-    loss_fn: Callable            # (output, target) -> mean loss of the batch
+    loss_fn: Callable  # (output, target) -> mean loss of the batch
     optimizer: torch.optim.Optimizer
-    clip: Callable               # a clip strategy (gradlab.clip): (params, total_norm) -> ClipResult
+    clip: Callable  # a clip strategy (gradlab.clip): (params, total_norm) -> ClipResult
     scaler: torch.amp.GradScaler  # fp16 loss scaling; disabled otherwise
-    autocast: Callable           # () -> the precision context of the forward pass
-    norm_type: float             # p of the measured norms
-    probe: Callable | None = None        # (params) -> 2-vector diagnostic of the unclipped gradients
+    autocast: Callable  # () -> the precision context of the forward pass
+    norm_type: float  # p of the measured norms
+    probe: Callable | None = None  # (params) -> 2-vector diagnostic of the unclipped gradients
     spike_guard: SpikeGuard | None = None  # skip_spikes=true
 
 
@@ -74,7 +92,9 @@ def finish_step(loss, parts: StepParts) -> StepOutput:
     params = [p for group in optimizer.param_groups for p in group["params"]]
     params, layer_norms, grad_norm = measure(params, parts.norm_type)
     diagnostic = parts.probe(params) if parts.probe else None
-    spike = parts.spike_guard is not None and parts.spike_guard.is_spike(loss, grad_norm)  # a host sync, only when asked
+    spike = parts.spike_guard is not None and parts.spike_guard.is_spike(
+        loss, grad_norm
+    )  # a host sync, only when asked
     if spike:
         norm_after, fired = grad_norm, torch.zeros((), dtype=torch.bool, device=loss.device)
     else:
@@ -84,8 +104,16 @@ def finish_step(loss, parts: StepParts) -> StepOutput:
     optimizer.zero_grad(set_to_none=True)
     unmeasured = constant(math.nan, loss.device)
     probed = (unmeasured, unmeasured) if diagnostic is None else diagnostic.float().unbind()
-    scalars = torch.stack([loss, grad_norm.float(), norm_after.float(), fired.float(), *probed,
-                           constant(float(spike), loss.device)])  # one kernel: a step's figures are many
+    scalars = torch.stack(
+        [
+            loss,
+            grad_norm.float(),
+            norm_after.float(),
+            fired.float(),
+            *probed,
+            constant(float(spike), loss.device),
+        ]
+    )  # one kernel: a step's figures are many
     return StepOutput(scalars, layer_norms)
 
 
@@ -102,4 +130,3 @@ def read(values: list, fp16: bool) -> dict:
     row["scaler_skipped"] = float(fp16 and not finite)
     row["clip_coef"] = post / pre if pre > 0 and finite else 1.0
     return row
-

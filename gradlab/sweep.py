@@ -6,8 +6,24 @@ import hashlib
 import re
 
 # overrides that change where or how runs are shown, not which runs there are
-PRESENTATION = ("name", "results_root", "progress", "force", "device", "wandb", "logger", "launcher", "workers",
-                "devices", "save_model", "engine", "group_size", "compile", "objective", "trial_seeds")
+PRESENTATION = (
+    "name",
+    "results_root",
+    "progress",
+    "force",
+    "device",
+    "wandb",
+    "logger",
+    "launcher",
+    "workers",
+    "devices",
+    "save_model",
+    "engine",
+    "group_size",
+    "compile",
+    "objective",
+    "trial_seeds",
+)
 GROUPS = ("experiment", "model", "task", "clip", "optim", "launcher")
 
 
@@ -26,7 +42,11 @@ def key_of(override: str) -> str:
 
 def default_name(overrides: list[str]) -> str:
     """A sweep's folder name from its overrides, order-independent: `lstm_norm_max_norm-1,5`."""
-    kept = [o for o in overrides if key_of(o).split(".")[0] not in PRESENTATION and not key_of(o).startswith("hydra")]
+    kept = [
+        o
+        for o in overrides
+        if key_of(o).split(".")[0] not in PRESENTATION and not key_of(o).startswith("hydra")
+    ]
     kept.sort(key=lambda o: (GROUPS.index(key_of(o)) if key_of(o) in GROUPS else len(GROUPS), o))
     parts = [o.split("=", 1)[1] if key_of(o) in GROUPS else o.lstrip("+~").replace("=", "-") for o in kept]
     name = re.sub(r"[^A-Za-z0-9.,_+-]+", "", "_".join(parts)) or "defaults"

@@ -50,8 +50,10 @@ def wandb_mode(requested) -> str:
     if mode == "auto":
         return "online" if has_credentials() else "offline"
     if mode == "online" and not has_credentials():
-        raise ConfigError("logger.wandb.mode=online: no W&B credentials; run `wandb login` or set WANDB_API_KEY "
-                          "(or use wandb=offline and `wandb sync` later)")
+        raise ConfigError(
+            "logger.wandb.mode=online: no W&B credentials; run `wandb login` or set WANDB_API_KEY "
+            "(or use wandb=offline and `wandb sync` later)"
+        )
     return mode
 
 
@@ -87,18 +89,27 @@ def run_config(conf: dict) -> dict:
 
 def _interval(rows: list) -> dict:
     """One W&B point summarising the history rows of one log interval."""
+
     def mean(key):
         values = [r[key] for r in rows if math.isfinite(r[key])]
         return sum(values) / len(values) if values else float("nan")
 
     last = rows[-1]
-    point = {"step": last["step"], "train/loss": mean("loss"), "grad/norm": mean("grad_norm"),
-             "grad/norm_clipped": mean("grad_norm_clipped"), "grad/norm_max": max(r["grad_norm"] for r in rows),
-             "clip/coef": mean("clip_coef"), "clip/fraction": last["clip_fraction"],
-             "clip/fraction_interval": sum(r["clipped"] for r in rows) / len(rows),
-             "lr": last["lr"], "scaler/skipped": sum(r["scaler_skipped"] for r in rows),
-             "spikes/skipped": sum(r["spike_skipped"] for r in rows),
-             "perf/steps_per_s": last["steps_per_s"], "perf/samples_per_s": last["samples_per_s"]}
+    point = {
+        "step": last["step"],
+        "train/loss": mean("loss"),
+        "grad/norm": mean("grad_norm"),
+        "grad/norm_clipped": mean("grad_norm_clipped"),
+        "grad/norm_max": max(r["grad_norm"] for r in rows),
+        "clip/coef": mean("clip_coef"),
+        "clip/fraction": last["clip_fraction"],
+        "clip/fraction_interval": sum(r["clipped"] for r in rows) / len(rows),
+        "lr": last["lr"],
+        "scaler/skipped": sum(r["scaler_skipped"] for r in rows),
+        "spikes/skipped": sum(r["spike_skipped"] for r in rows),
+        "perf/steps_per_s": last["steps_per_s"],
+        "perf/samples_per_s": last["samples_per_s"],
+    }
     for r in rows:
         if "eval_loss" in r:
             point.update({"eval/loss": r["eval_loss"], "eval/acc": r["eval_acc"]})
@@ -111,11 +122,22 @@ def _init(settings: dict, mode: str, **run):
     names the versions of gradlab, torch and Python)."""
     import wandb
 
-    return wandb.init(project=settings["project"], entity=settings["entity"], mode=mode, reinit="create_new",
-                      settings=wandb.Settings(silent=True, console="off", disable_git=True, save_code=False,
-                                              x_disable_stats=True, x_save_requirements=False,
-                                              init_timeout=settings["init_timeout"]),
-                      **run)
+    return wandb.init(
+        project=settings["project"],
+        entity=settings["entity"],
+        mode=mode,
+        reinit="create_new",
+        settings=wandb.Settings(
+            silent=True,
+            console="off",
+            disable_git=True,
+            save_code=False,
+            x_disable_stats=True,
+            x_save_requirements=False,
+            init_timeout=settings["init_timeout"],
+        ),
+        **run,
+    )
 
 
 class Tracker:
@@ -135,8 +157,14 @@ class Tracker:
         import wandb
 
         conf = self.conf
-        run = dict(dir=self.run_dir, group=conf["name"], job_type=conf["model"]["name"], name=display_name(conf),
-                   tags=[conf["model"]["name"], conf["task"]["name"], conf["clip"]["mode"]], config=run_config(conf))
+        run = dict(
+            dir=self.run_dir,
+            group=conf["name"],
+            job_type=conf["model"]["name"],
+            name=display_name(conf),
+            tags=[conf["model"]["name"], conf["task"]["name"], conf["clip"]["mode"]],
+            config=run_config(conf),
+        )
         try:
             self.run = _init(self.settings, self.mode, **run)
         except wandb.errors.CommError as e:  # server unreachable: keep everything locally
@@ -198,7 +226,11 @@ def log_report(group: str, tables: dict, images: dict, settings: dict, out_dir) 
     import wandb
 
     run = _init(settings, mode, dir=out_dir, group=group, job_type="report", name=f"{group}-report")
-    run.log({**{name: wandb.Table(dataframe=df) for name, df in tables.items()},
-             **{name: wandb.Image(str(path)) for name, path in images.items()}})
+    run.log(
+        {
+            **{name: wandb.Table(dataframe=df) for name, df in tables.items()},
+            **{name: wandb.Image(str(path)) for name, path in images.items()},
+        }
+    )
     run.finish()
     return os.fspath(out_dir) if mode == "offline" else None

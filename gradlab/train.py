@@ -13,8 +13,8 @@ import os
 import platform
 import sys
 import time
-from datetime import datetime, timezone
 from contextlib import contextmanager, nullcontext
+from datetime import datetime, timezone
 from functools import partial
 from typing import NamedTuple
 
@@ -24,20 +24,31 @@ import gradlab
 from gradlab import devices, distributed, parallel, records
 from gradlab.clip import build_clip, tensor_norms
 from gradlab.components import label
-from gradlab.config import (check_knobs, check_writable, display_name, identity, norm_type, plain, stop_rule,
-                            resolve_device, run_id, sizes, sweep_dir)
+from gradlab.config import (
+    check_knobs,
+    check_writable,
+    display_name,
+    identity,
+    norm_type,
+    plain,
+    resolve_device,
+    run_id,
+    sizes,
+    stop_rule,
+    sweep_dir,
+)
 from gradlab.diagnostics import Smoothness
-from gradlab.spikes import SpikeGuard
+from gradlab.errors import bad, out_of_memory
+from gradlab.mistakes import mistaken_step
 from gradlab.models import build_model
 from gradlab.objective import evaluate, loss_fn
 from gradlab.optim import build_optimizer, constant_lr, lr_factor
-from gradlab.errors import bad, out_of_memory
-from gradlab.progress import RunProgress, report_skipped
-from gradlab.progress import progress_mode
-from gradlab.mistakes import mistaken_step
+from gradlab.progress import RunProgress, progress_mode, report_skipped
+from gradlab.spikes import SpikeGuard
 from gradlab.step import RECORDED, SCALARS, StepParts, read, train_step
 from gradlab.tasks import build_task, loaded
 from gradlab.tracking import Tracker, check_settings
+
 
 class Run(NamedTuple):
     device: torch.device
@@ -87,21 +98,34 @@ def check(conf: dict, shapes: dict) -> None:
 
 def too_big(conf: dict, device, advice: str):
     """The ConfigError for a model that does not fit in memory, with the sizes that decide it."""
-    return bad("model", label("model", conf["model"]),
-               f"does not fit in memory on {device} with {sizes(conf)}: {advice}")
+    return bad(
+        "model",
+        label("model", conf["model"]),
+        f"does not fit in memory on {device} with {sizes(conf)}: {advice}",
+    )
 
 
 def _consumes(conf: dict, model: torch.nn.Module, spec) -> None:
     """The model's output and loss on a meta batch of the task's shapes (no memory, no compute):
     a model that cannot consume the task (a user's, which does not check its spec) fails here in
     one line, instead of in its first step."""
-    x = torch.empty((2, *spec.shape), dtype=torch.long if spec.input == "tokens" else torch.float32, device="meta")
-    expected = {"classes": (2, spec.n_out), "regression": (2, spec.n_out),
-                "token_classes": (2, spec.shape[0], spec.n_out)}[spec.output]
-    y = torch.empty(expected if spec.output == "regression" else expected[:-1],
-                    dtype=torch.float32 if spec.output == "regression" else torch.long, device="meta")
-    pairing = (f"cannot train on task={label('task', conf['task'])} (input {spec.input} {tuple(spec.shape)}, "
-               f"output {spec.output} {expected[1:]})")
+    x = torch.empty(
+        (2, *spec.shape), dtype=torch.long if spec.input == "tokens" else torch.float32, device="meta"
+    )
+    expected = {
+        "classes": (2, spec.n_out),
+        "regression": (2, spec.n_out),
+        "token_classes": (2, spec.shape[0], spec.n_out),
+    }[spec.output]
+    y = torch.empty(
+        expected if spec.output == "regression" else expected[:-1],
+        dtype=torch.float32 if spec.output == "regression" else torch.long,
+        device="meta",
+    )
+    pairing = (
+        f"cannot train on task={label('task', conf['task'])} (input {spec.input} {tuple(spec.shape)}, "
+        f"output {spec.output} {expected[1:]})"
+    )
     try:
         out = model(x)
         loss_fn(spec)(out, y)
@@ -110,8 +134,11 @@ def _consumes(conf: dict, model: torch.nn.Module, spec) -> None:
     except Exception as e:
         raise bad("model", label("model", conf["model"]), f"{pairing}: {one_line(e)}") from None
     if tuple(out.shape) != expected:
-        raise bad("model", label("model", conf["model"]), f"{pairing}: its output has shape {tuple(out.shape)[1:]} "
-                  f"per sample")
+        raise bad(
+            "model",
+            label("model", conf["model"]),
+            f"{pairing}: its output has shape {tuple(out.shape)[1:]} per sample",
+        )
 
 
 def _settings(conf: dict) -> torch.device:
@@ -128,8 +155,11 @@ def _around(conf: dict, model: torch.nn.Module, device: torch.device) -> tuple:
     clip = build_clip(conf["clip"], norm_type(conf["norm_type"]), model)
     optimizer = build_optimizer(conf["optim"], model.parameters(), conf["lr"])
     lr_factor(conf["optim"], conf["steps"])
-    guard = (SpikeGuard(conf["spike_sigma"], conf["spike_window"], conf["spike_min_history"], conf["spike_metric"])
-             if conf["skip_spikes"] else None)
+    guard = (
+        SpikeGuard(conf["spike_sigma"], conf["spike_window"], conf["spike_min_history"], conf["spike_metric"])
+        if conf["skip_spikes"]
+        else None
+    )
     return clip, optimizer, guard
 
 
@@ -207,7 +237,9 @@ def compiling(requested):
     before = {kind: dict(counters[kind]) for kind in ("frames", "unimplemented", "inductor")}
 
     def since(kind: str) -> dict:
-        return {k: v - before[kind].get(k, 0) for k, v in counters[kind].items() if v > before[kind].get(k, 0)}
+        return {
+            k: v - before[kind].get(k, 0) for k, v in counters[kind].items() if v > before[kind].get(k, 0)
+        }
 
     def execution() -> str:
         frames = since("frames")
@@ -241,7 +273,10 @@ def skipped(conf: dict) -> dict | None:
 def elsewhere(conf: dict, run_dir) -> dict:
     """What a run returns that another live process is making (another sweep on the same folder)."""
     if distributed.world().rank == 0 and progress_mode(conf["progress"]) != "none":
-        print(f"{display_name(conf)}: in progress elsewhere (another process holds {run_dir}); skipped", flush=True)
+        print(
+            f"{display_name(conf)}: in progress elsewhere (another process holds {run_dir}); skipped",
+            flush=True,
+        )
     return {"status": "elsewhere", "run_id": run_dir.name, "name": display_name(conf), "skipped": True}
 
 
@@ -253,12 +288,23 @@ class Session:
         self.conf, self.run, self.lead = conf, run, world.rank == 0
         self.run_dir = sweep_dir(conf) / run_id(conf)
         self.attempt = records.Attempt(self.run_dir)  # where the record is made until it is complete
-        self.progress = RunProgress(conf["progress"] if self.lead else "none", display_name(conf), conf["steps"])
-        self.summary = {"status": "interrupted", "run_id": self.run_dir.name, "name": display_name(conf),
-                        "sweep": conf["name"], "config_hash": identity(conf), "seed": conf["seed"],
-                        "device": devices.name(run.device), "fp32_precision": devices.fp32_precision(),
-                        "execution": "eager", "processes": world.size, "versions": versions(),
-                        "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        self.progress = RunProgress(
+            conf["progress"] if self.lead else "none", display_name(conf), conf["steps"]
+        )
+        self.summary = {
+            "status": "interrupted",
+            "run_id": self.run_dir.name,
+            "name": display_name(conf),
+            "sweep": conf["name"],
+            "config_hash": identity(conf),
+            "seed": conf["seed"],
+            "device": devices.name(run.device),
+            "fp32_precision": devices.fp32_precision(),
+            "execution": "eager",
+            "processes": world.size,
+            "versions": versions(),
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
         self.history, self.layers = [], []
         self.start = time.perf_counter()
         self.tracker = Tracker(conf, self.attempt.dir, enabled=self.lead)
@@ -274,9 +320,13 @@ class Session:
     def close(self, result: dict) -> dict:
         """Write the record (status `interrupted` unless `result` says otherwise); the summary."""
         summary = self.summary
-        summary.update(result, **figures(self.history), wall_time_s=round(time.perf_counter() - self.start, 3),
-                       finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                       wandb={"mode": self.tracker.mode, "sync": None})
+        summary.update(
+            result,
+            **figures(self.history),
+            wall_time_s=round(time.perf_counter() - self.start, 3),
+            finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            wandb={"mode": self.tracker.mode, "sync": None},
+        )
         if self.lead:
             self._write()
         self.progress.close(summary, self.run_dir)
@@ -290,19 +340,28 @@ class Session:
             try:
                 self.tracker.finish(self.summary)
                 if self.conf["save_model"]:
-                    weights = {k: v.cpu() for k, v in self.run.model.state_dict().items()}  # loads without a GPU
+                    weights = {
+                        k: v.cpu() for k, v in self.run.model.state_dict().items()
+                    }  # loads without a GPU
                     torch.save(weights, self.attempt.dir / "model.pt")
                 self.summary["wandb"]["sync"] = self._sync_hint()
-                self.attempt.finish(self.summary, pd.DataFrame(self.history, columns=COLUMNS),
-                                    pd.DataFrame(self.layers, columns=LAYER_COLUMNS) if self.layers else None)
+                self.attempt.finish(
+                    self.summary,
+                    pd.DataFrame(self.history, columns=COLUMNS),
+                    pd.DataFrame(self.layers, columns=LAYER_COLUMNS) if self.layers else None,
+                )
                 written = True
             except OSError as e:  # e.g. disk full: record the failure in the space the partial files held
                 self.summary.update(status="failed", error=one_line(e))
                 self.summary["wandb"]["sync"] = None
         written = written or self.attempt.salvage(self.summary)
         if not self.attempt.close(self.summary, written) and written:
-            print(f"{self.summary['name']}: {self.summary['status']}; the finished record already in "
-                  f"{self.run_dir} is kept", file=sys.stderr, flush=True)
+            print(
+                f"{self.summary['name']}: {self.summary['status']}; the finished record already in "
+                f"{self.run_dir} is kept",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def _sync_hint(self) -> str | None:
         """Where this run's offline W&B files will be once the record is in place, for `wandb sync`."""
@@ -310,8 +369,17 @@ class Session:
 
 
 LAYER_COLUMNS = ["step", "layer", "grad_norm", "update_ratio", "clip_fraction"]
-COLUMNS = ["step", *RECORDED, "clip_fraction", "lr", "eval_loss", "eval_acc",
-           "time_s", "steps_per_s", "samples_per_s"]
+COLUMNS = [
+    "step",
+    *RECORDED,
+    "clip_fraction",
+    "lr",
+    "eval_loss",
+    "eval_acc",
+    "time_s",
+    "steps_per_s",
+    "samples_per_s",
+]
 
 
 def one_line(e: Exception) -> str:
@@ -339,17 +407,34 @@ class Stepper:
         self.stream = task.batches(conf["batch_size"] * self.k, conf["seed"])
         self.eval_set = task.eval_batches()
         self.objective = loss_fn(task.spec)
-        self.autocast = (nullcontext if conf["precision"] == "fp32"  # a disabled autocast still costs per call
-                         else partial(torch.autocast, device.type, dtype=devices.DTYPES[conf["precision"]]))
+        self.autocast = (
+            nullcontext
+            if conf["precision"] == "fp32"  # a disabled autocast still costs per call
+            else partial(torch.autocast, device.type, dtype=devices.DTYPES[conf["precision"]])
+        )
         self.scaler = torch.amp.GradScaler(device.type, enabled=conf["precision"] == "fp16")
-        self.scheduler = (None if constant_lr(conf["optim"])  # no per-step call where nothing is scheduled
-                          else torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(conf["optim"], self.steps)))
+        self.scheduler = (
+            None
+            if constant_lr(conf["optim"])  # no per-step call where nothing is scheduled
+            else torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(conf["optim"], self.steps))
+        )
         names = [n for n, p in model.named_parameters() if p.requires_grad]
-        self.probe = (Smoothness(conf["smoothness_every"], model, self.objective, self.eval_set, self.autocast)
-                      if conf["smoothness_every"] else None)
+        self.probe = (
+            Smoothness(conf["smoothness_every"], model, self.objective, self.eval_set, self.autocast)
+            if conf["smoothness_every"]
+            else None
+        )
         self.per_layer_fired = torch.zeros(len(names), device=device) if hasattr(clip, "last_fired") else None
-        self.parts = StepParts(self.objective, optimizer, clip, self.scaler, self.autocast,
-                               norm_type(conf["norm_type"]), self.probe, guard)
+        self.parts = StepParts(
+            self.objective,
+            optimizer,
+            clip,
+            self.scaler,
+            self.autocast,
+            norm_type(conf["norm_type"]),
+            self.probe,
+            guard,
+        )
         self.step = mistaken_step(conf["mistake"]) if conf["mistake"] else train_step
         self.log = _Log(conf, names, session, samples_per_step=conf["batch_size"] * self.k)
         self.target = stop_rule(conf["stop_at_target"])
@@ -360,8 +445,11 @@ class Stepper:
         x, y = next(self.stream)
         self.lr = self.run.optimizer.param_groups[0]["lr"]
         at_layers = self.conf["layer_norms_every"] and step % self.conf["layer_norms_every"] == 0
-        self.before = ([w.detach().clone() for w in self.run.model.parameters() if w.requires_grad]
-                       if at_layers else None)
+        self.before = (
+            [w.detach().clone() for w in self.run.model.parameters() if w.requires_grad]
+            if at_layers
+            else None
+        )
         k = self.k
         return distributed.shard([(x, y)] if k == 1 else list(zip(x.chunk(k), y.chunk(k))), self.world)
 
@@ -372,8 +460,17 @@ class Stepper:
             self.scheduler.step()
         if self.per_layer_fired is not None:  # a step skipped as a spike was not clipped
             self.per_layer_fired += clip.last_fired * (1 - out.scalars[SCALARS.index("spike_skipped")])
-        layers_now = (layer_figures([w.detach() for w in model.parameters() if w.requires_grad], self.before,
-                                    out.layer_norms, self.per_layer_fired, step) if self.before is not None else None)
+        layers_now = (
+            layer_figures(
+                [w.detach() for w in model.parameters() if w.requires_grad],
+                self.before,
+                out.layer_norms,
+                self.per_layer_fired,
+                step,
+            )
+            if self.before is not None
+            else None
+        )
         at_eval = step == self.steps or (self.conf["eval_every"] and step % self.conf["eval_every"] == 0)
         metrics = evaluate(model, self.eval_set, self.run.task.spec, self.autocast) if at_eval else None
         self.log.add(step, out.scalars, self.lr, layers_now, metrics)
@@ -432,14 +529,20 @@ class _Log:
         for (step, _, lr, layer_figures, metrics), row_values in zip(self.pending, values):
             row = {**read(row_values, self.grads_may_overflow), "step": step, "lr": lr}
             self.clipped += row["clipped"]
-            row.update(clip_fraction=self.clipped / step, time_s=now - self.start,
-                       steps_per_s=rate, samples_per_s=rate * self.samples_per_step)
+            row.update(
+                clip_fraction=self.clipped / step,
+                time_s=now - self.start,
+                steps_per_s=rate,
+                samples_per_s=rate * self.samples_per_step,
+            )
             if metrics is not None:
                 row.update(eval_loss=metrics[0].item(), eval_acc=metrics[1].item())
             if layer_figures is not None:
                 self.layers += [(step, n, *v) for n, v in zip(self.names, layer_figures.T.tolist())]
             self.history.append(row)
-            if not math.isfinite(row["loss"]) or not (math.isfinite(row["grad_norm"]) or self.grads_may_overflow):
+            if not math.isfinite(row["loss"]) or not (
+                math.isfinite(row["grad_norm"]) or self.grads_may_overflow
+            ):
                 self.pending = []
                 return step
         self.pending = []
@@ -449,7 +552,9 @@ class _Log:
 
 # a loss spike: a step above 1.5x the median of the previous 50 steps (at least 10: counted from step 11 on)
 SPIKE_FACTOR, SPIKE_WINDOW, SPIKE_MIN = 1.5, 50, 10
-EARLY = 100  # steps of grad_norm_median_early: the model's own norms, before clipping has shaped much of the run
+EARLY = (
+    100  # steps of grad_norm_median_early: the model's own norms, before clipping has shaped much of the run
+)
 
 
 def figures(history: list) -> dict:
@@ -479,8 +584,12 @@ def figures(history: list) -> dict:
         "steps_per_s": _num(h["step"].iloc[-1] / h["time_s"].iloc[-1]) if h["time_s"].notna().any() else None,
     }
     if not ev.empty:
-        figures.update(eval_loss_final=_num(ev["eval_loss"].iloc[-1]), eval_loss_best=_num(ev["eval_loss"].min()),
-                       eval_acc_final=_num(ev["eval_acc"].iloc[-1]), eval_acc_best=_num(ev["eval_acc"].max()))
+        figures.update(
+            eval_loss_final=_num(ev["eval_loss"].iloc[-1]),
+            eval_loss_best=_num(ev["eval_loss"].min()),
+            eval_acc_final=_num(ev["eval_acc"].iloc[-1]),
+            eval_acc_best=_num(ev["eval_acc"].max()),
+        )
     return figures
 
 

@@ -39,7 +39,7 @@ from gradlab.config import NOT_IDENTITY, check_writable, clip_knobs, norm_type, 
 from gradlab.distributed import SOLO
 from gradlab.objective import evaluate, member_losses
 from gradlab.optim import StackedOptimizer, lr_factor, why_not_stacked
-from gradlab.train import Session, Stepper, reached, build, claim, failure, layer_figures, train
+from gradlab.train import Session, Stepper, build, claim, failure, layer_figures, reached, train
 
 FREE = ("seed", "lr", "clip")  # what may differ within a group (besides the clip knobs)
 
@@ -79,13 +79,13 @@ def groups(confs: list[dict]) -> list[list[dict]]:
     for conf in unique:
         by_key.setdefault(group_key(conf) if not why_alone(conf) else run_id(conf), []).append(conf)
     size = unique[0]["group_size"]
-    return [members[i:i + size] for members in by_key.values() for i in range(0, len(members), size)]
+    return [members[i : i + size] for members in by_key.values() for i in range(0, len(members), size)]
 
 
 class Part(NamedTuple):
-    runs: list      # configs of runs that share an engine
-    engine: str     # vectorized (trained together) | sequential (one after another)
-    why: str        # the reason, shown by --dry-run
+    runs: list  # configs of runs that share an engine
+    engine: str  # vectorized (trained together) | sequential (one after another)
+    why: str  # the reason, shown by --dry-run
 
 
 def schedule(confs: list[dict]) -> list[Part]:
@@ -95,10 +95,18 @@ def schedule(confs: list[dict]) -> list[Part]:
     engine, parts = confs[0]["engine"], []
     for group in groups(confs):
         if len(group) == 1:
-            parts.append(Part(group, "sequential", f"alone ({why_alone(group[0])})" if why_alone(group[0]) else "one run"))
+            parts.append(
+                Part(
+                    group,
+                    "sequential",
+                    f"alone ({why_alone(group[0])})" if why_alone(group[0]) else "one run",
+                )
+            )
             continue
-        size, why = {"vectorized": (len(group), "engine=vectorized"), "sequential": (1, "engine=sequential")}.get(
-            engine) or auto_choice(group)
+        size, why = {
+            "vectorized": (len(group), "engine=vectorized"),
+            "sequential": (1, "engine=sequential"),
+        }.get(engine) or auto_choice(group)
         if size < 2:
             parts.append(Part(group, "sequential", why))
             continue
@@ -130,8 +138,11 @@ def choose(runs: int, model_cfg: dict, where: str) -> tuple[int, str]:
     if not speedups:
         return 1, f"auto: model {label('model', model_cfg)} not measured on {where}, so sequential"
     fewest, most = faster_counts(speedups)
-    figure = (f"auto: {model} on {where}: " + ", ".join(f"{n} runs {s:.2f}x" for n, s in sorted(speedups.items())) +
-              f" together vs one at a time (gradlab bench, {figures['date']}, torch {figures['torch']})")
+    figure = (
+        f"auto: {model} on {where}: "
+        + ", ".join(f"{n} runs {s:.2f}x" for n, s in sorted(speedups.items()))
+        + f" together vs one at a time (gradlab bench, {figures['date']}, torch {figures['torch']})"
+    )
     if fewest is None or runs < fewest:
         return 1, figure
     return most, figure + (f": in parts of at most {most}" if runs > most else "")
@@ -145,7 +156,7 @@ def faster_counts(speedups: dict[int, float]) -> tuple[int | None, int]:
     if fewest is None:
         return None, 0
     most = fewest
-    for n in counts[counts.index(fewest) + 1:]:
+    for n in counts[counts.index(fewest) + 1 :]:
         if speedups[n] <= 1:
             break
         most = n
@@ -219,6 +230,7 @@ def train_group(confs: list[dict]) -> list[dict]:
 
 def _train_members(members: list[_Member], summaries: dict) -> None:
     """Train the members (each holding its run) together, putting each one's summary in `summaries`."""
+
     def end(m: _Member, result: dict) -> None:
         m.result = result
         summaries[m.index] = m.session.close(result)
@@ -243,7 +255,9 @@ def _train_members(members: list[_Member], summaries: dict) -> None:
                 end(m, {"status": "failed", "error": failure(e, m.conf)})
     finally:
         for m in members:
-            if m.index not in summaries and m.session.opened:  # interrupted (one never started has nothing to record)
+            if (
+                m.index not in summaries and m.session.opened
+            ):  # interrupted (one never started has nothing to record)
                 summaries[m.index] = m.session.close(m.result or {})
 
 
@@ -267,8 +281,12 @@ class Group:
         self.autocast, self.eval_set = first.stepper.autocast, first.stepper.eval_set
         self.target = stop_rule(self.conf["stop_at_target"])
         self.per_member_loss = member_losses(first.run.task.spec)
-        self._stack([torch.stack([dict(m.run.model.named_parameters())[n].detach() for m in members])
-                     for n in self.names])
+        self._stack(
+            [
+                torch.stack([dict(m.run.model.named_parameters())[n].detach() for m in members])
+                for n in self.names
+            ]
+        )
         self.optimizer = StackedOptimizer(first.run.optimizer, self.params)
         self.fired = torch.zeros(len(members), len(self.names), device=self.device)  # per-layer clips so far
         self.pending = []
@@ -286,7 +304,9 @@ class Group:
         self.clips, start = [], 0
         for key in dict.fromkeys(m.clip_key for m in self.members):
             stop = start + sum(m.clip_key == key for m in self.members)
-            slabs = [Slab(n, p.detach()[start:stop], p.grad[start:stop]) for n, p in zip(self.names, self.params)]
+            slabs = [
+                Slab(n, p.detach()[start:stop], p.grad[start:stop]) for n, p in zip(self.names, self.params)
+            ]
             if keep is None:
                 strategy = stack([m.run.clip for m in self.members[start:stop]], self.device)
             else:  # the members of this key that stay, by their place in its old range
@@ -294,7 +314,9 @@ class Group:
                 strategy = select(strategy, (keep[start:stop] - was).to(self.device))
             self.clips.append((key, start, stop, strategy, slabs))
             start = stop
-        self.per_layer = torch.tensor([hasattr(m.run.clip, "last_fired") for m in self.members], device=self.device)
+        self.per_layer = torch.tensor(
+            [hasattr(m.run.clip, "last_fired") for m in self.members], device=self.device
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The members' outputs on their inputs x (K, batch, ...)."""
@@ -321,24 +343,40 @@ class Group:
                 result = strategy(slabs, total[start:stop])
                 after.append(result.norm_after)
                 fired.append(result.fired)
-                per_layer.append(getattr(strategy, "last_fired", torch.zeros(stop - start, len(grads),
-                                                                               device=self.device)))
+                per_layer.append(
+                    getattr(strategy, "last_fired", torch.zeros(stop - start, len(grads), device=self.device))
+                )
             after, fired = torch.cat(after), torch.cat(fired)
             self.fired += torch.cat(per_layer).float()
             self.optimizer.lrs = lrs
             self.optimizer.step()
             torch._foreach_zero_(grads)
             nan2, zero = constant((math.nan, math.nan), self.device), constant((0.0,), self.device)
-            scalars = torch.cat([torch.stack([loss, total.float(), after.float(), fired.float()], dim=-1),
-                                 nan2.expand(len(members), 2), zero.expand(len(members), 1)], dim=-1)
+            scalars = torch.cat(
+                [
+                    torch.stack([loss, total.float(), after.float(), fired.float()], dim=-1),
+                    nan2.expand(len(members), 2),
+                    zero.expand(len(members), 1),
+                ],
+                dim=-1,
+            )
             layers = None
             if before is not None:  # the per-layer clip counts, nan for members whose mode is not per layer
                 fired_so_far = torch.where(self.per_layer[:, None], self.fired, math.nan)
-                layers = layer_figures([p.detach() for p in self.params], before, layer_norms, fired_so_far, step,
-                                       stacked=True)
+                layers = layer_figures(
+                    [p.detach() for p in self.params], before, layer_norms, fired_so_far, step, stacked=True
+                )
             at_eval = step == self.steps or (conf["eval_every"] and step % conf["eval_every"] == 0)
-            metrics = (torch.stack(evaluate(self.base, self.eval_set, members[0].run.task.spec, self.autocast,
-                                            self.forward_all), dim=-1) if at_eval else None)
+            metrics = (
+                torch.stack(
+                    evaluate(
+                        self.base, self.eval_set, members[0].run.task.spec, self.autocast, self.forward_all
+                    ),
+                    dim=-1,
+                )
+                if at_eval
+                else None
+            )
         self.pending.append((step, scalars, lrs, layers, metrics))
         if step % conf["log_every"] == 0 or step == self.steps or (at_eval and self.target is not None):
             return self._flush(step, at_eval)
@@ -368,14 +406,27 @@ class Group:
         ended, kept = [], []
         for i, m in enumerate(self.members):
             log = m.stepper.log
-            log.pending = [(s, scalars[t, i], lrs[t][i], None if layers[t] is None else layers[t][i],
-                            None if metrics[t] is None else metrics[t][i]) for t, s in enumerate(steps)]
+            log.pending = [
+                (
+                    s,
+                    scalars[t, i],
+                    lrs[t][i],
+                    None if layers[t] is None else layers[t][i],
+                    None if metrics[t] is None else metrics[t][i],
+                )
+                for t, s in enumerate(steps)
+            ]
             try:
                 diverged_at = log.flush()
-                result = ({"status": "diverged", "diverged_step": diverged_at} if diverged_at else
-                          {"status": "completed", "target_step": step}
-                          if at_eval and self.target is not None and reached(log.history[-1], *self.target) else
-                          {"status": "completed"} if step == self.steps else None)
+                result = (
+                    {"status": "diverged", "diverged_step": diverged_at}
+                    if diverged_at
+                    else {"status": "completed", "target_step": step}
+                    if at_eval and self.target is not None and reached(log.history[-1], *self.target)
+                    else {"status": "completed"}
+                    if step == self.steps
+                    else None
+                )
             except Exception as e:  # this member fails; the others go on
                 result = {"status": "failed", "error": failure(e, m.conf)}
             if result is None:
@@ -426,7 +477,9 @@ def member_bytes(conf: dict) -> int:
 
     train_batch = next(run.task.batches(conf["batch_size"], conf["seed"]))
     held_out = run.task.eval_batches()[0]
-    return max(saved(*train_batch), saved(*held_out)) + 5 * sum(p.numel() * p.element_size() for p in params.values())
+    return max(saved(*train_batch), saved(*held_out)) + 5 * sum(
+        p.numel() * p.element_size() for p in params.values()
+    )
 
 
 def fitting(group: list[dict]) -> int:
@@ -434,7 +487,9 @@ def fitting(group: list[dict]) -> int:
     from gradlab.config import resolve_device
 
     need = member_bytes(group[0])
-    return max(1, min(len(group), devices.free_memory(resolve_device(group[0]["device"])) // 2 // max(need, 1)))
+    return max(
+        1, min(len(group), devices.free_memory(resolve_device(group[0]["device"])) // 2 // max(need, 1))
+    )
 
 
 def run_groups(confs: list[dict]) -> list[dict]:
@@ -451,9 +506,12 @@ def run_groups(confs: list[dict]) -> list[dict]:
             continue
         size = fitting(group)
         if size < len(group) and talk:
-            print(f"[vectorized] {len(group)} runs ({describe(group)}) do not fit in memory together "
-                  f"(about {member_bytes(group[0]) / 2**20:.0f} MiB each); training them {size} at a time", flush=True)
-        parts += [group[i:i + size] for i in range(0, len(group), size)]
+            print(
+                f"[vectorized] {len(group)} runs ({describe(group)}) do not fit in memory together "
+                f"(about {member_bytes(group[0]) / 2**20:.0f} MiB each); training them {size} at a time",
+                flush=True,
+            )
+        parts += [group[i : i + size] for i in range(0, len(group), size)]
     progress = SweepProgress(sum(map(len, parts)), confs[0]["progress"])
     summaries = []
     for group in parts:
@@ -462,5 +520,5 @@ def run_groups(confs: list[dict]) -> list[dict]:
         if progress_mode(group[0]["progress"]) == "bar":  # one live bar at a time: members print lines
             group = [{**conf, "progress": "lines"} for conf in group]
         summaries += [train(group[0])] if len(group) == 1 else train_group(group)
-        progress.ended(summaries[-len(group):])
+        progress.ended(summaries[-len(group) :])
     return summaries

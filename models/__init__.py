@@ -17,4 +17,6 @@ def build_model(model_cfg: dict, spec):
 
 def cannot_consume(model: str, spec, why: str):
     """The ConfigError for an impossible model/task pairing."""
-    return bad("model", model, f"cannot train on a task with {why} (input {spec.input}, output {spec.output})")
+    return bad(
+        "model", model, f"cannot train on a task with {why} (input {spec.input}, output {spec.output})"
+    )

@@ -1,11 +1,11 @@
 """`model=mlp`: a multilayer perceptron on the flattened input (per-sample outputs only)."""
 
 import torch
+from gradlab.models import cannot_consume
+from gradlab.models.inputs import flat_size
 from torch import nn
 
 from gradlab.errors import bad
-from gradlab.models import cannot_consume
-from gradlab.models.inputs import flat_size
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
@@ -41,7 +41,9 @@ class MLP(nn.Module):
         h = x.flatten(2)
         for i, layer in enumerate(self.net):
             if isinstance(layer, nn.Linear):
-                h = torch.baddbmm(params[f"net.{i}.bias"].unsqueeze(1), h, params[f"net.{i}.weight"].transpose(1, 2))
+                h = torch.baddbmm(
+                    params[f"net.{i}.bias"].unsqueeze(1), h, params[f"net.{i}.weight"].transpose(1, 2)
+                )
             else:
                 h = layer(h)
         return h

@@ -5,11 +5,11 @@ Per-sample outputs read the last hidden state; per-position outputs read every s
 """
 
 import torch
+from gradlab.models import cannot_consume
+from gradlab.models.inputs import as_sequence, sequence_shape
 from torch import nn
 
 from gradlab.errors import bad
-from gradlab.models import cannot_consume
-from gradlab.models.inputs import as_sequence, sequence_shape
 
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -22,7 +22,9 @@ def _recurrence(mode: str, x, w_ih, w_hh, b_ih, b_hh):
     h = x.new_zeros(k, b, w_hh.shape[1])
     c = torch.zeros_like(h)
     states = []
-    for gates_x in inputs.unbind(2):  # one backward for all steps (indexing would add a zero-filled copy per step)
+    for gates_x in inputs.unbind(
+        2
+    ):  # one backward for all steps (indexing would add a zero-filled copy per step)
         gates_h = torch.baddbmm(b_hh, h, w_hh)
         if mode == "LSTM":
             i, f, g, o = (gates_x + gates_h).chunk(4, -1)
@@ -92,8 +94,11 @@ class RecurrentNet(nn.Module):
         the gate order and equations of torch.nn.RNN/LSTM/GRU."""
         h = torch.func.vmap(lambda xi: as_sequence(xi, self.spec))(x)
         for layer in range(self.rnn.num_layers):
-            h = _recurrence(self.rnn.mode, h, *(params[f"rnn.{w}_l{layer}"]
-                                                for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")))
+            h = _recurrence(
+                self.rnn.mode,
+                h,
+                *(params[f"rnn.{w}_l{layer}"] for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")),
+            )
         if self.spec.output != "token_classes":
             h = h[:, :, -1]
         return torch.func.vmap(nn.functional.linear)(h, params["head.weight"], params["head.bias"])

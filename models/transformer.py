@@ -6,16 +6,17 @@ outputs average the final states.
 """
 
 import torch
+from gradlab.models import cannot_consume
+from gradlab.models.inputs import as_sequence, sequence_shape
 from torch import nn
 
 from gradlab.errors import bad
-from gradlab.models import cannot_consume
-from gradlab.models.inputs import as_sequence, sequence_shape
 
 
 class Transformer(nn.Module):
-    def __init__(self, spec, d_model: int, n_heads: int, n_layers: int, d_ff: int,
-                 dropout: float = 0.0, patch: int = 0):
+    def __init__(
+        self, spec, d_model: int, n_heads: int, n_layers: int, d_ff: int, dropout: float = 0.0, patch: int = 0
+    ):
         super().__init__()
         if spec.input == "vector":
             raise cannot_consume("transformer", spec, "no sequence axis")
@@ -28,7 +29,11 @@ class Transformer(nn.Module):
         self.spec, self.patch = spec, int(patch)
         if self.patch:
             if spec.input != "image" or spec.shape[1] % self.patch or spec.shape[2] % self.patch:
-                raise bad("model.patch", patch, f"needs an image task whose sides divide by it (got {spec.input} {spec.shape})")
+                raise bad(
+                    "model.patch",
+                    patch,
+                    f"needs an image task whose sides divide by it (got {spec.input} {spec.shape})",
+                )
             c, h, w = spec.shape
             steps = (h // self.patch) * (w // self.patch)
             self.embed = nn.Conv2d(c, d_model, self.patch, stride=self.patch)

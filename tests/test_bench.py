@@ -6,9 +6,28 @@ import sys
 
 
 def test_bench_writes_every_section_it_was_asked_for(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "gradlab", "bench", "--only", "loop,clip,scale", "--models", "mlp",
-                          "--steps", "8", "--repeats", "1", "--out", "b.json"], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gradlab",
+            "bench",
+            "--only",
+            "loop,clip,scale",
+            "--models",
+            "mlp",
+            "--steps",
+            "8",
+            "--repeats",
+            "1",
+            "--out",
+            "b.json",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr
     report = json.loads((tmp_path / "b.json").read_text())
     assert {"loop", "clip", "scale"} <= report.keys() and "sweep" not in report
@@ -23,8 +42,15 @@ def test_bench_writes_every_section_it_was_asked_for(tmp_path):
 
 
 def test_bench_rejects_an_unknown_section_in_one_line(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "gradlab", "bench", "--only", "loop,warp"], cwd=tmp_path,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "gradlab", "bench", "--only", "loop,warp"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2
-    assert out.stderr == "error: --only loop,warp: choose from loop, clip, sweep, scale, fixed, compile (comma-separated)\n"
+    assert (
+        out.stderr
+        == "error: --only loop,warp: choose from loop, clip, sweep, scale, fixed, compile (comma-separated)\n"
+    )
     assert not (tmp_path / "results").exists()

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
-
 from gradlab.cli import app
+from typer.testing import CliRunner
 
 GRADLAB = [sys.executable, "-m", "gradlab"]
 TINY = ["steps=12", "eval_every=5", "log_every=4", "layer_norms_every=6"]  # a few seconds per run
@@ -26,14 +25,20 @@ def run_cli(args, cwd, check=True):
 
 
 def summaries(sweep: Path) -> dict:
-    return {d.name: json.loads((d / "summary.json").read_text()) for d in sweep.iterdir() if (d / "summary.json").exists()}
+    return {
+        d.name: json.loads((d / "summary.json").read_text())
+        for d in sweep.iterdir()
+        if (d / "summary.json").exists()
+    }
 
 
 @pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["sweep", "--help"], ["list"]])
 def test_help_and_list_never_import_torch(args):
-    code = ("import sys; from typer.testing import CliRunner; from gradlab.cli import app; "
-            f"r = CliRunner().invoke(app, {args!r}); assert r.exit_code == 0, r.output; "
-            "assert 'torch' not in sys.modules, 'torch imported'; print(r.output)")
+    code = (
+        "import sys; from typer.testing import CliRunner; from gradlab.cli import app; "
+        f"r = CliRunner().invoke(app, {args!r}); assert r.exit_code == 0, r.output; "
+        "assert 'torch' not in sys.modules, 'torch imported'; print(r.output)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "Usage" in out.stdout or "model:" in out.stdout
@@ -42,9 +47,32 @@ def test_help_and_list_never_import_torch(args):
 def test_list_shows_every_group_option():
     result = CliRunner().invoke(app, ["list"])
     assert result.exit_code == 0
-    for option in ("mlp", "rnn", "lstm", "gru", "transformer", "adding", "copy", "temporal_order", "digits",
-                   "text", "mnist", "fashion_mnist", "cifar10", "regression", "none", "value", "norm",
-                   "sgd", "adam", "adamw", "seed004", "max_norm", "accum_steps", "precision"):
+    for option in (
+        "mlp",
+        "rnn",
+        "lstm",
+        "gru",
+        "transformer",
+        "adding",
+        "copy",
+        "temporal_order",
+        "digits",
+        "text",
+        "mnist",
+        "fashion_mnist",
+        "cifar10",
+        "regression",
+        "none",
+        "value",
+        "norm",
+        "sgd",
+        "adam",
+        "adamw",
+        "seed004",
+        "max_norm",
+        "accum_steps",
+        "precision",
+    ):
         assert f" {option}" in result.output
 
 
@@ -83,8 +111,9 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, command
         if torch.cuda.is_available():
             pytest.skip("this machine has a GPU")
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(app, [command, *args, "task.root=" + str(tmp_path)] if "task=mnist" in args
-                                else [command, *args])
+    result = CliRunner().invoke(
+        app, [command, *args, "task.root=" + str(tmp_path)] if "task=mnist" in args else [command, *args]
+    )
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
@@ -94,7 +123,9 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, command
 
 def test_missing_dataset_names_folder_and_files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(app, ["train", "model=mlp", "task=cifar10", "task.download=false", "task.root=data"])
+    result = CliRunner().invoke(
+        app, ["train", "model=mlp", "task=cifar10", "task.download=false", "task.root=data"]
+    )
     assert result.exit_code == 2
     assert "cifar-10-batches-py" in result.stderr and "data_batch_1" in result.stderr
 
@@ -115,7 +146,9 @@ def test_train_refuses_a_grid(tmp_path, monkeypatch):
 
 def test_sweep_dry_run_expands_the_grid_without_training(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(app, ["sweep", "model=mlp,lstm", "clip=none,value,norm", "seed=0,1,2", "--dry-run"])
+    result = CliRunner().invoke(
+        app, ["sweep", "model=mlp,lstm", "clip=none,value,norm", "seed=0,1,2", "--dry-run"]
+    )
     assert result.exit_code == 0, result.output
     assert "18 run(s)" in result.output
     assert result.output.count("to run") == 18
@@ -137,8 +170,19 @@ def test_readme_main_job_end_to_end(tmp_path):
         assert list(history["step"]) == list(range(1, 13))
         assert history["eval_loss"].notna().sum() == 3  # steps 5, 10 and the last
         assert (history["grad_norm_clipped"] <= history["grad_norm"] + 1e-6).all()
-        assert {"loss", "grad_norm", "grad_norm_clipped", "clip_coef", "clipped", "clip_fraction", "lr",
-                "scaler_skipped", "eval_loss", "steps_per_s", "samples_per_s"} <= set(history.columns)
+        assert {
+            "loss",
+            "grad_norm",
+            "grad_norm_clipped",
+            "clip_coef",
+            "clipped",
+            "clip_fraction",
+            "lr",
+            "scaler_skipped",
+            "eval_loss",
+            "steps_per_s",
+            "samples_per_s",
+        } <= set(history.columns)
         assert set(pd.read_csv(run / "layer_norms.csv")["step"]) == {6, 12}
         assert summary["clip_fraction"] == pytest.approx(history["clipped"].mean(), abs=1e-6)
         assert (run / "config.yaml").exists()
@@ -152,15 +196,28 @@ def test_readme_main_job_end_to_end(tmp_path):
     assert dry.stdout.count("done (completed)") == 2
 
     written = {p: p.stat().st_mtime_ns for p in sweep.glob("*/summary.json")}
-    forced = run_cli(["sweep", "model=lstm", "clip=norm", "max_norm=1,5", *TINY, "--force", "--quiet"], tmp_path)
+    forced = run_cli(
+        ["sweep", "model=lstm", "clip=norm", "max_norm=1,5", *TINY, "--force", "--quiet"], tmp_path
+    )
     assert forced.stdout == ""
     rewritten = {p: p.stat().st_mtime_ns for p in sweep.glob("*/summary.json")}
     assert rewritten.keys() == written.keys() and all(rewritten[p] > written[p] for p in written)
 
 
 def test_readme_train_command_with_accumulation(tmp_path):
-    run_cli(["train", "model=transformer", "clip=value", "clip_value=0.5", "accum_steps=4", "steps=3",
-             "task.seq_len=16", "eval_every=0"], tmp_path)
+    run_cli(
+        [
+            "train",
+            "model=transformer",
+            "clip=value",
+            "clip_value=0.5",
+            "accum_steps=4",
+            "steps=3",
+            "task.seq_len=16",
+            "eval_every=0",
+        ],
+        tmp_path,
+    )
     (summary_path,) = (tmp_path / "results").glob("*/*/summary.json")
     summary = json.loads(summary_path.read_text())
     assert summary["status"] == "completed" and summary["steps_done"] == 3
@@ -181,10 +238,23 @@ def test_a_failing_run_does_not_take_the_sweep_down(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Adding, "batches", broken)
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(app, ["sweep", "model=rnn", "task.length=7,8", "lr=0.01,1e30", "optim=sgd",
-                                      "clip=none", "steps=20", "name=mixed"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "sweep",
+            "model=rnn",
+            "task.length=7,8",
+            "lr=0.01,1e30",
+            "optim=sgd",
+            "clip=none",
+            "steps=20",
+            "name=mixed",
+        ],
+    )
     assert result.exit_code == 1, result.output  # a failed run fails the command, as in `gradlab train`
-    statuses = sorted((s["status"], s.get("error", "")) for s in summaries(tmp_path / "results" / "mixed").values())
+    statuses = sorted(
+        (s["status"], s.get("error", "")) for s in summaries(tmp_path / "results" / "mixed").values()
+    )
     assert [s for s, _ in statuses] == ["completed", "diverged", "failed", "failed"]
     assert all("disk on fire" in e for s, e in statuses if s == "failed")
     assert "2 failed" in result.output and "1 diverged" in result.output

@@ -17,11 +17,15 @@ SHAPES = [(3, 4), (5,), (2, 3, 2)]  # a few parameter tensors, 29 elements
 # gradient scales: all norms and elements under the thresholds below / some over / all over
 SCALES = [0.01, 0.3, 10.0]
 MAX_NORM, CLIP_VALUE = 1.0, 0.5
-KNOBS = {"none": {}, "value": {"clip_value": CLIP_VALUE}, "norm": {"max_norm": MAX_NORM},
-         "norm_per_layer": {"max_norm": MAX_NORM},
-         "autoclip": {"clip_percentile": 10, "autoclip_window": 0},
-         "zclip": {"zclip_alpha": 0.97, "zclip_warmup": 25, "zclip_z": 2.5, "zclip_max_norm": MAX_NORM},
-         "agc": {"agc_lambda": 0.01, "agc_eps": 1e-3, "agc_exclude_final": False}}
+KNOBS = {
+    "none": {},
+    "value": {"clip_value": CLIP_VALUE},
+    "norm": {"max_norm": MAX_NORM},
+    "norm_per_layer": {"max_norm": MAX_NORM},
+    "autoclip": {"clip_percentile": 10, "autoclip_window": 0},
+    "zclip": {"zclip_alpha": 0.97, "zclip_warmup": 25, "zclip_z": 2.5, "zclip_max_norm": MAX_NORM},
+    "agc": {"agc_lambda": 0.01, "agc_eps": 1e-3, "agc_exclude_final": False},
+}
 
 
 def make_params(scale: float, seed: int = 0) -> list:
@@ -67,14 +71,24 @@ TORCH = {
     "none": lambda params, p: None,
     "value": lambda params, p: torch.nn.utils.clip_grad_value_(params, CLIP_VALUE),
     "norm": lambda params, p: torch.nn.utils.clip_grad_norm_(params, MAX_NORM, norm_type=p),
-    "norm_per_layer": lambda params, p: [torch.nn.utils.clip_grad_norm_([q], MAX_NORM, norm_type=p) for q in params],
+    "norm_per_layer": lambda params, p: [
+        torch.nn.utils.clip_grad_norm_([q], MAX_NORM, norm_type=p) for q in params
+    ],
     # a fresh autoclip's first threshold is the norm itself; zclip's warm-up only applies its cap
     "autoclip": lambda params, p: None,
     "zclip": lambda params, p: torch.nn.utils.clip_grad_norm_(params, MAX_NORM, norm_type=p),
     "agc": None,  # no torch function: tests/test_adaptive_clip.py checks it against a reference
 }
 # a second norm clip moves gradients by ~1e-6: torch adds 1e-6 to the norm it divides by
-AGAIN_RTOL = {"none": 0.0, "value": 0.0, "norm": 1e-5, "norm_per_layer": 1e-5, "autoclip": 0.0, "zclip": 1e-5, "agc": 1e-5}
+AGAIN_RTOL = {
+    "none": 0.0,
+    "value": 0.0,
+    "norm": 1e-5,
+    "norm_per_layer": 1e-5,
+    "autoclip": 0.0,
+    "zclip": 1e-5,
+    "agc": 1e-5,
+}
 
 
 @GRID
@@ -133,15 +147,18 @@ def test_none_leaves_gradients_untouched_and_reports_the_measured_norm(p, scale)
     assert torch.equal(result.norm_after, pre) and not result.fired
 
 
-@pytest.mark.parametrize("mode,key,value", [
-    ("norm", "max_norm", 0),
-    ("norm", "max_norm", -1),
-    ("norm", "max_norm", math.nan),
-    ("norm", "max_norm", "abc"),
-    ("norm", "max_norm", True),
-    ("value", "clip_value", 0),
-    ("value", "clip_value", -0.5),
-])
+@pytest.mark.parametrize(
+    "mode,key,value",
+    [
+        ("norm", "max_norm", 0),
+        ("norm", "max_norm", -1),
+        ("norm", "max_norm", math.nan),
+        ("norm", "max_norm", "abc"),
+        ("norm", "max_norm", True),
+        ("value", "clip_value", 0),
+        ("value", "clip_value", -0.5),
+    ],
+)
 def test_bad_knob_fails_in_one_line_naming_the_key(mode, key, value):
     with pytest.raises(ConfigError) as err:
         build_clip(option("clip", mode, **{key: value}), 2.0)
@@ -149,11 +166,17 @@ def test_bad_knob_fails_in_one_line_naming_the_key(mode, key, value):
     assert message.startswith(f"{key}=") and "\n" not in message
 
 
-@pytest.mark.parametrize("clip_cfg,start", [
-    ({"max_norm": 1.0, "clip_value": 0.5}, "clip.clip_value: unknown key for clip=norm"),
-    ({"_target_": "gradlab.clip.norm.ClipByNorms"}, r"clip._target_=gradlab.clip.norm.ClipByNorms: cannot import it"),
-    ({"_target_": "ClipByNorm"}, "clip._target_=ClipByNorm: name the class as package.module.Class"),
-])
+@pytest.mark.parametrize(
+    "clip_cfg,start",
+    [
+        ({"max_norm": 1.0, "clip_value": 0.5}, "clip.clip_value: unknown key for clip=norm"),
+        (
+            {"_target_": "gradlab.clip.norm.ClipByNorms"},
+            r"clip._target_=gradlab.clip.norm.ClipByNorms: cannot import it",
+        ),
+        ({"_target_": "ClipByNorm"}, "clip._target_=ClipByNorm: name the class as package.module.Class"),
+    ],
+)
 def test_unknown_class_or_key_fails_naming_it(clip_cfg, start):
     with pytest.raises(ConfigError, match=f"^{start}"):
         build_clip(option("clip", "norm", **clip_cfg), 2.0)

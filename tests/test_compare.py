@@ -14,27 +14,44 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from gradlab.cli import app
 from matplotlib.image import imread
 from scipy import stats
 from typer.testing import CliRunner
-
-from gradlab import compare as cmp
-from gradlab.cli import app
-from gradlab.config import display_name, plain, run_id
-from gradlab.launch import compose_all
 from wandb_records import read_run, wandb_files
 
+from gradlab import compare as cmp
+from gradlab.config import display_name, plain, run_id
+from gradlab.launch import compose_all
+
 EVAL_EVERY = 10  # steps between the eval points of a hand-made history
-CURVES, THRESHOLD, SUCCESS = (1320, 935), (1320, 506), (770, 506)  # (12, 8.5), (12, 4.6), (7, 4.6) inches, 110 dpi
+CURVES, THRESHOLD, SUCCESS = (
+    (1320, 935),
+    (1320, 506),
+    (770, 506),
+)  # (12, 8.5), (12, 4.6), (7, 4.6) inches, 110 dpi
 
 
-def spec(overrides: str, evals: list, accs: list | None = None, status: str = "completed", loss=None, **figures):
+def spec(
+    overrides: str, evals: list, accs: list | None = None, status: str = "completed", loss=None, **figures
+):
     """A run to record: its overrides, its eval points (every EVAL_EVERY steps) and summary figures."""
     accs = accs or [1 - v for v in evals]
-    summary = {"status": status, "eval_loss_final": evals[-1], "eval_loss_best": min(evals),
-               "eval_acc_final": accs[-1], "eval_acc_best": max(accs), "train_loss_final": 1.0,
-               "train_loss_best": 0.9, "grad_norm_mean": 2.0, "grad_norm_median": 2.0, "grad_norm_max": 4.0, "clip_fraction": 0.5,
-               "steps_per_s": 100.0, **figures}
+    summary = {
+        "status": status,
+        "eval_loss_final": evals[-1],
+        "eval_loss_best": min(evals),
+        "eval_acc_final": accs[-1],
+        "eval_acc_best": max(accs),
+        "train_loss_final": 1.0,
+        "train_loss_best": 0.9,
+        "grad_norm_mean": 2.0,
+        "grad_norm_median": 2.0,
+        "grad_norm_max": 4.0,
+        "clip_fraction": 0.5,
+        "steps_per_s": 100.0,
+        **figures,
+    }
     return overrides.split(), summary, history(evals, accs, loss)
 
 
@@ -62,8 +79,13 @@ def write_records(sweep: Path, specs: list) -> Path:
         run_dir.mkdir(parents=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(conf, sort_keys=False))
         series.to_csv(run_dir / "history.csv", index=False)
-        summary = {"run_id": run_dir.name, "name": display_name(conf), "sweep": sweep.name, "seed": conf["seed"],
-                   **figures}
+        summary = {
+            "run_id": run_dir.name,
+            "name": display_name(conf),
+            "sweep": sweep.name,
+            "seed": conf["seed"],
+            **figures,
+        }
         (run_dir / "summary.json").write_text(json.dumps(summary))
     return sweep
 
@@ -75,7 +97,9 @@ HAND = [
     spec("clip=norm max_norm=1 seed=0", [1.0, 0.6, 0.5], accs=[0.5, 0.6, 0.8], steps_per_s=50.0),
     spec("clip=norm max_norm=1 seed=1", [0.9, 0.8, 0.7], accs=[0.5, 0.6, 0.9], steps_per_s=50.0),
     spec("clip=norm max_norm=1 seed=2", [0.6, 0.7, 0.9], accs=[0.5, 0.6, 0.7], steps_per_s=50.0),
-    spec("clip=norm max_norm=1 seed=3", [0.1, 0.1, 50.0], accs=[0.99] * 3, status="diverged", steps_per_s=1e6),
+    spec(
+        "clip=norm max_norm=1 seed=3", [0.1, 0.1, 50.0], accs=[0.99] * 3, status="diverged", steps_per_s=1e6
+    ),
     spec("clip=norm max_norm=1 seed=4", [0.1, 0.1, 60.0], accs=[0.99] * 3, status="failed", steps_per_s=1e6),
     spec("clip=norm max_norm=5 seed=0", [0.8, 0.7, 0.4], accs=[0.5, 0.5, 0.6], steps_per_s=20.0),
     spec("clip=norm max_norm=5 seed=1", [0.9, 0.9, 0.66], accs=[0.5, 0.5, 0.5], steps_per_s=20.0),
@@ -83,7 +107,12 @@ HAND = [
     spec("clip=norm max_norm=20 seed=0", [0.2, 0.2, 99.0], status="diverged"),
     spec("clip=norm max_norm=20 seed=1", [0.2, 0.2, 99.0], status="diverged"),
 ]
-FINALS = {"1": [0.5, 0.7, 0.9], "5": [0.4, 0.66], "10": [0.9], "20": []}  # eval_loss_final of the completed runs
+FINALS = {
+    "1": [0.5, 0.7, 0.9],
+    "5": [0.4, 0.66],
+    "10": [0.9],
+    "20": [],
+}  # eval_loss_final of the completed runs
 COUNTS = {"1": (5, 3, 1, 1), "5": (2, 2, 0, 0), "10": (1, 1, 0, 0), "20": (2, 0, 2, 0)}
 
 
@@ -129,17 +158,33 @@ def test_steps_to_target_counts_every_run_of_the_group(hand):
     assert table.loc[["10", "20"], "steps_to_target_mean"].isna().all()
     assert dict(table["reached_target"]) == {"1": "2/5", "5": "1/2", "10": "0/1", "20": "0/2"}
     shown = cmp.readable(comparison).set_index("clip.max_norm")
-    assert dict(shown["steps_to_target"]) == {"5": "30 (1/2)", "1": "15 (2/5)", "10": "never (0/1)",
-                                              "20": "never (0/2)"}
-    assert dict(shown["eval_loss_final"]) == {"5": "0.53 ± 0.18", "1": "0.7 ± 0.2 [±0.5]", "10": "0.9", "20": "-"}
+    assert dict(shown["steps_to_target"]) == {
+        "5": "30 (1/2)",
+        "1": "15 (2/5)",
+        "10": "never (0/1)",
+        "20": "never (0/2)",
+    }
+    assert dict(shown["eval_loss_final"]) == {
+        "5": "0.53 ± 0.18",
+        "1": "0.7 ± 0.2 [±0.5]",
+        "10": "0.9",
+        "20": "-",
+    }
 
 
-@pytest.mark.parametrize("metric, target, step", [
-    ("eval_loss_final", 0.65, 20),   # the raw eval points 1.0, 0.6: their running mean would not reach it
-    ("eval_acc_best", 0.85, 20),     # accuracy is reached upwards: 0.5, 0.9
-    ("train_loss_best", 1.1, 15),    # the 10-step mean of the loss; the raw loss (2 then 0) reaches it at 11
-    ("eval_loss_final", 0.05, None),
-])
+@pytest.mark.parametrize(
+    "metric, target, step",
+    [
+        ("eval_loss_final", 0.65, 20),  # the raw eval points 1.0, 0.6: their running mean would not reach it
+        ("eval_acc_best", 0.85, 20),  # accuracy is reached upwards: 0.5, 0.9
+        (
+            "train_loss_best",
+            1.1,
+            15,
+        ),  # the 10-step mean of the loss; the raw loss (2 then 0) reaches it at 11
+        ("eval_loss_final", 0.05, None),
+    ],
+)
 def test_steps_to_target_of_one_history(tmp_path, metric, target, step):
     series = history([1.0, 0.6, 0.5], [0.5, 0.9, 0.8], loss=[2.0] * 10 + [0.0] * 20)
     series.to_csv(tmp_path / "history.csv", index=False)
@@ -147,11 +192,14 @@ def test_steps_to_target_of_one_history(tmp_path, metric, target, step):
     assert found == step if step is not None else math.isnan(found)
 
 
-@pytest.mark.parametrize("metric, order", [
-    ("eval_loss", ["5", "1", "10", "20"]),        # lower is better; the all-diverged group last
-    ("eval_acc", ["10", "1", "5", "20"]),         # higher is better
-    ("steps_per_s", ["1", "5", "10", "20"]),
-])
+@pytest.mark.parametrize(
+    "metric, order",
+    [
+        ("eval_loss", ["5", "1", "10", "20"]),  # lower is better; the all-diverged group last
+        ("eval_acc", ["10", "1", "5", "20"]),  # higher is better
+        ("steps_per_s", ["1", "5", "10", "20"]),
+    ],
+)
 def test_sorted_by_the_metric_with_the_best_marked(hand, metric, order):
     comparison = cmp.compare(cmp.load_runs([hand]), metric=metric)
     assert comparison.metric == (metric if metric in cmp.METRICS else f"{metric}_final")
@@ -160,9 +208,14 @@ def test_sorted_by_the_metric_with_the_best_marked(hand, metric, order):
 
 
 def test_the_sort_metric_is_shown_as_sorted(tmp_path):
-    sweep = write_records(tmp_path / "peaks", [
-        spec(f"clip=norm max_norm={m} seed={s}", [0.5], grad_norm_max=peak)
-        for m, peaks in ((1, [3.0, 5.5]), (5, [4.4, 4.6])) for s, peak in enumerate(peaks)])
+    sweep = write_records(
+        tmp_path / "peaks",
+        [
+            spec(f"clip=norm max_norm={m} seed={s}", [0.5], grad_norm_max=peak)
+            for m, peaks in ((1, [3.0, 5.5]), (5, [4.4, 4.6]))
+            for s, peak in enumerate(peaks)
+        ],
+    )
     shown = cmp.readable(cmp.compare(cmp.load_runs([sweep]), metric="grad_norm_max"))
     assert list(shown["grad_norm_max"]) == ["4.25 ± 1.8", "4.5 ± 0.14"]
 
@@ -170,9 +223,16 @@ def test_the_sort_metric_is_shown_as_sorted(tmp_path):
 @pytest.fixture(scope="module")
 def models_records(tmp_path_factory):
     """mlp and lstm, clip none and norm, max_norm 1 and 5, seeds 0 and 1: none ignores max_norm."""
-    return write_records(tmp_path_factory.mktemp("records") / "models", [
-        spec(f"model={model} clip={clip} max_norm={max_norm} seed={seed}", [0.5])
-        for model in ("mlp", "lstm") for clip in ("none", "norm") for max_norm in (1, 5) for seed in (0, 1)])
+    return write_records(
+        tmp_path_factory.mktemp("records") / "models",
+        [
+            spec(f"model={model} clip={clip} max_norm={max_norm} seed={seed}", [0.5])
+            for model in ("mlp", "lstm")
+            for clip in ("none", "norm")
+            for max_norm in (1, 5)
+            for seed in (0, 1)
+        ],
+    )
 
 
 TASK = {"mlp": "digits", "lstm": "adding"}
@@ -181,19 +241,28 @@ TASK = {"mlp": "digits", "lstm": "adding"}
 def test_knob_free_mode_is_one_group_and_keys_are_found(models_records):
     comparison = cmp.compare(cmp.load_runs([models_records]))
     # each model trains on its own task: the task leads, so that no row is ranked against another task's
-    assert comparison.by == ["task.name", "model.name", "clip.mode", "clip.max_norm"] and comparison.tasks == 2
+    assert (
+        comparison.by == ["task.name", "model.name", "clip.mode", "clip.max_norm"] and comparison.tasks == 2
+    )
     groups = {tuple(r[comparison.by]): r["runs"] for _, r in comparison.table.iterrows()}
     assert groups == {(TASK[m], m, "none", "-"): 2 for m in ("mlp", "lstm")} | {
-        (TASK[m], m, "norm", t): 2 for m in ("mlp", "lstm") for t in ("1", "5")}
+        (TASK[m], m, "norm", t): 2 for m in ("mlp", "lstm") for t in ("1", "5")
+    }
     assert list(comparison.table["task.name"]) == ["adding"] * 3 + ["digits"] * 3
     assert list(comparison.table["best"]) == ["*", "", "", "*", "", ""]  # one best per task
 
 
-@pytest.mark.parametrize("by, runs", [
-    ("model.name", {("mlp",): 6, ("lstm",): 6}),
-    ("clip.mode", {("none",): 4, ("norm",): 8}),
-    ("model.name,clip.mode", {("mlp", "none"): 2, ("mlp", "norm"): 4, ("lstm", "none"): 2, ("lstm", "norm"): 4}),
-])
+@pytest.mark.parametrize(
+    "by, runs",
+    [
+        ("model.name", {("mlp",): 6, ("lstm",): 6}),
+        ("clip.mode", {("none",): 4, ("norm",): 8}),
+        (
+            "model.name,clip.mode",
+            {("mlp", "none"): 2, ("mlp", "norm"): 4, ("lstm", "none"): 2, ("lstm", "norm"): 4},
+        ),
+    ],
+)
 def test_by_overrides_the_grouping(models_records, tmp_path, by, runs):
     """--by chooses the grouping; runs of different tasks are still never ranked together."""
     result = invoke("compare", models_records, "--by", by, "--format", "csv", "--out", tmp_path)
@@ -206,8 +275,10 @@ def test_by_overrides_the_grouping(models_records, tmp_path, by, runs):
 
 
 def test_knob_free_mode_alone_is_one_group(tmp_path):
-    sweep = write_records(tmp_path / "none", [spec(f"clip=none max_norm={m} seed={s}", [0.5])
-                                              for m in (1, 5) for s in (0, 1, 2)])
+    sweep = write_records(
+        tmp_path / "none",
+        [spec(f"clip=none max_norm={m} seed={s}", [0.5]) for m in (1, 5) for s in (0, 1, 2)],
+    )
     table = cmp.compare(cmp.load_runs([sweep])).table
     assert list(table["runs"]) == [3]
 
@@ -227,14 +298,15 @@ def test_output_formats(hand):
     assert {line.count("|") for line in lines[2:]} == {header.count("|")}
 
     tex = (hand / "comparison.tex").read_text()
-    body = tex[tex.index("\\midrule"):tex.index("\\bottomrule")].splitlines()[1:]
+    body = tex[tex.index("\\midrule") : tex.index("\\bottomrule")].splitlines()[1:]
     assert tex.startswith("\\begin{tabular}") and tex.rstrip().endswith("\\end{tabular}")
     assert [line.split(" & ")[1] for line in body] == ["5", "1", "10", "20"]
     assert "clip.max\\_norm" in tex and "eval\\_loss\\_final" in tex  # escaped for LaTeX
 
 
-@pytest.mark.parametrize("fmt, files", [("md", ["comparison.md"]), ("csv", ["comparison.csv"]),
-                                        ("latex", ["comparison.tex"])])
+@pytest.mark.parametrize(
+    "fmt, files", [("md", ["comparison.md"]), ("csv", ["comparison.csv"]), ("latex", ["comparison.tex"])]
+)
 def test_one_format_writes_one_file(hand, tmp_path, fmt, files):
     out = tmp_path / "tables"
     assert invoke("compare", hand, "--format", fmt, "--out", out).exit_code == 0
@@ -245,12 +317,20 @@ BAD_INPUT = [
     (["compare", "{tmp}/empty"], "no run records (summary.json) found"),
     (["compare", "{tmp}/running"], "no run records (summary.json) found"),
     (["plot", "{tmp}/missing"], "missing: no such file or folder"),
-    (["compare", "{hand}", "--by", "nosuchkey"], "--by nosuchkey: no such key; keys that vary here: clip.max_norm"),
+    (
+        ["compare", "{hand}", "--by", "nosuchkey"],
+        "--by nosuchkey: no such key; keys that vary here: clip.max_norm",
+    ),
     (["plot", "{hand}", "--by", "clip.mode,nosuchkey"], "--by nosuchkey: no such key"),
-    (["compare", "{hand}", "--metric", "nope"], "--metric nope: not in these runs; choose from eval_loss_final, "
-                                                "eval_loss_best, eval_acc_final"),
+    (
+        ["compare", "{hand}", "--metric", "nope"],
+        "--metric nope: not in these runs; choose from eval_loss_final, eval_loss_best, eval_acc_final",
+    ),
     (["compare", "{hand}", "--format", "xml"], "--format xml: choose from md, csv, latex, all"),
-    (["compare", "{hand}", "--metric", "grad_norm_mean", "--target", "1"], "--target needs a loss or accuracy"),
+    (
+        ["compare", "{hand}", "--metric", "grad_norm_mean", "--target", "1"],
+        "--target needs a loss or accuracy",
+    ),
     (["compare", "{hand}", "--out", "{tmp}/afile/sub"], "afile/sub: cannot write there"),
     (["plot", "{hand}", "--out", "{tmp}/afile/sub"], "afile/sub: cannot write there"),
 ]
@@ -271,14 +351,21 @@ def test_bad_input_is_one_line_and_writes_nothing(hand, tmp_path, args, message)
     assert not list(hand.glob("comparison.*")) and not list(hand.glob("*.png"))
 
 
-@pytest.mark.parametrize("file, text, error", [
-    ("summary.json", '{"status": "compl', "summary.json: JSONDecodeError: Unterminated string"),
-    ("summary.json", "[1, 2]", "summary.json is not a run summary"),
-    ("summary.json", '{"status": "completed", "eval_loss_final": "low"}', "summary.json: eval_loss_final='low' is not"),
-    ("config.yaml", "model: [lstm", "config.yaml: ParserError: "),
-    ("config.yaml", None, "config.yaml: No such file or directory"),
-    ("history.csv", "step,loss\n1,0.5\nabc,0.4\n", "history.csv: ValueError: "),
-])
+@pytest.mark.parametrize(
+    "file, text, error",
+    [
+        ("summary.json", '{"status": "compl', "summary.json: JSONDecodeError: Unterminated string"),
+        ("summary.json", "[1, 2]", "summary.json is not a run summary"),
+        (
+            "summary.json",
+            '{"status": "completed", "eval_loss_final": "low"}',
+            "summary.json: eval_loss_final='low' is not",
+        ),
+        ("config.yaml", "model: [lstm", "config.yaml: ParserError: "),
+        ("config.yaml", None, "config.yaml: No such file or directory"),
+        ("history.csv", "step,loss\n1,0.5\nabc,0.4\n", "history.csv: ValueError: "),
+    ],
+)
 def test_corrupt_record_is_skipped_with_one_warning(hand, file, text, error):
     corrupt = next(hand.glob("*norm5-s0-*"))
     (corrupt / file).unlink() if text is None else (corrupt / file).write_text(text)
@@ -308,15 +395,22 @@ def test_unfinished_run_is_ignored(hand):
 
 
 def test_two_sweeps_are_compared_together(tmp_path):
-    first = write_records(tmp_path / "results" / "first", [spec(f"clip=norm max_norm=1 seed={s}", [0.3])
-                                                           for s in (0, 1)])
-    second = write_records(tmp_path / "results" / "second", [spec(f"clip=norm max_norm=5 seed={s}", [0.2])
-                                                             for s in (0, 1, 2)])
+    first = write_records(
+        tmp_path / "results" / "first", [spec(f"clip=norm max_norm=1 seed={s}", [0.3]) for s in (0, 1)]
+    )
+    second = write_records(
+        tmp_path / "results" / "second", [spec(f"clip=norm max_norm=5 seed={s}", [0.2]) for s in (0, 1, 2)]
+    )
     assert invoke("compare", first, second).exit_code == 0
     table = csv_table(first)  # written beside the first path given
-    assert list(zip(table["clip.max_norm"], table["runs"], table["best"].fillna(""))) == [("5", 3, "*"), ("1", 2, "")]
+    assert list(zip(table["clip.max_norm"], table["runs"], table["best"].fillna(""))) == [
+        ("5", 3, "*"),
+        ("1", 2, ""),
+    ]
     assert not list(second.glob("comparison.*"))
-    assert invoke("compare", tmp_path / "results", "--format", "csv").exit_code == 0  # the results root: the same runs
+    assert (
+        invoke("compare", tmp_path / "results", "--format", "csv").exit_code == 0
+    )  # the results root: the same runs
     assert csv_table(tmp_path / "results").equals(table)
 
 
@@ -330,10 +424,16 @@ def assert_png(path: Path, size: tuple) -> None:
 def test_plots_are_pngs_of_their_size(hand, tmp_path):
     result = invoke("plot", hand, "--out", tmp_path / "plots")
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["curves.png", "norms.png", "threshold.png"]
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
+        "curves.png",
+        "norms.png",
+        "threshold.png",
+    ]
     assert_png(tmp_path / "plots" / "curves.png", CURVES)
     assert_png(tmp_path / "plots" / "threshold.png", THRESHOLD)
-    assert_png(tmp_path / "plots" / "norms.png", (1518, 968))  # 4 groups: 3 panels of 4.6 x 4.4 inches, 2 rows
+    assert_png(
+        tmp_path / "plots" / "norms.png", (1518, 968)
+    )  # 4 groups: 3 panels of 4.6 x 4.4 inches, 2 rows
 
 
 def test_a_target_adds_the_success_chart(hand, tmp_path):
@@ -344,8 +444,10 @@ def test_a_target_adds_the_success_chart(hand, tmp_path):
 
 
 def test_no_threshold_chart_when_no_threshold_varies(tmp_path):
-    sweep = write_records(tmp_path / "one-threshold", [spec(f"clip={c} max_norm=1 seed={s}", [0.5])
-                                                       for c in ("none", "norm") for s in (0, 1)])
+    sweep = write_records(
+        tmp_path / "one-threshold",
+        [spec(f"clip={c} max_norm=1 seed={s}", [0.5]) for c in ("none", "norm") for s in (0, 1)],
+    )
     result = invoke("plot", sweep, "--target", 0.6)
     assert result.exit_code == 0, result.output
     assert (sweep / "curves.png").exists() and (sweep / "norms.png").exists()
@@ -383,21 +485,44 @@ def test_wandb_report_run_in_the_sweeps_group(hand):
 
 def test_real_sweep_compared_and_plotted_end_to_end(tmp_path):
     def gradlab(*args):
-        out = subprocess.run([sys.executable, "-m", "gradlab", *args], cwd=tmp_path, capture_output=True, text=True,
-                             timeout=300)
+        out = subprocess.run(
+            [sys.executable, "-m", "gradlab", *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert out.returncode == 0, out.stderr
         return out
 
-    gradlab("sweep", "model=mlp", "clip=none,norm", "max_norm=0.5,5", "seed=0,1", "steps=20", "eval_every=10",
-            "wandb=off", "-q")
+    gradlab(
+        "sweep",
+        "model=mlp",
+        "clip=none,norm",
+        "max_norm=0.5,5",
+        "seed=0,1",
+        "steps=20",
+        "eval_every=10",
+        "wandb=off",
+        "-q",
+    )
     (sweep,) = (tmp_path / "results").iterdir()
     relative = Path("results") / sweep.name
     gradlab("compare", relative, "--target", "2.05")
     gradlab("plot", relative)
-    assert {p.name for p in sweep.iterdir() if p.is_file()} >= {"comparison.md", "comparison.csv", "comparison.tex",
-                                                                "curves.png", "threshold.png"}
+    assert {p.name for p in sweep.iterdir() if p.is_file()} >= {
+        "comparison.md",
+        "comparison.csv",
+        "comparison.tex",
+        "curves.png",
+        "threshold.png",
+    }
     table = csv_table(sweep)
-    assert sorted(zip(table["clip.mode"], table["clip.max_norm"])) == [("none", "-"), ("norm", "0.5"), ("norm", "5")]
+    assert sorted(zip(table["clip.mode"], table["clip.max_norm"])) == [
+        ("none", "-"),
+        ("norm", "0.5"),
+        ("norm", "5"),
+    ]
     assert list(table["runs"]) == list(table["completed"]) == [2, 2, 2]
 
     reached = {}  # (mode, max_norm) -> seed -> first eval step at or below the target, from the histories
@@ -410,17 +535,28 @@ def test_real_sweep_compared_and_plotted_end_to_end(tmp_path):
     for _, row in table.iterrows():
         steps = [s for s in reached[row["clip.mode"], row["clip.max_norm"]].values() if s is not None]
         assert row["reached_target"] == f"{len(steps)}/2"
-        assert row["steps_to_target_mean"] == pytest.approx(np.mean(steps) if steps else math.nan, nan_ok=True)
+        assert row["steps_to_target_mean"] == pytest.approx(
+            np.mean(steps) if steps else math.nan, nan_ok=True
+        )
     assert_png(sweep / "curves.png", CURVES)
     assert_png(sweep / "threshold.png", THRESHOLD)
 
 
 def test_adaptive_modes_group_by_their_own_knobs(tmp_path):
     """Adaptive modes are compared like the others: their knobs become columns, none stays one row."""
-    sweep = write_records(tmp_path / "adaptive", [
-        spec(f"clip={clip} seed={seed}", [0.5]) for clip in (
-            "autoclip clip_percentile=5", "autoclip clip_percentile=10", "none max_norm=1", "none max_norm=5")
-        for seed in (0, 1)])
+    sweep = write_records(
+        tmp_path / "adaptive",
+        [
+            spec(f"clip={clip} seed={seed}", [0.5])
+            for clip in (
+                "autoclip clip_percentile=5",
+                "autoclip clip_percentile=10",
+                "none max_norm=1",
+                "none max_norm=5",
+            )
+            for seed in (0, 1)
+        ],
+    )
     comparison = cmp.compare(cmp.load_runs([sweep]))
     assert comparison.by == ["clip.mode", "clip.clip_percentile"]
     groups = {tuple(r[comparison.by]): r["runs"] for _, r in comparison.table.iterrows()}
@@ -429,8 +565,10 @@ def test_adaptive_modes_group_by_their_own_knobs(tmp_path):
 
 def test_summary_figures_never_become_grouping_keys(tmp_path):
     """Only config.yaml keys group runs: a summary figure that varies (spike_skips) is not one."""
-    sweep = write_records(tmp_path / "figures", [
-        spec(f"clip=norm max_norm={m} seed={s}", [0.5], spike_skips=s) for m in (1, 5) for s in (0, 1)])
+    sweep = write_records(
+        tmp_path / "figures",
+        [spec(f"clip=norm max_norm={m} seed={s}", [0.5], spike_skips=s) for m in (1, 5) for s in (0, 1)],
+    )
     assert cmp.compare(cmp.load_runs([sweep])).by == ["clip.max_norm"]
 
 
@@ -443,9 +581,14 @@ def test_summary_figures_never_become_grouping_keys(tmp_path):
 #   none - norm 5: 0.09, 0.08 -> mean 0.085, sd 0.0070711, half-width 12.7062 * 0.005 = 0.063531,
 #     t = 17, p = 1 - (2/pi) atan(17) = 0.037405: worse.
 ARMS = [
-    *(spec(f"clip=none seed={s}", [f], grad_norm_median=m) for s, f, m in ((0, 0.50, 1), (1, 0.60, 2), (2, 0.70, 3))),
-    *(spec(f"clip=norm max_norm=1 seed={s}", [f], grad_norm_median=m)
-      for s, f, m in ((0, 0.40, 2), (1, 0.45, 4), (2, 0.62, 8))),
+    *(
+        spec(f"clip=none seed={s}", [f], grad_norm_median=m)
+        for s, f, m in ((0, 0.50, 1), (1, 0.60, 2), (2, 0.70, 3))
+    ),
+    *(
+        spec(f"clip=norm max_norm=1 seed={s}", [f], grad_norm_median=m)
+        for s, f, m in ((0, 0.40, 2), (1, 0.45, 4), (2, 0.62, 8))
+    ),
     spec("clip=norm max_norm=5 seed=0", [0.41], grad_norm_median=2),
     spec("clip=norm max_norm=5 seed=1", [0.52], grad_norm_median=3),
     spec("clip=norm max_norm=5 seed=2", [9.0], status="diverged", grad_norm_median=100),
@@ -475,8 +618,11 @@ def test_paired_difference_to_the_best_row(arms):
     assert tuple(one[list(cmp.PAIRED)]) == pytest.approx((-0.04, -0.42119, 0.34119, 0.40967, 2), abs=1e-4)
     assert tuple(none[list(cmp.PAIRED)]) == pytest.approx((0.085, 0.021469, 0.148531, 0.037405, 2), abs=1e-5)
     shown = dict(zip(table.index, cmp.readable(comparison)["vs best (paired)"]))
-    assert shown == {"5": "best", "1": "-0.04 [-0.421, +0.341] p=0.41 (2 seeds): indistinguishable",
-                     "-": "+0.085 [+0.0215, +0.149] p=0.037 (2 seeds): worse"}
+    assert shown == {
+        "5": "best",
+        "1": "-0.04 [-0.421, +0.341] p=0.41 (2 seeds): indistinguishable",
+        "-": "+0.085 [+0.0215, +0.149] p=0.037 (2 seeds): worse",
+    }
     result = invoke("compare", arms, "--paired", "--format", "md")
     assert result.exit_code == 0, result.output
     assert "+0.085 [+0.0215, +0.149] p=0.037 (2 seeds): worse" in (arms / "comparison.md").read_text()
@@ -489,8 +635,10 @@ def test_relative_needs_the_median_norms(arms):
         summary.write_text(json.dumps(figures))
     result = invoke("compare", arms, "--relative")
     assert result.exit_code == 2
-    assert result.output.strip() == ("error: --relative: no run here records its median gradient norm "
-                                     "(grad_norm_median); run the sweep again with --force to record it")
+    assert result.output.strip() == (
+        "error: --relative: no run here records its median gradient norm "
+        "(grad_norm_median); run the sweep again with --force to record it"
+    )
     assert not (arms / "comparison.md").exists()
 
 
@@ -505,8 +653,18 @@ def test_median_norm_figures_of_a_run():
     the 299 finite norms is the 150th, 151; of the first 100 steps' 99, the 50th, 51."""
     from gradlab.train import EARLY, figures
 
-    rows = [{"step": s, "loss": 1.0, "grad_norm": float(s), "clipped": 0.0, "spike_skipped": 0.0,
-             "scaler_skipped": 0.0, "time_s": s / 100} for s in range(1, 301)]
+    rows = [
+        {
+            "step": s,
+            "loss": 1.0,
+            "grad_norm": float(s),
+            "clipped": 0.0,
+            "spike_skipped": 0.0,
+            "scaler_skipped": 0.0,
+            "time_s": s / 100,
+        }
+        for s in range(1, 301)
+    ]
     rows[10]["grad_norm"] = math.inf
     found = figures(rows)
     assert EARLY == 100

@@ -33,7 +33,9 @@ def test_config_composes_and_builds(compose, group, name):
     overrides = [f"{group}={name}"]
     if name in ("custom", "dataset"):  # the user's own class or data: without it, one line naming the key
         key = f"{group}._target_" if name == "custom" else "task.train._target_"
-        with pytest.raises(ConfigError, match=rf"^{re.escape(key)}=\?\?\?: name the class as package.module.Class"):
+        with pytest.raises(
+            ConfigError, match=rf"^{re.escape(key)}=\?\?\?: name the class as package.module.Class"
+        ):
             build(compose(*overrides))
         return
     if group == "task":
@@ -43,7 +45,11 @@ def test_config_composes_and_builds(compose, group, name):
         assert conf[group][NAMED_BY[group]] == name
     if group == "model":  # its default task (and optimizer) replace the top-level defaults
         source = yaml.safe_load((CONF / group / f"{name}.yaml").read_text())
-        defaults = {key.split("/")[1].split("@")[0]: value for entry in source["defaults"] for key, value in entry.items()}
+        defaults = {
+            key.split("/")[1].split("@")[0]: value
+            for entry in source["defaults"]
+            for key, value in entry.items()
+        }
         assert all(conf[g]["name"] == value for g, value in defaults.items())
     if name in NEEDS_FILES:
         assert build_task({**conf["task"], "download": False}).spec.shape  # builds; data untouched
@@ -78,7 +84,8 @@ def test_every_key_has_a_comment(path):
 
 def test_undocumented_key_is_found(tmp_path):
     (tmp_path / "x.yaml").write_text(
-        "# header\nname: x\na: 1  # documented\nb: 2\nc:\n  d: 3\n  - e: 4\nhydra:\n  f: 5\n")
+        "# header\nname: x\na: 1  # documented\nb: 2\nc:\n  d: 3\n  - e: 4\nhydra:\n  f: 5\n"
+    )
     assert undocumented(tmp_path / "x.yaml") == ["4: b: 2", "6: d: 3"]
 
 

@@ -37,8 +37,12 @@ MLP = ["model=mlp", "task=regression", "model.hidden=[32,32]", "task.n_samples=2
 
 def stepper(conf: dict) -> Stepper:
     """A run's loop with its record kept in memory."""
-    session = SimpleNamespace(history=[], layers=[], progress=RunProgress("none", "test", conf["steps"]),
-                              tracker=Tracker(conf, None, enabled=False))
+    session = SimpleNamespace(
+        history=[],
+        layers=[],
+        progress=RunProgress("none", "test", conf["steps"]),
+        tracker=Tracker(conf, None, enabled=False),
+    )
     return Stepper(conf, build(conf), session)
 
 
@@ -62,25 +66,57 @@ def between_logs(conf: dict) -> None:
 
 # --- the step does not wait on the device
 
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("mode", options("clip"))
 def test_no_host_read_in_the_step_for_every_clip_mode_and_optimizer(compose, mode, precision):
     for optim in options("optim"):
-        between_logs(compose(*MLP, f"clip={mode}", f"optim={optim}", f"precision={precision}", "device=cuda",
-                             "steps=20", "log_every=10", "eval_every=0", "layer_norms_every=5", "wandb=off"))
+        between_logs(
+            compose(
+                *MLP,
+                f"clip={mode}",
+                f"optim={optim}",
+                f"precision={precision}",
+                "device=cuda",
+                "steps=20",
+                "log_every=10",
+                "eval_every=0",
+                "layer_norms_every=5",
+                "wandb=off",
+            )
+        )
 
 
 @pytest.mark.parametrize("model", ["mlp", "rnn", "gru", "lstm", "transformer"])
 def test_no_host_read_in_the_step_of_every_model(compose, model):
-    between_logs(compose(f"model={model}", "device=cuda", "steps=20", "log_every=10", "eval_every=0",
-                         "layer_norms_every=5", "wandb=off"))
+    between_logs(
+        compose(
+            f"model={model}",
+            "device=cuda",
+            "steps=20",
+            "log_every=10",
+            "eval_every=0",
+            "layer_norms_every=5",
+            "wandb=off",
+        )
+    )
 
 
 def test_fp16_reads_the_host_once_a_step_for_the_scaler(compose):
     """torch's GradScaler.step reads found_inf back (`.item()`) to decide whether to step: the one
     host read of an fp16 step, counted here."""
-    s = stepper(compose(*MLP, "precision=fp16", "device=cuda", "steps=20", "log_every=10", "eval_every=0",
-                        "layer_norms_every=0", "wandb=off"))
+    s = stepper(
+        compose(
+            *MLP,
+            "precision=fp16",
+            "device=cuda",
+            "steps=20",
+            "log_every=10",
+            "eval_every=0",
+            "layer_norms_every=0",
+            "wandb=off",
+        )
+    )
     steps(s, 1, 3)
     torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as caught:
@@ -96,12 +132,18 @@ def test_fp16_reads_the_host_once_a_step_for_the_scaler(compose):
 
 # --- batched members, data streams, CPU against GPU
 
+
 @pytest.mark.parametrize("model", ["mlp", "rnn", "gru", "lstm", "transformer"])
 def test_every_member_matches_its_run_alone_on_a_gpu(model, compose):
     from test_vectorized import COMMON, MEMBERS, SMALL, assert_members_match_alone
 
-    assert_members_match_alone(compose, [compose(f"model={model}", *SMALL[model], *COMMON, *m, "device=cuda",
-                                                 "name=together") for m in MEMBERS])
+    assert_members_match_alone(
+        compose,
+        [
+            compose(f"model={model}", *SMALL[model], *COMMON, *m, "device=cuda", "name=together")
+            for m in MEMBERS
+        ],
+    )
 
 
 @pytest.mark.parametrize("task", ["adding", "copy", "temporal_order", "digits", "regression", "text"])
@@ -116,7 +158,8 @@ def test_a_seed_is_one_data_stream_on_every_device(task):
         t.load(torch.device(device))
         stream = t.batches(16, 7)
         served[device] = [[v.cpu() for v in next(stream)] for _ in range(3)] + [
-            [v.cpu() for v in batch] for batch in t.eval_batches()]
+            [v.cpu() for v in batch] for batch in t.eval_batches()
+        ]
     for on_cpu, on_gpu in zip(served["cpu"], served["cuda"]):
         for a, b in zip(on_cpu, on_gpu):
             assert torch.equal(a, b)
@@ -125,8 +168,16 @@ def test_a_seed_is_one_data_stream_on_every_device(task):
 def test_the_main_job_computes_the_same_numbers_on_cpu_and_gpu(compose):
     runs = []
     for device in ("cpu", "cuda"):
-        conf = compose("model=lstm", "clip=norm", "max_norm=1", f"device={device}", "steps=200", "eval_every=100",
-                       "wandb=off", f"name={device}")
+        conf = compose(
+            "model=lstm",
+            "clip=norm",
+            "max_norm=1",
+            f"device={device}",
+            "steps=200",
+            "eval_every=100",
+            "wandb=off",
+            f"name={device}",
+        )
         summary = train(conf)
         assert summary["status"] == "completed" and summary["fp32_precision"] == "ieee"
         runs.append(pd.read_csv(sweep_dir(conf) / run_id(conf) / "history.csv"))
@@ -139,6 +190,7 @@ def test_the_main_job_computes_the_same_numbers_on_cpu_and_gpu(compose):
 
 
 # --- fp32 is fp32, and each precision is what it says
+
 
 def test_fp32_is_ieee_fp32_on_a_gpu(compose):
     """TF32 (cuDNN's default for fp32 recurrences) would be ~1e-3 off a float64 reference."""
@@ -164,8 +216,13 @@ def test_bf16_recurrences_are_refused_because_cudnn_runs_them_in_fp16():
 
 
 def test_bf16_lstm_on_a_gpu_is_one_line_and_writes_nothing(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "gradlab", "train", "model=lstm", "precision=bf16", "device=cuda"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "gradlab", "train", "model=lstm", "precision=bf16", "device=cuda"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 2 and out.stderr.count("\n") == 1
     assert out.stderr.startswith("error: precision=bf16: torch's autocast runs cuDNN's LSTM in float16")
     assert not (tmp_path / "results").exists()
@@ -178,8 +235,17 @@ def test_fp16_clips_the_unscaled_gradients_on_a_gpu(compose, factor):
     plain = stepper(compose(*MLP, "clip=none", "device=cuda", "steps=1", "wandb=off"))
     steps(plain, 1, 1)  # its last step: the history is read
     true_norm = plain.log.history[-1]["grad_norm"]
-    half = stepper(compose(*MLP, "clip=norm", f"max_norm={factor * true_norm}", "precision=fp16", "device=cuda",
-                           "steps=1", "wandb=off"))
+    half = stepper(
+        compose(
+            *MLP,
+            "clip=norm",
+            f"max_norm={factor * true_norm}",
+            "precision=fp16",
+            "device=cuda",
+            "steps=1",
+            "wandb=off",
+        )
+    )
     steps(half, 1, 1)
     row = half.log.history[-1]
     assert half.scaler.get_scale() > 1 and row["scaler_skipped"] == 0
@@ -190,17 +256,28 @@ def test_fp16_clips_the_unscaled_gradients_on_a_gpu(compose, factor):
 
 # --- compile says how it ran
 
-@pytest.mark.parametrize("model,mode,execution", [
-    ("mlp", "true", "compiled"),
-    ("mlp", "cudagraphs", "compiled, with CUDA graphs"),
-    ("lstm", "true", "partly compiled (eager: Attempted to wrap RNN, GRU, or LSTM)"),
-])
+
+@pytest.mark.parametrize(
+    "model,mode,execution",
+    [
+        ("mlp", "true", "compiled"),
+        ("mlp", "cudagraphs", "compiled, with CUDA graphs"),
+        ("lstm", "true", "partly compiled (eager: Attempted to wrap RNN, GRU, or LSTM)"),
+    ],
+)
 def test_compile_and_cuda_graphs_say_how_they_ran_and_compute_the_eager_run(compose, model, mode, execution):
     small = MLP if model == "mlp" else ["model=lstm", "model.hidden_size=16", "task.length=10"]
     runs = []
     for compiled in ("false", mode):
-        conf = compose(*small, f"compile={compiled}", "device=cuda", "steps=6", "log_every=1", "wandb=off",
-                       f"name={compiled}")
+        conf = compose(
+            *small,
+            f"compile={compiled}",
+            "device=cuda",
+            "steps=6",
+            "log_every=1",
+            "wandb=off",
+            f"name={compiled}",
+        )
         summary = train(conf)
         assert summary["status"] == "completed", summary
         assert summary["execution"] == ("eager" if compiled == "false" else execution)
@@ -211,6 +288,7 @@ def test_compile_and_cuda_graphs_say_how_they_ran_and_compute_the_eager_run(comp
 
 # --- what a GPU run writes, plans and refuses
 
+
 def test_saved_weights_load_on_a_machine_without_a_gpu(compose):
     conf = compose(*MLP, "device=cuda", "steps=2", "save_model=true", "wandb=off")
     train(conf)
@@ -220,9 +298,11 @@ def test_saved_weights_load_on_a_machine_without_a_gpu(compose):
 
 def test_planning_a_sweep_opens_no_cuda_context(tmp_path):
     """The process that checks a sweep for a launcher's workers holds no GPU memory."""
-    code = ("import torch; from gradlab.launch import plan; "
-            f"plan(['model=lstm', 'device=cuda', 'seed=0,1', 'results_root={tmp_path}'], multirun=True); "
-            "print(torch.cuda.is_initialized())")
+    code = (
+        "import torch; from gradlab.launch import plan; "
+        f"plan(['model=lstm', 'device=cuda', 'seed=0,1', 'results_root={tmp_path}'], multirun=True); "
+        "print(torch.cuda.is_initialized())"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
@@ -231,8 +311,18 @@ def test_planning_a_sweep_opens_no_cuda_context(tmp_path):
 def test_the_memory_estimate_covers_a_groups_training_and_evaluation(compose):
     from gradlab.vectorized import member_bytes, train_group
 
-    confs = [compose("model=lstm", "device=cuda", f"seed={seed}", "steps=2", "eval_every=2", "wandb=off",
-                     "engine=vectorized") for seed in range(8)]
+    confs = [
+        compose(
+            "model=lstm",
+            "device=cuda",
+            f"seed={seed}",
+            "steps=2",
+            "eval_every=2",
+            "wandb=off",
+            "engine=vectorized",
+        )
+        for seed in range(8)
+    ]
     need = member_bytes(confs[0])
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
@@ -253,16 +343,40 @@ def test_auto_says_when_nothing_was_measured_on_this_gpu(compose):
 
 
 def test_slurm_local_runs_see_the_gpu(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "gradlab", "sweep", *MLP, "steps=2", "eval_every=0", "seed=0,1",
-                          "device=cuda", "launcher=slurm_local", "wandb=off", "name=slurm"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gradlab",
+            "sweep",
+            *MLP,
+            "steps=2",
+            "eval_every=0",
+            "seed=0,1",
+            "device=cuda",
+            "launcher=slurm_local",
+            "wandb=off",
+            "name=slurm",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr
     summaries = [json.loads(p.read_text()) for p in (tmp_path / "results" / "slurm").glob("*/summary.json")]
     assert len(summaries) == 2 and {s["device"] for s in summaries} == {torch.cuda.get_device_name()}
 
 
 def test_one_gpu_named_for_every_rank_is_refused(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "gradlab", "train", *MLP, "devices=2", "device=cuda:0"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 2 and out.stderr.startswith("error: device=cuda:0: names one GPU for all 2 processes")
+    out = subprocess.run(
+        [sys.executable, "-m", "gradlab", "train", *MLP, "devices=2", "device=cuda:0"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 2 and out.stderr.startswith(
+        "error: device=cuda:0: names one GPU for all 2 processes"
+    )
     assert not (tmp_path / "results").exists()

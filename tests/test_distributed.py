@@ -9,11 +9,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from wandb_records import wandb_files
 
 from gradlab import records
 from gradlab.config import run_id, sweep_dir
 from gradlab.train import train
-from wandb_records import wandb_files
 
 TINY = ["model=mlp", "task=regression", "steps=5", "log_every=1", "eval_every=0", "save_model=true"]
 
@@ -25,19 +25,31 @@ def relative_error(a: dict, b: dict) -> float:
 
 
 def gradlab(args, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gradlab", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "gradlab", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
 
 
-@pytest.mark.parametrize("clip,accum_steps", [  # every mode once; norm clipping, which sums over ranks, with both
-    (["clip=none"], 2), (["clip=value", "clip_value=0.05"], 1), (["clip=norm", "max_norm=0.3"], 1),
-    (["clip=norm", "max_norm=0.3"], 2)])
+@pytest.mark.parametrize(
+    "clip,accum_steps",
+    [  # every mode once; norm clipping, which sums over ranks, with both
+        (["clip=none"], 2),
+        (["clip=value", "clip_value=0.05"], 1),
+        (["clip=norm", "max_norm=0.3"], 1),
+        (["clip=norm", "max_norm=0.3"], 2),
+    ],
+)
 def test_two_ranks_equal_one_process_on_the_combined_batch(clip, accum_steps, compose, tmp_path):
     overrides = [*TINY, *clip, f"accum_steps={accum_steps}", "name=ddp", "wandb=off"]
     alone = compose(*overrides)  # records under tmp_path
     single = train(alone)
-    out = gradlab(["train", *overrides, "devices=2", "progress=none", f"results_root={tmp_path / 'ranks'}"], tmp_path)
+    out = gradlab(
+        ["train", *overrides, "devices=2", "progress=none", f"results_root={tmp_path / 'ranks'}"], tmp_path
+    )
     assert out.returncode == 0, out.stderr
-    run = tmp_path / "ranks" / "ddp" / run_id(alone)  # the same run id: processes are not part of the identity
+    run = (
+        tmp_path / "ranks" / "ddp" / run_id(alone)
+    )  # the same run id: processes are not part of the identity
     summary = records.read(run)
     assert summary["status"] == single["status"] == "completed" and summary["processes"] == 2
 
@@ -63,9 +75,14 @@ def test_rank_zero_alone_writes_the_record_and_the_wandb_run(tmp_path):
 def test_data_parallel_bad_input_is_one_line(tmp_path):
     uneven = gradlab(["train", *TINY, "devices=2", "batch_size=5"], tmp_path)
     assert uneven.returncode == 2
-    assert uneven.stderr == "error: batch_size=5: must split evenly over the 2 processes of a data-parallel run\n"
+    assert (
+        uneven.stderr
+        == "error: batch_size=5: must split evenly over the 2 processes of a data-parallel run\n"
+    )
     in_sweep = gradlab(["sweep", *TINY, "seed=0,1", "devices=2"], tmp_path)
-    assert in_sweep.returncode == 2 and in_sweep.stderr.startswith("error: devices=2: a data-parallel run is started by")
+    assert in_sweep.returncode == 2 and in_sweep.stderr.startswith(
+        "error: devices=2: a data-parallel run is started by"
+    )
     assert not (tmp_path / "results").exists()
 
 

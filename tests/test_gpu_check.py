@@ -21,7 +21,9 @@ def gpu_check():
 
 
 def test_a_short_budget_runs_what_fits_and_names_every_section_it_skips(tmp_path, monkeypatch):
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # torch's default, as a fresh process has it
+    monkeypatch.setattr(
+        torch.backends.cudnn, "allow_tf32", True
+    )  # torch's default, as a fresh process has it
     check = gpu_check()
     report = check.check(tmp_path, budget=15)  # the environment (about 10 s) and nothing more
     written = json.loads((tmp_path / "gpu_check.json").read_text())
@@ -31,8 +33,11 @@ def test_a_short_budget_runs_what_fits_and_names_every_section_it_skips(tmp_path
     assert set(written["skipped"]) == set(check.SECTIONS) - {"environment"}
     for name, (needs_cuda, _, _) in check.SECTIONS.items():
         if name != "environment":
-            assert written["skipped"][name] == "needs CUDA" if needs_cuda and not torch.cuda.is_available() \
+            assert (
+                written["skipped"][name] == "needs CUDA"
+                if needs_cuda and not torch.cuda.is_available()
                 else written["skipped"][name].startswith("time budget")
+            )
     markdown = (tmp_path / "gpu_check.md").read_text()
     assert all(f"## {name}" in markdown for name in check.SECTIONS)
 
@@ -42,8 +47,15 @@ def test_record_puts_a_checks_figures_beside_the_others(tmp_path, monkeypatch):
     (tmp_path / "gradlab").mkdir()
     shutil.copy(ROOT / "gradlab" / "measured.json", tmp_path / "gradlab" / "measured.json")
     monkeypatch.setattr(check, "ROOT", tmp_path)
-    entry = {"NVIDIA H200": {"device": "NVIDIA H200", "torch": "2.11.0", "date": "2026-12-04", "command": "check",
-                             "speedups": {"mlp": {"16": 9.0, "64": 20.0}}}}
+    entry = {
+        "NVIDIA H200": {
+            "device": "NVIDIA H200",
+            "torch": "2.11.0",
+            "date": "2026-12-04",
+            "command": "check",
+            "speedups": {"mlp": {"16": 9.0, "64": 20.0}},
+        }
+    }
     (tmp_path / "gpu_check.json").write_text(json.dumps({"sections": {"scale": {"engine_auto": entry}}}))
     check.record(tmp_path / "gpu_check.json")
     figures = json.loads((tmp_path / "gradlab" / "measured.json").read_text())

@@ -16,13 +16,24 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
-from gradlab.parallel import claim_slot
 from wandb_records import read_run, wandb_files
 
+from gradlab.parallel import claim_slot
+
 # 4 runs: length 7 fails at its first batch; lr 1e30 diverges; one completes
-SWEEP = ["sweep", "model=rnn", "task.length=7,8", "lr=0.01,1e30", "optim=sgd", "clip=none", "steps=20",
-         "model.hidden_size=8", "name=mixed", "wandb=offline", "progress=lines"]
+SWEEP = [
+    "sweep",
+    "model=rnn",
+    "task.length=7,8",
+    "lr=0.01,1e30",
+    "optim=sgd",
+    "clip=none",
+    "steps=20",
+    "model.hidden_size=8",
+    "name=mixed",
+    "wandb=offline",
+    "progress=lines",
+]
 LAUNCHERS = {"basic": [], "local": ["launcher=local", "workers=2"], "slurm_local": ["launcher=slurm_local"]}
 FAULT = """
 from gradlab.tasks.adding import Adding
@@ -38,9 +49,18 @@ Adding.batches = _broken
 def gradlab(args, cwd: Path, check: bool = True, code: int = 0) -> subprocess.CompletedProcess:
     (cwd / "fault").mkdir(exist_ok=True)
     (cwd / "fault" / "sitecustomize.py").write_text(FAULT)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(cwd / "fault"), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, "-m", "gradlab", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                         timeout=600)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(cwd / "fault"), os.environ.get("PYTHONPATH", "")]),
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "gradlab", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if check:
         assert out.returncode == code, out.stderr
     return out
@@ -51,7 +71,11 @@ def records(sweep: Path) -> dict:
     found = {}
     for summary in sorted(sweep.glob("*/summary.json")):
         s = pd.read_json(summary, typ="series")
-        found[summary.parent.name] = (s["status"], s.get("error", ""), pd.read_csv(summary.parent / "history.csv"))
+        found[summary.parent.name] = (
+            s["status"],
+            s.get("error", ""),
+            pd.read_csv(summary.parent / "history.csv"),
+        )
     return found
 
 
@@ -71,15 +95,19 @@ def test_parallel_launchers_make_the_records_of_the_basic_one(launcher, basic, t
     assert sorted(s for s, _, _ in got.values()) == ["completed", "diverged", "failed", "failed"]
     for run, (status, error, history) in got.items():
         assert status == basic[run][0] and error == basic[run][1]
-        pd.testing.assert_frame_equal(history.drop(columns=["time_s", "steps_per_s", "samples_per_s"]),
-                                      basic[run][2].drop(columns=["time_s", "steps_per_s", "samples_per_s"]),
-                                      rtol=1e-5)
+        pd.testing.assert_frame_equal(
+            history.drop(columns=["time_s", "steps_per_s", "samples_per_s"]),
+            basic[run][2].drop(columns=["time_s", "steps_per_s", "samples_per_s"]),
+            rtol=1e-5,
+        )
         if status != "failed":  # a W&B offline run in the run's folder, in the sweep's group
             (log,) = wandb_files(sweep / run)
             assert read_run(log)["run"].run_group == "mixed"
     assert "sweep finished: 4 runs (1 completed, 1 diverged, 2 failed)" in out.stdout
 
-    again = gradlab([*SWEEP, *LAUNCHERS[launcher]], tmp_path, code=1)  # resume: the failed runs run again, alone
+    again = gradlab(
+        [*SWEEP, *LAUNCHERS[launcher]], tmp_path, code=1
+    )  # resume: the failed runs run again, alone
     assert "sweep finished: 4 runs (2 failed, 2 skipped)" in again.stdout
     assert {run: s for run, (s, *_) in records(sweep).items()} == {run: s for run, (s, *_) in got.items()}
 
@@ -98,13 +126,30 @@ def _children(pid: int) -> list[int]:
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds worker processes through /proc")
 def test_killed_worker_stops_the_sweep_in_one_line_and_resume_finishes_it(tmp_path):
-    args = ["sweep", "model=mlp", "task=regression", "steps=4000", "seed=0,1,2", "launcher=local", "workers=2",
-            "name=killed", "wandb=off", "progress=none"]
+    args = [
+        "sweep",
+        "model=mlp",
+        "task=regression",
+        "steps=4000",
+        "seed=0,1,2",
+        "launcher=local",
+        "workers=2",
+        "name=killed",
+        "wandb=off",
+        "progress=none",
+    ]
     sweep = tmp_path / "results" / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "gradlab", *args], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gradlab", *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
-    while not list(sweep.glob(".gradlab/*.partial/config.yaml")) and time.time() < deadline:  # a run has started
+    while (
+        not list(sweep.glob(".gradlab/*.partial/config.yaml")) and time.time() < deadline
+    ):  # a run has started
         time.sleep(0.2)
     workers = [p for p in _children(proc.pid) if b"LokyProcess" in Path(f"/proc/{p}/cmdline").read_bytes()]
     assert workers, "no joblib worker found"
@@ -121,30 +166,47 @@ def test_killed_worker_stops_the_sweep_in_one_line_and_resume_finishes_it(tmp_pa
 
 def test_unknown_launcher_and_slurm_without_sbatch_are_one_line_errors(tmp_path):
     bad = gradlab(["sweep", "model=mlp", "launcher=kubernetes"], tmp_path, check=False)
-    assert bad.returncode == 2 and bad.stderr == "error: launcher=kubernetes: choose from basic, local, slurm, slurm_local\n"
+    assert (
+        bad.returncode == 2
+        and bad.stderr == "error: launcher=kubernetes: choose from basic, local, slurm, slurm_local\n"
+    )
     env_path = os.environ["PATH"]
     if any((Path(d) / "sbatch").exists() for d in env_path.split(os.pathsep)):
         pytest.skip("this machine has SLURM")
     slurm = gradlab(["sweep", "model=mlp", "launcher=slurm"], tmp_path, check=False)
-    assert slurm.returncode == 2 and "no `sbatch` on this machine" in slurm.stderr and "launcher=slurm_local" in slurm.stderr
+    assert (
+        slurm.returncode == 2
+        and "no `sbatch` on this machine" in slurm.stderr
+        and "launcher=slurm_local" in slurm.stderr
+    )
     assert slurm.stderr.count("\n") == 1 and not (tmp_path / "results").exists()
 
 
 def test_more_workers_than_cores_is_a_warning_and_the_plan_says_how_many(tmp_path):
     many = os.cpu_count() + 1
-    out = gradlab(["sweep", "model=mlp", "seed=0,1", "launcher=local", f"workers={many}", "--dry-run"], tmp_path)
-    assert f"launcher: joblib (workers={many})" in out.stdout and out.stderr.startswith(f"warning: workers={many} > ")
+    out = gradlab(
+        ["sweep", "model=mlp", "seed=0,1", "launcher=local", f"workers={many}", "--dry-run"], tmp_path
+    )
+    assert f"launcher: joblib (workers={many})" in out.stdout and out.stderr.startswith(
+        f"warning: workers={many} > "
+    )
     out = gradlab(["sweep", "model=mlp", "seed=0,1", "launcher=local", "--dry-run"], tmp_path)
     slots = torch.cuda.device_count() or len(os.sched_getaffinity(0))
-    assert f"launcher: joblib (workers={min(2, slots)})" in out.stdout and not out.stderr  # auto: at most the runs
+    assert (
+        f"launcher: joblib (workers={min(2, slots)})" in out.stdout and not out.stderr
+    )  # auto: at most the runs
 
 
 def test_each_worker_holds_its_own_slot_until_it_exits(tmp_path):
     """The GPU pinning of launcher=local: live workers of one sweep never share a slot."""
-    hold = ("import sys, time; from gradlab.parallel import claim_slot; "
-            "print(claim_slot(sys.argv[1], 3), flush=True); time.sleep(float(sys.argv[2]))")
-    first = [subprocess.Popen([sys.executable, "-c", hold, str(tmp_path), "30"], stdout=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    hold = (
+        "import sys, time; from gradlab.parallel import claim_slot; "
+        "print(claim_slot(sys.argv[1], 3), flush=True); time.sleep(float(sys.argv[2]))"
+    )
+    first = [
+        subprocess.Popen([sys.executable, "-c", hold, str(tmp_path), "30"], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     slots = [int(p.stdout.readline()) for p in first]
     assert sorted(slots) == [0, 1]
     assert claim_slot(tmp_path, 3) == 2  # this process: the one slot left

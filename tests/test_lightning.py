@@ -23,8 +23,15 @@ pytestmark = pytest.mark.filterwarnings("ignore:The '\\w+_dataloader' does not h
 
 STEPS = 30
 MAX_NORM = 1.5  # clips 40-57% of the steps of these runs: a clear share, not all
-QUIET = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-             enable_model_summary=False, deterministic=True)
+QUIET = dict(
+    accelerator="cpu",
+    devices=1,
+    logger=False,
+    enable_checkpointing=False,
+    enable_progress_bar=False,
+    enable_model_summary=False,
+    deterministic=True,
+)
 
 
 class Regression(lightning.LightningModule):
@@ -61,8 +68,9 @@ def fit(callbacks=(), steps=STEPS, ckpt_path=None, model=None, val=False, **trai
     """A model trained from seed 0 with these callbacks and Trainer options; the model and the Trainer."""
     lightning.seed_everything(0, verbose=False)
     model = model or Regression()
-    t = lightning.Trainer(max_steps=steps, callbacks=list(callbacks), limit_val_batches=None if val else 0,
-                          **QUIET, **trainer)
+    t = lightning.Trainer(
+        max_steps=steps, callbacks=list(callbacks), limit_val_batches=None if val else 0, **QUIET, **trainer
+    )
     t.fit(model, loader(0), loader(1), ckpt_path=ckpt_path)
     return model, t
 
@@ -72,7 +80,9 @@ def test_norm_mode_equals_lightnings_own_clipping(accumulate):
     """clip="norm" through the callback takes the same steps as Trainer(gradient_clip_val=...), bit for
     bit: both rescale by max_norm / (norm + 1e-6) the gradients of the optimizer's parameters, with the
     norm computed the same way (per-tensor norms, then their norm), so torch.equal holds."""
-    native, _ = fit(gradient_clip_val=MAX_NORM, gradient_clip_algorithm="norm", accumulate_grad_batches=accumulate)
+    native, _ = fit(
+        gradient_clip_val=MAX_NORM, gradient_clip_algorithm="norm", accumulate_grad_batches=accumulate
+    )
     callback = GradlabClipping("norm", max_norm=MAX_NORM, results_root=None, log_every=7)
     ours, _ = fit([callback], accumulate_grad_batches=accumulate)
 
@@ -90,7 +100,9 @@ def test_record_reads_back_and_compare_and_plot_run_on_it(tmp_path):
     evaluations; `gradlab compare` and `gradlab plot` read it from the command line."""
     seen = {"before": [], "after": []}
 
-    class Spy(lightning.Callback):  # placed before and after GradlabClipping: Lightning calls callbacks in order
+    class Spy(
+        lightning.Callback
+    ):  # placed before and after GradlabClipping: Lightning calls callbacks in order
         def __init__(self, when):
             self.when = when
 
@@ -98,8 +110,15 @@ def test_record_reads_back_and_compare_and_plot_run_on_it(tmp_path):
             norm = torch.nn.utils.get_total_norm([p.grad for p in pl_module.parameters()])
             seen[self.when].append(norm.item())
 
-    callback = GradlabClipping("norm", max_norm=MAX_NORM, results_root=tmp_path, name="sweep", task="regression",
-                               layer_norms_every=10, log_every=4)
+    callback = GradlabClipping(
+        "norm",
+        max_norm=MAX_NORM,
+        results_root=tmp_path,
+        name="sweep",
+        task="regression",
+        layer_norms_every=10,
+        log_every=4,
+    )
     model, trainer = fit([Spy("before"), callback, Spy("after")], val=True, accumulate_grad_batches=2)
 
     summary, config = records.load(callback.run_dir)
@@ -116,7 +135,9 @@ def test_record_reads_back_and_compare_and_plot_run_on_it(tmp_path):
     clipped = history["clipped"] == 1
     assert (history["grad_norm_clipped"][clipped] <= MAX_NORM + 1e-6).all()
     assert (history["grad_norm_clipped"][~clipped] == history["grad_norm"][~clipped]).all()
-    step_losses = torch.stack(model.losses).reshape(STEPS, 2).mean(1)  # each step: the mean of its 2 micro-batches
+    step_losses = (
+        torch.stack(model.losses).reshape(STEPS, 2).mean(1)
+    )  # each step: the mean of its 2 micro-batches
     assert history["loss"].tolist() == pytest.approx(step_losses.tolist(), rel=1e-6)
     assert history["eval_loss"].notna().sum() == STEPS * 2 // 8  # one validation per epoch of 8 batches
     assert summary["eval_loss_final"] == pytest.approx(history["eval_loss"].dropna().iloc[-1], rel=1e-5)
@@ -127,8 +148,11 @@ def test_record_reads_back_and_compare_and_plot_run_on_it(tmp_path):
     assert "grad/norm" in trainer.callback_metrics and "grad_norm/net.0.weight" in trainer.callback_metrics
 
     for command, output in (("compare", "comparison.md"), ("plot", "curves.png")):
-        done = subprocess.run([sys.executable, "-m", "gradlab", command, str(tmp_path / "sweep")],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "gradlab", command, str(tmp_path / "sweep")],
+            capture_output=True,
+            text=True,
+        )
         assert done.returncode == 0, done.stderr
         assert (tmp_path / "sweep" / output).exists()
 
@@ -143,7 +167,9 @@ def test_adaptive_state_travels_in_lightning_checkpoints(tmp_path, mode, knobs):
     saved = first.state_dict()["clip"]
 
     fresh = GradlabClipping(mode, **knobs)
-    fresh.load_state_dict({"clip": {k: v.clone() for k, v in saved.items()}})  # loaded before setup: kept for it
+    fresh.load_state_dict(
+        {"clip": {k: v.clone() for k, v in saved.items()}}
+    )  # loaded before setup: kept for it
     assert all(torch.equal(fresh.state_dict()["clip"][k], v) for k, v in saved.items())
 
     resumed = GradlabClipping(mode, **knobs)

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
-from gradlab.errors import ConfigError
-from gradlab.components import option, options
 from gradlab.models import build_model
+
+from gradlab.components import option, options
+from gradlab.errors import ConfigError
 from gradlab.tasks import build_task
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
@@ -26,9 +26,16 @@ SHRINK = {
     "transformer": {"d_model": 8, "n_heads": 2, "n_layers": 2, "d_ff": 16},
 }
 # knobs giving small specs; the specs need no data, so the torchvision tasks take part too
-TASK_KNOBS = {"adding": {"length": 6}, "copy": {"length": 3}, "temporal_order": {"length": 10},
-              "text": {"seq_len": 8}, "regression": {"features": 5}}
-IMPOSSIBLE = {("mlp", "copy"), ("mlp", "text")} | {(m, "regression") for m in ("rnn", "lstm", "gru", "transformer")}
+TASK_KNOBS = {
+    "adding": {"length": 6},
+    "copy": {"length": 3},
+    "temporal_order": {"length": 10},
+    "text": {"seq_len": 8},
+    "regression": {"features": 5},
+}
+IMPOSSIBLE = {("mlp", "copy"), ("mlp", "text")} | {
+    (m, "regression") for m in ("rnn", "lstm", "gru", "transformer")
+}
 SEQUENCE_MODELS = ["rnn", "lstm", "gru", "transformer"]
 TOKEN_CLASS_TASKS = ["copy", "text"]
 
@@ -87,17 +94,22 @@ def test_transformer_on_patch_tokens(task, patch):
     assert model.position.shape[1] == side * side  # one token per patch, not per row
 
 
-@pytest.mark.parametrize("task,patch", [("copy", 2), ("text", 2), ("temporal_order", 2), ("adding", 2), ("digits", 3)])
+@pytest.mark.parametrize(
+    "task,patch", [("copy", 2), ("text", 2), ("temporal_order", 2), ("adding", 2), ("digits", 3)]
+)
 def test_transformer_patch_needs_an_image_whose_sides_divide_by_it(task, patch):
     with pytest.raises(ConfigError, match=f"^model.patch={patch}: needs an image task"):
         build_model(model_cfg("transformer", patch=patch), spec(task))
 
 
-@pytest.mark.parametrize("knobs", [
-    pytest.param({"patch": -2}, id="patch"),
-    pytest.param({"dropout": 1.5}, id="dropout"),
-    pytest.param({"d_model": 6, "n_heads": 4}, id="d_model"),
-])
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        pytest.param({"patch": -2}, id="patch"),
+        pytest.param({"dropout": 1.5}, id="dropout"),
+        pytest.param({"d_model": 6, "n_heads": 4}, id="d_model"),
+    ],
+)
 def test_transformer_bad_knob_fails_in_one_line_naming_it(knobs):
     with pytest.raises(ConfigError, match=f"^model.{next(iter(knobs))}="):
         build_model(model_cfg("transformer", **knobs), spec("digits"))
@@ -131,7 +143,9 @@ def test_smart_tanh_is_pascanus_initialisation():
     assert abs(float(torch.linalg.eigvals(w_hh.double()).abs().max()) - 0.95) < 1e-5
     for w in (model.rnn.weight_ih_l0, model.head.weight):
         assert 0.007 < float(w.std()) < 0.013
-    assert all(float(b.abs().max()) == 0 for b in (model.rnn.bias_ih_l0, model.rnn.bias_hh_l0, model.head.bias))
+    assert all(
+        float(b.abs().max()) == 0 for b in (model.rnn.bias_ih_l0, model.rnn.bias_hh_l0, model.head.bias)
+    )
 
 
 def test_smart_tanh_is_for_the_tanh_rnn_only():

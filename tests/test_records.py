@@ -17,10 +17,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from gradlab.cli import app
 from typer.testing import CliRunner
 
 from gradlab import records
-from gradlab.cli import app
 
 GRADLAB = [sys.executable, "-m", "gradlab"]
 FAST = ["model=mlp", "task=regression", "wandb=off"]
@@ -30,8 +30,15 @@ OOM = ["model=lstm", "task=adding", "wandb=off", f"batch_size={HUGE}"]  # drawn 
 
 def start(args, cwd: Path, **kw) -> subprocess.Popen:
     """`gradlab ARGS` in its own process group (as a terminal's foreground job), output piped."""
-    return subprocess.Popen([*GRADLAB, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, **kw)
+    return subprocess.Popen(
+        [*GRADLAB, *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        **kw,
+    )
 
 
 def run(args, cwd: Path) -> SimpleNamespace:
@@ -55,13 +62,19 @@ def wait_for(condition, seconds: float = 120) -> None:
 
 def started(sweep: Path, count: int = 1):
     """Once `count` runs of the sweep have begun (their attempt folders, or their records)."""
-    return lambda: len(list(sweep.glob(".gradlab/*.partial/config.yaml"))) + len(list(sweep.glob("*/summary.json"))) >= count
+    return lambda: (
+        len(list(sweep.glob(".gradlab/*.partial/config.yaml"))) + len(list(sweep.glob("*/summary.json")))
+        >= count
+    )
 
 
 def snapshot(sweep: Path) -> dict:
     """Run folder -> the bytes of its summary.json and history.csv."""
-    return {d.name: ((d / "summary.json").read_bytes(), (d / "history.csv").read_bytes())
-            for d in sorted(sweep.iterdir()) if (d / "summary.json").exists()}
+    return {
+        d.name: ((d / "summary.json").read_bytes(), (d / "history.csv").read_bytes())
+        for d in sorted(sweep.iterdir())
+        if (d / "summary.json").exists()
+    }
 
 
 def one_line(err: str) -> str:
@@ -111,12 +124,21 @@ def test_a_killed_force_sweep_keeps_every_finished_record(tmp_path):
     assert all(json.loads(after[run][0])["status"] == "completed" for run in after)
 
 
-@pytest.mark.parametrize("bad,message", [
-    (["progress=loud"], "progress=loud: choose from auto, bar, lines, none"),
-    (["wandb=offline", "logger.wandb.init_timeout=abc"], "logger.wandb.init_timeout=abc: must be a number of seconds > 0"),
-    (["logger.wandb.histogram_every=-1"], "logger.wandb.histogram_every=-1: must be an integer >= 0 (0 = off)"),
-    (["save_model=maybe"], "save_model=maybe: must be true or false"),
-])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        (["progress=loud"], "progress=loud: choose from auto, bar, lines, none"),
+        (
+            ["wandb=offline", "logger.wandb.init_timeout=abc"],
+            "logger.wandb.init_timeout=abc: must be a number of seconds > 0",
+        ),
+        (
+            ["logger.wandb.histogram_every=-1"],
+            "logger.wandb.histogram_every=-1: must be an integer >= 0 (0 = off)",
+        ),
+        (["save_model=maybe"], "save_model=maybe: must be true or false"),
+    ],
+)
 @pytest.mark.parametrize("command", ["train", "sweep"])
 def test_force_with_a_bad_value_deletes_nothing(tmp_path, command, bad, message):
     seeds = "seed=0" if command == "train" else "seed=0,1,2,3"
@@ -143,12 +165,17 @@ def test_a_failed_force_rerun_keeps_the_finished_record(tmp_path, compose, monke
     monkeypatch.setattr(Stepper, "batches", broken)
     again = train({**conf, "force": True})
     assert again["status"] == "failed" and "disk on fire" in again["error"]
-    assert snapshot(tmp_path / "f") == before and sorted(p.name for p in (tmp_path / "f").iterdir()) == [".gradlab", *before]
+    assert snapshot(tmp_path / "f") == before and sorted(p.name for p in (tmp_path / "f").iterdir()) == [
+        ".gradlab",
+        *before,
+    ]
 
 
 def test_a_run_in_progress_elsewhere_is_skipped_and_left_alone(tmp_path):
-    """Another process holds the run (a second sweep on the same folder): this one neither wipes it nor makes it."""
-    from gradlab.config import plain, run_id as id_of
+    """Another process holds the run (a second sweep on the same folder): this one neither wipes it nor
+    makes it."""
+    from gradlab.config import plain
+    from gradlab.config import run_id as id_of
     from gradlab.launch import compose_all
 
     args = ["train", *FAST, "steps=5", "name=busy"]
@@ -194,11 +221,16 @@ def test_ctrl_c_in_train_records_interrupted_and_exits_130(tmp_path):
     assert record["status"] == "interrupted" and 0 < record["steps_done"] < 100000
 
 
-@pytest.mark.parametrize("how,at_once", [(["engine=sequential"], 1), (["engine=vectorized"], 4),
-                                         (["launcher=local", "workers=2"], 2)], ids=["basic", "vectorized", "local"])
+@pytest.mark.parametrize(
+    "how,at_once",
+    [(["engine=sequential"], 1), (["engine=vectorized"], 4), (["launcher=local", "workers=2"], 2)],
+    ids=["basic", "vectorized", "local"],
+)
 def test_one_ctrl_c_stops_a_sweep(tmp_path, how, at_once):
     sweep = tmp_path / "results" / "stop"
-    proc = start(["sweep", *FAST, "steps=100000", "seed=0,1,2,3", "name=stop", "progress=none", *how], tmp_path)
+    proc = start(
+        ["sweep", *FAST, "steps=100000", "seed=0,1,2,3", "name=stop", "progress=none", *how], tmp_path
+    )
     wait_for(started(sweep, at_once))
     time.sleep(1)
     os.killpg(proc.pid, signal.SIGINT)
@@ -213,8 +245,19 @@ def test_one_ctrl_c_stops_a_sweep(tmp_path, how, at_once):
 
 
 def test_ctrl_c_stops_reproduce(tmp_path):
-    proc = start(["reproduce", "mlp-digits", "--scale", "quick", "--results-root", str(tmp_path / "r"), "wandb=off",
-                  "--quiet"], tmp_path)
+    proc = start(
+        [
+            "reproduce",
+            "mlp-digits",
+            "--scale",
+            "quick",
+            "--results-root",
+            str(tmp_path / "r"),
+            "wandb=off",
+            "--quiet",
+        ],
+        tmp_path,
+    )
     wait_for(lambda: any((tmp_path / "r").rglob(".gradlab/*.partial/config.yaml")))
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -224,8 +267,19 @@ def test_ctrl_c_stops_reproduce(tmp_path):
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 def test_killing_a_local_sweep_stops_its_workers(tmp_path):
     sweep = tmp_path / "results" / "orphans"
-    proc = start(["sweep", *FAST, "steps=100000", "seed=0,1,2,3,4,5", "name=orphans", "progress=none",
-                  "launcher=local", "workers=2"], tmp_path)
+    proc = start(
+        [
+            "sweep",
+            *FAST,
+            "steps=100000",
+            "seed=0,1,2,3,4,5",
+            "name=orphans",
+            "progress=none",
+            "launcher=local",
+            "workers=2",
+        ],
+        tmp_path,
+    )
     wait_for(started(sweep, 2))
     os.kill(proc.pid, signal.SIGKILL)  # the sweep's own process only, not its workers
     proc.wait()
@@ -237,18 +291,27 @@ def test_killing_a_local_sweep_stops_its_workers(tmp_path):
 # --- bad input: one line, exit 2, nothing written
 
 
-@pytest.mark.parametrize("args,message", [
-    (["name=../../etc"], "name=../../etc: must be a folder name inside results_root"),
-    (["name=.."], "name=..: must be a folder name inside results_root"),
-    (["name=/tmp/elsewhere"], "name=/tmp/elsewhere: must be a folder name inside results_root"),
-    (["model=lstm", "model.hidden_size=200000"], "model=lstm: does not fit in memory on cpu with model=lstm hidden_size=200000"),
-    (["seed=range(0,0)"], "seed=range(0,0): sweeps over no values"),
-    (["~max_norm"], "~max_norm: gradlab needs every key of the configuration; set max_norm=VALUE"),
-    (["~clip"], "~clip: gradlab needs every key of the configuration; set clip=VALUE"),
-    (["lr=1e308"], "lr=1e+308: must be a number in (0, 1e+30]"),
-    (["model.hiden_size=3"], "model.hiden_size: unknown key of model=lstm; did you mean model.hidden_size?"),
-    (["name=héllo"], "name=héllo: not an override gradlab can read"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["name=../../etc"], "name=../../etc: must be a folder name inside results_root"),
+        (["name=.."], "name=..: must be a folder name inside results_root"),
+        (["name=/tmp/elsewhere"], "name=/tmp/elsewhere: must be a folder name inside results_root"),
+        (
+            ["model=lstm", "model.hidden_size=200000"],
+            "model=lstm: does not fit in memory on cpu with model=lstm hidden_size=200000",
+        ),
+        (["seed=range(0,0)"], "seed=range(0,0): sweeps over no values"),
+        (["~max_norm"], "~max_norm: gradlab needs every key of the configuration; set max_norm=VALUE"),
+        (["~clip"], "~clip: gradlab needs every key of the configuration; set clip=VALUE"),
+        (["lr=1e308"], "lr=1e+308: must be a number in (0, 1e+30]"),
+        (
+            ["model.hiden_size=3"],
+            "model.hiden_size: unknown key of model=lstm; did you mean model.hidden_size?",
+        ),
+        (["name=héllo"], "name=héllo: not an override gradlab can read"),
+    ],
+)
 @pytest.mark.parametrize("command", ["train", "sweep"])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, command, args, message):
     work = tmp_path / "a" / "b"
@@ -269,7 +332,9 @@ def test_running_out_of_memory_mid_run_is_recorded_with_the_sizes(tmp_path):
     assert out.returncode == 1
     (summary,) = (tmp_path / "results" / "oom").glob("*/summary.json")
     record = json.loads(summary.read_text())
-    assert record["status"] == "failed" and record["error"].startswith("out of memory on cpu with model=lstm hidden_size=128")
+    assert record["status"] == "failed" and record["error"].startswith(
+        "out of memory on cpu with model=lstm hidden_size=128"
+    )
     assert f"batch_size={HUGE}" in record["error"]
 
 
@@ -288,9 +353,11 @@ def _two_runs(tmp_path: Path) -> tuple[Path, list[Path]]:
 CORRUPTIONS = {
     "summary a list": lambda d: (d / "summary.json").write_text("[1, 2]"),
     "summary figure not a number": lambda d: (d / "summary.json").write_text(
-        json.dumps({**json.loads((d / "summary.json").read_text()), "eval_loss_final": "abc"})),
+        json.dumps({**json.loads((d / "summary.json").read_text()), "eval_loss_final": "abc"})
+    ),
     "history garbled": lambda d: (d / "history.csv").write_text(
-        (d / "history.csv").read_text().replace("\n2,", "\nabc,", 1)),
+        (d / "history.csv").read_text().replace("\n2,", "\nabc,", 1)
+    ),
     "config deleted": lambda d: (d / "config.yaml").unlink(),
 }
 
@@ -306,7 +373,11 @@ def test_a_corrupt_record_is_skipped_in_one_line_and_made_again(tmp_path, corrup
     table = (sweep / "comparison.csv").read_text()
     assert "never" not in (sweep / "comparison.md").read_text() and ",1,1,0,0," in table  # 1 run, 1 completed
     plan = run([*TWO, "--dry-run"], tmp_path)
-    assert plan.returncode == 0 and plan.stdout.count("to run") == 1 and plan.stdout.count("done (completed)") == 1
+    assert (
+        plan.returncode == 0
+        and plan.stdout.count("to run") == 1
+        and plan.stdout.count("done (completed)") == 1
+    )
     again = run([*TWO, "progress=lines"], tmp_path)
     assert again.returncode == 0 and "1 completed, 1 skipped" in again.stdout
     assert records.read(bad)["status"] == "completed"
@@ -317,8 +388,23 @@ def test_a_corrupt_record_is_skipped_in_one_line_and_made_again(tmp_path, corrup
 
 def test_compare_ranks_runs_of_different_tasks_within_their_task(tmp_path):
     for model, task in (("mlp", "regression"), ("lstm", "adding")):
-        assert run(["sweep", f"model={model}", f"task={task}", "steps=20", "eval_every=10", "clip=none,norm",
-                    "name=mixed", "wandb=off", "progress=none"], tmp_path).returncode == 0
+        assert (
+            run(
+                [
+                    "sweep",
+                    f"model={model}",
+                    f"task={task}",
+                    "steps=20",
+                    "eval_every=10",
+                    "clip=none,norm",
+                    "name=mixed",
+                    "wandb=off",
+                    "progress=none",
+                ],
+                tmp_path,
+            ).returncode
+            == 0
+        )
     out = run(["compare", str(tmp_path / "results" / "mixed"), "--format", "md"], tmp_path)
     assert out.returncode == 0 and "ranked within each of the 2 tasks" in out.stdout
     md = (tmp_path / "results" / "mixed" / "comparison.md").read_text()
@@ -331,16 +417,33 @@ def test_compare_ranks_runs_of_different_tasks_within_their_task(tmp_path):
 
 
 def test_compare_without_a_completed_run_says_so(tmp_path):
-    assert run(["sweep", *FAST, "steps=20", "lr=1e5", "optim=sgd", "seed=0,1", "name=div", "progress=none"],
-               tmp_path).returncode == 0
+    assert (
+        run(
+            ["sweep", *FAST, "steps=20", "lr=1e5", "optim=sgd", "seed=0,1", "name=div", "progress=none"],
+            tmp_path,
+        ).returncode
+        == 0
+    )
     out = run(["compare", str(tmp_path / "results" / "div")], tmp_path)
     assert out.returncode == 2
     assert one_line(out.stderr) == "error: no completed run to compare among these 2 records (2 diverged)"
 
 
 def test_a_sweep_with_a_failed_run_exits_1(tmp_path):
-    out = run(["sweep", "model=lstm", "task=adding", "wandb=off", "steps=2", "seed=0,1", f"batch_size=1,{HUGE}",
-               "name=mixed", "progress=lines"], tmp_path)
+    out = run(
+        [
+            "sweep",
+            "model=lstm",
+            "task=adding",
+            "wandb=off",
+            "steps=2",
+            "seed=0,1",
+            f"batch_size=1,{HUGE}",
+            "name=mixed",
+            "progress=lines",
+        ],
+        tmp_path,
+    )
     assert out.returncode == 1 and "(2 completed, 2 failed)" in out.stdout
     assert "[sweep 4/4] 0 diverged, 2 failed" in out.stdout  # progress as each run ends
 
@@ -349,7 +452,9 @@ def test_a_sweep_with_a_failed_run_exits_1(tmp_path):
 def small_disk(tmp_path):
     disk = tmp_path / "disk"
     disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True).returncode:
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True
+    ).returncode:
         pytest.skip("cannot mount a small tmpfs here")
     yield disk
     subprocess.run(["umount", str(disk)])
@@ -362,10 +467,23 @@ def test_a_full_disk_fails_runs_in_their_records_and_the_sweep_goes_on(tmp_path,
             while True:
                 f.write(b"x" * 1024)
         os.truncate(small_disk / "filler", (small_disk / "filler").stat().st_size - 4096)
-    out = run(["sweep", *FAST, "steps=600", "layer_norms_every=1", "seed=0,1,2,3", f"results_root={small_disk}",
-               "name=s", "progress=lines"], tmp_path)
+    out = run(
+        [
+            "sweep",
+            *FAST,
+            "steps=600",
+            "layer_norms_every=1",
+            "seed=0,1,2,3",
+            f"results_root={small_disk}",
+            "name=s",
+            "progress=lines",
+        ],
+        tmp_path,
+    )
     assert out.returncode == 1 and "launcher stopped" not in out.stderr and "Traceback" not in out.stderr
-    assert ("sweep finished: 4 runs (4 unfinished)" if full else "sweep finished: 4 runs (4 failed)") in out.stdout
+    assert (
+        "sweep finished: 4 runs (4 unfinished)" if full else "sweep finished: 4 runs (4 failed)"
+    ) in out.stdout
     files = [p for p in (small_disk / "s").rglob("*") if p.is_file() and not p.name.endswith(".lock")]
     assert all(p.stat().st_size > 0 for p in files), files  # no 0-byte leftovers
     summaries = [json.loads(p.read_text()) for p in small_disk.glob("s/*/summary.json")]
@@ -378,5 +496,7 @@ def test_plot_on_a_full_disk_leaves_no_empty_png(tmp_path, small_disk):
     sweep, _ = _two_runs(tmp_path)
     (small_disk / "filler").write_bytes(b"x" * 60_000)
     out = run(["plot", str(sweep), "--out", str(small_disk / "plots")], tmp_path)
-    assert out.returncode == 2 and one_line(out.stderr).startswith(f"error: --out {small_disk / 'plots'}: cannot write")
+    assert out.returncode == 2 and one_line(out.stderr).startswith(
+        f"error: --out {small_disk / 'plots'}: cannot write"
+    )
     assert not [p for p in (small_disk / "plots").rglob("*") if p.is_file()]

@@ -7,16 +7,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-from typer.testing import CliRunner
-
 from gradlab.cli import app
 from gradlab.experiments import STUDIES
 from gradlab.experiments.study import OUTCOMES
+from typer.testing import CliRunner
 
 
 def reproduce(args, cwd):
-    out = subprocess.run([sys.executable, "-m", "gradlab", "reproduce", *args], cwd=cwd, capture_output=True,
-                         text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "gradlab", "reproduce", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr
     return out
 
@@ -67,7 +71,8 @@ def test_verdict_follows_the_records_and_finished_runs_are_reused(tmp_path):
     reproduce(["seed-004", "--scale", "smoke", "wandb=off", "-q"], tmp_path)
     outcome, after = verdict(report)
     assert [p.stat().st_mtime_ns for p in summaries if p not in clipped] == [
-        t for p, t in zip(summaries, written) if p not in clipped]  # no run was trained again
+        t for p, t in zip(summaries, written) if p not in clipped
+    ]  # no run was trained again
     compared = next(line for line in after if line.startswith("norm 1.0 against none, final MSE"))
     assert ": **holds**." not in compared and outcome != "holds"
 

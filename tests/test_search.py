@@ -21,8 +21,13 @@ FAST = ["wandb=off", "eval_every=10", "layer_norms_every=0"]
 
 
 def gradlab(cwd: Path, *args, check: bool = True) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "gradlab", *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                         timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "gradlab", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if check:
         assert out.returncode == 0, out.stderr
     return out
@@ -34,16 +39,26 @@ def test_grid_spans_the_percentiles_and_pascanus_multiples():
     them, 89, 75, 50, 10 and 0 of the 100 norms."""
     thresholds = grid(pd.Series(range(1, 101), dtype=float))
     assert [(t.value, t.why, t.above) for t in thresholds] == [
-        (11, "p10", 0.89), (25, "0.5x mean", 0.75), (50, "1x mean, p50", 0.5), (90, "p90, 2x mean", 0.1),
-        (500, "10x mean", 0.0)]
+        (11, "p10", 0.89),
+        (25, "0.5x mean", 0.75),
+        (50, "1x mean, p50", 0.5),
+        (90, "p90, 2x mean", 0.1),
+        (500, "10x mean", 0.0),
+    ]
 
 
-@pytest.mark.parametrize("statuses, value", [
-    (("completed", "completed"), 0.3),
-    (("completed", "diverged"), math.inf),   # a diverging threshold is the worst there is
-])
+@pytest.mark.parametrize(
+    "statuses, value",
+    [
+        (("completed", "completed"), 0.3),
+        (("completed", "diverged"), math.inf),  # a diverging threshold is the worst there is
+    ],
+)
 def test_objective_of_a_trial(statuses, value):
-    summaries = [{"name": f"r{i}", "status": s, "eval_loss_final": v} for i, (s, v) in enumerate(zip(statuses, (0.2, 0.4)))]
+    summaries = [
+        {"name": f"r{i}", "status": s, "eval_loss_final": v}
+        for i, (s, v) in enumerate(zip(statuses, (0.2, 0.4)))
+    ]
     assert objective_value(summaries, "eval_loss_final", False) == pytest.approx(value)
     if value == math.inf:
         assert objective_value(summaries, "eval_acc_final", True) == -math.inf
@@ -51,7 +66,10 @@ def test_objective_of_a_trial(statuses, value):
 
 def test_a_failed_run_fails_its_trial():
     """An error tells nothing of the threshold: the trial fails (Optuna records it so) instead of scoring."""
-    summaries = [{"name": "r0", "status": "completed", "eval_loss_final": 0.2}, {"name": "r1", "status": "failed"}]
+    summaries = [
+        {"name": "r0", "status": "completed", "eval_loss_final": 0.2},
+        {"name": "r1", "status": "failed"},
+    ]
     with pytest.raises(TrialFailed, match="r1: no eval_loss_final"):
         objective_value(summaries, "eval_loss_final", False)
 
@@ -59,27 +77,52 @@ def test_a_failed_run_fails_its_trial():
 def test_a_search_goes_on_past_a_failed_trial(tmp_path):
     """Three trials over two batch sizes (the seeded sampler asks for the huge one twice): it runs out of
     memory, its trials fail, and the search still finishes, with the other trial as its best."""
-    out = gradlab(tmp_path, "sweep", "model=lstm", "task=adding", "steps=2", "wandb=off", "hydra/sweeper=optuna",
-                  "batch_size=choice(2,4000000000)", "hydra.sweeper.n_trials=3", check=False)
+    out = gradlab(
+        tmp_path,
+        "sweep",
+        "model=lstm",
+        "task=adding",
+        "steps=2",
+        "wandb=off",
+        "hydra/sweeper=optuna",
+        "batch_size=choice(2,4000000000)",
+        "hydra.sweeper.n_trials=3",
+        check=False,
+    )
     assert out.returncode == 1, out.stderr  # a failed run: the sweep's exit code says so
     (folder,) = (tmp_path / "results").iterdir()
     assert "search finished: 2 runs (1 completed, 1 failed)" in out.stdout
     assert "trial failed: lstm-adding-norm1-s0: no eval_loss_final" in out.stdout
-    assert yaml.safe_load((folder / "optimization_results.yaml").read_text())["best_params"] == {"batch_size": 2}
+    assert yaml.safe_load((folder / "optimization_results.yaml").read_text())["best_params"] == {
+        "batch_size": 2
+    }
 
 
 def test_suggest_prints_a_grid_whose_sweep_runs(tmp_path):
     out = gradlab(tmp_path, "suggest", "model=mlp", "--pilot-steps", 20, *FAST, "steps=30").stdout
     (pilot,) = tmp_path.glob("results/suggest_*/*/history.csv")
     history = pd.read_csv(pilot)
-    assert history["step"].max() == 20 and yaml.safe_load((pilot.parent / "config.yaml").read_text())["clip"]["mode"] == "none"
+    assert (
+        history["step"].max() == 20
+        and yaml.safe_load((pilot.parent / "config.yaml").read_text())["clip"]["mode"] == "none"
+    )
     norms = history["grad_norm"].iloc[2:]  # --skip 0.1 of 20 steps
     assert f"over {len(norms)} steps (the first 2 left out" in out
     assert f"p50 {norms.median():.3g}" in out and f"p90 {norms.quantile(0.9):.3g}" in out
     command = out.strip().splitlines()[-1].strip()
     values = [t.value for t in grid(norms)]
-    assert command == shlex.join(["gradlab", "sweep", "model=mlp", *FAST, "steps=30", "clip=none,norm",
-                                  "max_norm=" + ",".join(f"{v:g}" for v in values), "seed=0,1,2"])
+    assert command == shlex.join(
+        [
+            "gradlab",
+            "sweep",
+            "model=mlp",
+            *FAST,
+            "steps=30",
+            "clip=none,norm",
+            "max_norm=" + ",".join(f"{v:g}" for v in values),
+            "seed=0,1,2",
+        ]
+    )
     assert "steps=30" in command  # the run's own budget, not the pilot's
     gradlab(tmp_path, *shlex.split(command)[1:], "-q")
     (swept,) = [f for f in (tmp_path / "results").iterdir() if not f.name.startswith("suggest_")]
@@ -88,8 +131,16 @@ def test_suggest_prints_a_grid_whose_sweep_runs(tmp_path):
     assert {s["status"] for s in summaries} == {"completed"}
 
 
-SEARCH = ["model=mlp", "clip=norm", "hydra/sweeper=optuna", "max_norm=tag(log, interval(0.05, 5))",
-          "hydra.sweeper.n_trials=3", "trial_seeds=2", "steps=20", *FAST]
+SEARCH = [
+    "model=mlp",
+    "clip=norm",
+    "hydra/sweeper=optuna",
+    "max_norm=tag(log, interval(0.05, 5))",
+    "hydra.sweeper.n_trials=3",
+    "trial_seeds=2",
+    "steps=20",
+    *FAST,
+]
 
 
 def test_search_trials_are_runs_that_compare_reads_and_resume_skips(tmp_path):
@@ -112,16 +163,21 @@ def test_search_trials_are_runs_that_compare_reads_and_resume_skips(tmp_path):
     assert f"search finished: 6 runs (6 skipped) -> results/{folder.name}" in again
     gradlab(tmp_path, "compare", folder, "--paired", "--format", "csv")
     table = pd.read_csv(folder / "comparison.csv")
-    assert sorted(table["clip.max_norm"]) == pytest.approx(sorted(runs), rel=1e-5) and set(table["completed"]) == {2}
+    assert sorted(table["clip.max_norm"]) == pytest.approx(sorted(runs), rel=1e-5) and set(
+        table["completed"]
+    ) == {2}
 
 
-@pytest.mark.parametrize("args, message", [
-    (["hydra/sweeper=nevergrad"], "hydra/sweeper=nevergrad: choose from basic, optuna"),
-    (["seed=0,1"], "seed=0,1: a search's trials each train trial_seeds seeds"),
-    (["objective=eval_los"], "objective=eval_los: choose a summary figure"),
-    (["trial_seeds=0"], "trial_seeds=0: must be an integer >= 1"),
-    (["max_norm=interval(0.05,"], "max_norm=interval(0.05,: not an override gradlab can read"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["hydra/sweeper=nevergrad"], "hydra/sweeper=nevergrad: choose from basic, optuna"),
+        (["seed=0,1"], "seed=0,1: a search's trials each train trial_seeds seeds"),
+        (["objective=eval_los"], "objective=eval_los: choose a summary figure"),
+        (["trial_seeds=0"], "trial_seeds=0: must be an integer >= 1"),
+        (["max_norm=interval(0.05,"], "max_norm=interval(0.05,: not an override gradlab can read"),
+    ],
+)
 def test_bad_search_input_is_one_line_and_writes_nothing(tmp_path, args, message):
     base = [a for a in SEARCH if not a.startswith("hydra/sweeper")] if "nevergrad" in args[0] else SEARCH
     out = gradlab(tmp_path, "sweep", *base, *args, check=False)

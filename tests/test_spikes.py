@@ -44,11 +44,17 @@ def test_no_decision_before_the_minimum_history_and_non_finite_is_not_a_spike():
     assert guard.is_spike(loss=1000.0, grad_norm=0.0) is True
 
 
-@pytest.mark.parametrize("knobs, key", [
-    ({"sigma": 0}, "spike_sigma"), ({"sigma": -1}, "spike_sigma"), ({"window": 1}, "spike_window"),
-    ({"min_history": 1}, "spike_min_history"), ({"min_history": 500}, "spike_min_history"),
-    ({"metric": "lr"}, "spike_metric"),
-])
+@pytest.mark.parametrize(
+    "knobs, key",
+    [
+        ({"sigma": 0}, "spike_sigma"),
+        ({"sigma": -1}, "spike_sigma"),
+        ({"window": 1}, "spike_window"),
+        ({"min_history": 1}, "spike_min_history"),
+        ({"min_history": 500}, "spike_min_history"),
+        ({"metric": "lr"}, "spike_metric"),
+    ],
+)
 def test_bad_knobs_are_one_line(knobs, key):
     args = {"sigma": 6, "window": 128, "min_history": 16, "metric": "grad_norm", **knobs}
     with pytest.raises(ConfigError) as error:
@@ -74,7 +80,9 @@ def injected_spike_run(compose, monkeypatch, *overrides):
 def test_a_real_spike_is_skipped_and_counted(compose, monkeypatch, tmp_path):
     import pandas as pd
 
-    skipped = injected_spike_run(compose, monkeypatch, "clip=none", "skip_spikes=true", "spike_min_history=10")
+    skipped = injected_spike_run(
+        compose, monkeypatch, "clip=none", "skip_spikes=true", "spike_min_history=10"
+    )
     assert skipped["status"] == "completed" and skipped["spike_skips"] == 1
     (run_dir,) = tmp_path.glob(f"*/{skipped['run_id']}")
     history = pd.read_csv(run_dir / "history.csv")
@@ -87,8 +95,15 @@ def test_a_real_spike_is_skipped_and_counted(compose, monkeypatch, tmp_path):
 def test_a_skipped_step_is_neither_clipped_nor_counted_per_layer(compose, monkeypatch, tmp_path):
     import pandas as pd
 
-    summary = injected_spike_run(compose, monkeypatch, "clip=norm_per_layer", "max_norm=0.001",
-                                 "skip_spikes=true", "spike_min_history=10", "layer_norms_every=40")
+    summary = injected_spike_run(
+        compose,
+        monkeypatch,
+        "clip=norm_per_layer",
+        "max_norm=0.001",
+        "skip_spikes=true",
+        "spike_min_history=10",
+        "layer_norms_every=40",
+    )
     run_dir = next(tmp_path.glob(f"*/{summary['run_id']}"))
     history = pd.read_csv(run_dir / "history.csv")
     assert list(history.loc[history["clipped"] == 0, "step"]) == [30]  # every other step clips
@@ -102,13 +117,23 @@ def test_layer_figures_are_the_update_to_weight_ratio(compose, tmp_path):
 
     from gradlab.train import train
 
-    summary = train(compose("experiment=seed004", "optim=sgd", "lr=0.1", "clip=none", "steps=4",
-                            "layer_norms_every=2", "wandb=off"))
+    summary = train(
+        compose(
+            "experiment=seed004",
+            "optim=sgd",
+            "lr=0.1",
+            "clip=none",
+            "steps=4",
+            "layer_norms_every=2",
+            "wandb=off",
+        )
+    )
     layers = pd.read_csv(next(tmp_path.glob(f"*/{summary['run_id']}")) / "layer_norms.csv")
     assert set(layers["step"]) == {2, 4} and layers["clip_fraction"].isna().all()  # not a per-layer mode
     # ||w_after - w_before|| = lr * ||g||, so ratio * ||w_before|| = lr * ||g||: check the ratio's scale
     assert (layers["update_ratio"] > 0).all() and (layers["update_ratio"] < 1).all()
     import torch
+
     from gradlab.train import layer_figures
 
     model = torch.nn.Linear(3, 2)
@@ -121,9 +146,14 @@ def test_layer_figures_are_the_update_to_weight_ratio(compose, tmp_path):
     torch.testing.assert_close(figures[1], torch.stack(expected))
     assert figures[0].tolist() == [1.0, 2.0] and figures[2].isnan().all()
     # stacked members: each member's block is its own figures
-    stacked = layer_figures([torch.stack([a, 2 * a]) for a in after], [torch.stack([b, 2 * b]) for b in before],
-                            torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([[1.0, 0.0], [2.0, 2.0]]), step=2,
-                            stacked=True)
+    stacked = layer_figures(
+        [torch.stack([a, 2 * a]) for a in after],
+        [torch.stack([b, 2 * b]) for b in before],
+        torch.tensor([[1.0, 2.0], [3.0, 4.0]]),
+        torch.tensor([[1.0, 0.0], [2.0, 2.0]]),
+        step=2,
+        stacked=True,
+    )
     torch.testing.assert_close(stacked[0, 1], figures[1])
     torch.testing.assert_close(stacked[1, 1], figures[1])  # both moved in proportion to their weights
     assert stacked[1, 0].tolist() == [3.0, 4.0] and stacked[1, 2].tolist() == [1.0, 1.0]

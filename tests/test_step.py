@@ -15,12 +15,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from gradlab.models import build_model
 
 from gradlab.clip import build_clip
 from gradlab.components import option
 from gradlab.config import run_id, sweep_dir
 from gradlab.errors import ConfigError
-from gradlab.models import build_model
 from gradlab.objective import loss_fn
 from gradlab.optim import build_optimizer
 from gradlab.step import SCALARS, StepParts, read, train_step
@@ -31,12 +31,18 @@ from gradlab.train import COLUMNS, build, train
 # Models without batch-dependent layers, on tasks small enough for a CPU test.
 SETUPS = {
     "mlp-digits": (option("model", "mlp", hidden=[16], activation="tanh"), option("task", "digits")),
-    "mlp-regression": (option("model", "mlp", hidden=[16]), option("task", "regression", n_samples=32, features=5)),
+    "mlp-regression": (
+        option("model", "mlp", hidden=[16]),
+        option("task", "regression", n_samples=32, features=5),
+    ),
     "lstm-adding": (option("model", "lstm", hidden_size=8), option("task", "adding", length=8, eval_size=10)),
 }
 # Thresholds low enough that clipping fires on every step of these setups.
-CLIPS = {"none": option("clip", "none"), "value": option("clip", "value", clip_value=0.01),
-         "norm": option("clip", "norm", max_norm=0.1)}
+CLIPS = {
+    "none": option("clip", "none"),
+    "value": option("clip", "value", clip_value=0.01),
+    "norm": option("clip", "norm", max_norm=0.1),
+}
 OPTIMS = {"sgd": (option("optim", "sgd"), 0.1), "adam": (option("optim", "adam"), 1e-2)}
 SGD = OPTIMS["sgd"]
 TIMING = ["time_s", "steps_per_s", "samples_per_s"]
@@ -166,8 +172,11 @@ def test_step_skipped_by_the_scaler_is_not_counted_as_clipped(clip):
     model = torch.nn.Linear(1, 1, bias=False)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
-    out = train_step(model, [(torch.ones(1, 1), torch.zeros(1, 1))],
-                     StepParts(overflow, optimizer, build_clip(CLIPS[clip], 2.0), scaler, FP32, 2.0))
+    out = train_step(
+        model,
+        [(torch.ones(1, 1), torch.zeros(1, 1))],
+        StepParts(overflow, optimizer, build_clip(CLIPS[clip], 2.0), scaler, FP32, 2.0),
+    )
     row = read(out.scalars.tolist(), fp16=True)
     assert row["grad_norm"] == math.inf and row["scaler_skipped"] == 1
     assert row["clipped"] == 0
@@ -176,7 +185,13 @@ def test_step_skipped_by_the_scaler_is_not_counted_as_clipped(clip):
 # --- whole runs through train(conf)
 
 RUNS = {  # small run configs (overrides)
-    "mlp-regression": ["model=mlp", "task=regression", "model.hidden=[8]", "task.n_samples=32", "task.features=5"],
+    "mlp-regression": [
+        "model=mlp",
+        "task=regression",
+        "model.hidden=[8]",
+        "task.n_samples=32",
+        "task.features=5",
+    ],
     "lstm-adding": ["model=lstm", "model.hidden_size=8", "task.length=8", "task.eval_size=50"],
 }
 
@@ -185,14 +200,20 @@ def small_run(compose, name, *overrides):
     return compose(*RUNS[name], "steps=6", "log_every=4", "eval_every=3", "layer_norms_every=2", *overrides)
 
 
-@pytest.mark.parametrize("name,clip,optim", [
-    ("mlp-regression", ["clip=norm", "max_norm=0.1"], "optim=sgd"),
-    ("lstm-adding", ["clip=value", "clip_value=0.01"], "optim=adam"),
-], ids=["mlp-norm-sgd", "lstm-value-adam"])
+@pytest.mark.parametrize(
+    "name,clip,optim",
+    [
+        ("mlp-regression", ["clip=norm", "max_norm=0.1"], "optim=sgd"),
+        ("lstm-adding", ["clip=value", "clip_value=0.01"], "optim=adam"),
+    ],
+    ids=["mlp-norm-sgd", "lstm-value-adam"],
+)
 def test_accumulated_run_logs_the_same_history_as_one_batch(compose, name, clip, optim):
     """End to end, to rtol 1e-5: loss, norms, clip flags and eval loss of the two runs agree."""
-    runs = [small_run(compose, name, *clip, optim, "lr=0.01", f"accum_steps={k}", f"batch_size={b}")
-            for k, b in ((K, B), (1, K * B))]
+    runs = [
+        small_run(compose, name, *clip, optim, "lr=0.01", f"accum_steps={k}", f"batch_size={b}")
+        for k, b in ((K, B), (1, K * B))
+    ]
     accumulated, whole = (history(train(conf), conf) for conf in runs)
     columns = ["loss", "grad_norm", "grad_norm_clipped", "clipped", "eval_loss"]
     np.testing.assert_allclose(accumulated[columns], whole[columns], rtol=1e-5)
@@ -202,7 +223,9 @@ def test_accumulated_run_logs_the_same_history_as_one_batch(compose, name, clip,
 def test_non_finite_loss_ends_the_run_as_diverged_at_that_step(compose):
     # The first step starts from the initial weights and is finite; its update (lr 1e30)
     # makes every later loss overflow float32. log_every > 2: the step is not the flush's.
-    conf = small_run(compose, "mlp-regression", "optim=sgd", "lr=1e30", "clip=none", "steps=20", "log_every=10")
+    conf = small_run(
+        compose, "mlp-regression", "optim=sgd", "lr=1e30", "clip=none", "steps=20", "log_every=10"
+    )
     summary = train(conf)
     assert summary["status"] == "diverged" and summary["diverged_step"] == 2
     on_disk = json.loads(record(summary, conf, "summary.json").read_text())
@@ -253,7 +276,9 @@ def test_same_seed_same_history_other_seed_other_history(compose, tmp_path):
     runs = [(train(c), c) for c in (first, same, other)]
     h1, h2, h3 = (history(*run).drop(columns=TIMING) for run in runs)
     pd.testing.assert_frame_equal(h1, h2, check_exact=True)
-    pd.testing.assert_frame_equal(*(pd.read_csv(record(*run, "layer_norms.csv")) for run in runs[:2]), check_exact=True)
+    pd.testing.assert_frame_equal(
+        *(pd.read_csv(record(*run, "layer_norms.csv")) for run in runs[:2]), check_exact=True
+    )
     assert set(h1.columns) == set(COLUMNS) - set(TIMING)
     assert not np.allclose(h1["loss"], h3["loss"])
 
@@ -280,11 +305,15 @@ def test_run_killed_half_way_is_run_again(compose):
     assert (run_dir / "summary.json").exists() and len(history(summary, conf)) == conf["steps"]
 
 
-@pytest.mark.parametrize("clip,expected", [
-    (["clip=norm", "max_norm=1e-6"], 1.0),
-    (["clip=none"], 0.0),
-    (["clip=norm", "max_norm=1.0"], None),  # some steps over the threshold, some under
-], ids=["all", "none", "some"])
+@pytest.mark.parametrize(
+    "clip,expected",
+    [
+        (["clip=norm", "max_norm=1e-6"], 1.0),
+        (["clip=none"], 0.0),
+        (["clip=norm", "max_norm=1.0"], None),  # some steps over the threshold, some under
+    ],
+    ids=["all", "none", "some"],
+)
 def test_clip_fraction_is_the_share_of_clipped_steps(compose, clip, expected):
     conf = small_run(compose, "mlp-regression", *clip, "steps=12", "batch_size=16")
     summary = train(conf)
@@ -306,8 +335,15 @@ def test_compiled_run_computes_the_eager_run(compose):
     summary says the model ran compiled, and torch's fallback setting is left as it was."""
     runs, executions = [], []
     for compiled in ("false", "true"):
-        conf = compose("model=mlp", "task=regression", "steps=5", "log_every=1", f"compile={compiled}",
-                       f"name={compiled}", "wandb=off")
+        conf = compose(
+            "model=mlp",
+            "task=regression",
+            "steps=5",
+            "log_every=1",
+            f"compile={compiled}",
+            f"name={compiled}",
+            "wandb=off",
+        )
         summary = train(conf)
         assert summary["status"] == "completed", summary
         runs.append(history(summary, conf))
@@ -318,10 +354,25 @@ def test_compiled_run_computes_the_eager_run(compose):
 
     from cli import app
 
-    dry = CliRunner().invoke(app, ["train", "model=mlp", "task=regression", "steps=5", "log_every=1", "compile=true",
-                                   "name=true", "wandb=off", f"results_root={conf['results_root']}", "--dry-run"])
+    dry = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "model=mlp",
+            "task=regression",
+            "steps=5",
+            "log_every=1",
+            "compile=true",
+            "name=true",
+            "wandb=off",
+            f"results_root={conf['results_root']}",
+            "--dry-run",
+        ],
+    )
     assert dry.exit_code == 0, dry.output
-    assert "compile: true: torch.compile each model" in dry.output and "done (completed, compiled)" in dry.output
+    assert (
+        "compile: true: torch.compile each model" in dry.output and "done (completed, compiled)" in dry.output
+    )
     assert run_id(compose("compile=true")) == run_id(compose("compile=false"))  # the same run
     columns = ["loss", "grad_norm", "grad_norm_clipped", "clipped"]
     pd.testing.assert_frame_equal(runs[1][columns], runs[0][columns], rtol=1e-5)
@@ -338,8 +389,15 @@ def test_a_model_that_does_not_compile_runs_eagerly_and_says_so(compose, monkeyp
     monkeypatch.setattr(torch._inductor.compile_fx, "compile_fx", fails)
     runs = []
     for compiled in ("false", "true"):
-        conf = compose("model=mlp", "task=regression", "steps=3", "log_every=1", f"compile={compiled}",
-                       f"name=fallback-{compiled}", "wandb=off")
+        conf = compose(
+            "model=mlp",
+            "task=regression",
+            "steps=3",
+            "log_every=1",
+            f"compile={compiled}",
+            f"name=fallback-{compiled}",
+            "wandb=off",
+        )
         summary = train(conf)
         assert summary["status"] == "completed", summary
         assert summary["execution"] == ("eager (compile failed)" if compiled == "true" else "eager")
@@ -347,6 +405,7 @@ def test_a_model_that_does_not_compile_runs_eagerly_and_says_so(compose, monkeyp
     assert torch._dynamo.config.suppress_errors is False
     columns = ["loss", "grad_norm", "grad_norm_clipped"]
     pd.testing.assert_frame_equal(runs[1][columns], runs[0][columns])
+
 
 def test_a_run_stops_at_its_target_and_records_the_step(compose):
     """stop_at_target ends the run at the first evaluation that reaches the target: the same
@@ -363,14 +422,20 @@ def test_a_run_stops_at_its_target_and_records_the_step(compose):
     assert 10 <= first < 300  # the test has a subject: the target is reached, before the end
     assert stopped["target_step"] == stopped["steps_done"] == first and "target_step" not in full
     assert len(h_stop) == first
-    pd.testing.assert_frame_equal(h_stop[["loss", "grad_norm", "eval_acc"]],
-                                  h_full[["loss", "grad_norm", "eval_acc"]].iloc[:first])
+    pd.testing.assert_frame_equal(
+        h_stop[["loss", "grad_norm", "eval_acc"]], h_full[["loss", "grad_norm", "eval_acc"]].iloc[:first]
+    )
 
 
-@pytest.mark.parametrize("value,message", [
-    ("eval_acc", "write eval_loss:VALUE or eval_acc:VALUE"), ("loss:0.1", "write eval_loss:VALUE"),
-    ("eval_loss:x", "write eval_loss:VALUE"), ("eval_loss:nan", "write eval_loss:VALUE"),
-])
+@pytest.mark.parametrize(
+    "value,message",
+    [
+        ("eval_acc", "write eval_loss:VALUE or eval_acc:VALUE"),
+        ("loss:0.1", "write eval_loss:VALUE"),
+        ("eval_loss:x", "write eval_loss:VALUE"),
+        ("eval_loss:nan", "write eval_loss:VALUE"),
+    ],
+)
 def test_a_bad_target_is_one_line(compose, value, message):
     with pytest.raises(ConfigError, match=f"^stop_at_target={re.escape(value)}: {message}"):
         build(compose("model=mlp", "task=regression", f"stop_at_target={value}"))
@@ -387,9 +452,19 @@ def test_loss_spikes_are_counted_from_the_eleventh_step():
 
     losses = [1.0] * 60
     losses[4] = losses[14] = losses[40] = 2.0  # step 5: too early to tell; steps 15 and 41: spikes
-    losses[20] = 1.4                           # under 1.5x the median: not a spike
-    history = [{"step": i + 1, "loss": v, "grad_norm": 1.0, "clipped": 0.0, "spike_skipped": 0.0,
-                "scaler_skipped": 0.0, "time_s": i + 1.0} for i, v in enumerate(losses)]
+    losses[20] = 1.4  # under 1.5x the median: not a spike
+    history = [
+        {
+            "step": i + 1,
+            "loss": v,
+            "grad_norm": 1.0,
+            "clipped": 0.0,
+            "spike_skipped": 0.0,
+            "scaler_skipped": 0.0,
+            "time_s": i + 1.0,
+        }
+        for i, v in enumerate(losses)
+    ]
     assert figures(history)["loss_spikes"] == 2
 
 
@@ -428,12 +503,21 @@ def test_smoothness_is_zhangs_estimate_and_leaves_the_run_as_it_was(compose):
     g0, g1 = full_gradient(theta), full_gradient(middle)
     move = torch.cat([(m - a).flatten() for m, a in zip(middle.parameters(), theta.parameters())]).norm()
     torch.testing.assert_close(estimate, torch.stack([(g1 - g0).norm() / move, g0.norm()]), rtol=1e-4, atol=0)
-    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), own))  # the step's gradients untouched
+    assert all(
+        torch.equal(p.grad, g) for p, g in zip(model.parameters(), own)
+    )  # the step's gradients untouched
 
     losses = []
     for every in (0, 3):
-        c = compose("model=mlp", "task=regression", "steps=12", "log_every=1", f"smoothness_every={every}",
-                    f"name=smooth{every}", "wandb=off")
+        c = compose(
+            "model=mlp",
+            "task=regression",
+            "steps=12",
+            "log_every=1",
+            f"smoothness_every={every}",
+            f"name=smooth{every}",
+            "wandb=off",
+        )
         summary = train(c)
         losses.append(history(summary, c))
     pd.testing.assert_series_equal(losses[0]["loss"], losses[1]["loss"])
@@ -444,14 +528,22 @@ def test_smoothness_is_zhangs_estimate_and_leaves_the_run_as_it_was(compose):
 
 # --- the studies' deliberate mistakes (gradlab/mistakes.py), each against a reference worked out here
 
+
 def mistaken(model, micro_batches, mistake, clip_cfg, scaler=None, autocast=FP32, lr=0.1):
-    """One SGD step of a copy of `model` made with `mistake` (None = the correct step); (model, recorded row)."""
+    """One SGD step of a copy of `model` made with `mistake` (None = the correct step); (model, recorded
+    row)."""
     from gradlab.mistakes import mistaken_step
 
     model = copy.deepcopy(model)
     scaler = scaler or torch.amp.GradScaler("cpu", enabled=False)
-    parts = StepParts(torch.nn.functional.mse_loss, torch.optim.SGD(model.parameters(), lr=lr),
-                      build_clip(clip_cfg, 2.0), scaler, autocast, 2.0)
+    parts = StepParts(
+        torch.nn.functional.mse_loss,
+        torch.optim.SGD(model.parameters(), lr=lr),
+        build_clip(clip_cfg, 2.0),
+        scaler,
+        autocast,
+        2.0,
+    )
     out = (mistaken_step(mistake) if mistake else train_step)(model, micro_batches, parts)
     return model, read(out.scalars.tolist(), fp16=scaler.is_enabled())
 
@@ -473,14 +565,16 @@ def test_no_loss_division_makes_the_update_k_times_larger_and_records_the_true_l
     wrong, wrong_row = mistaken(model, batches, "no_loss_division", CLIPS["none"])
     assert math.isclose(wrong_row["grad_norm"], 4 * row["grad_norm"], rel_tol=1e-6)
     assert wrong_row["loss"] == row["loss"]
-    torch.testing.assert_close(flat(wrong) - flat(model), 4 * (flat(right) - flat(model)), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(
+        flat(wrong) - flat(model), 4 * (flat(right) - flat(model)), rtol=1e-5, atol=1e-7
+    )
 
 
 def test_clip_each_micro_batch_clips_the_running_sum_then_the_total():
     model, batches, c = tiny_model(), regression_batch(k=2), 0.05
     wrong, row = mistaken(model, batches, "clip_each_micro_batch", option("clip", "norm", max_norm=c), lr=1.0)
     reference = copy.deepcopy(model)  # by hand: clip after the first micro-batch, add the second, clip again
-    for i, (x, y) in enumerate(batches):
+    for x, y in batches:
         (torch.nn.functional.mse_loss(reference(x), y) / 2).backward()
         torch.nn.utils.clip_grad_norm_(reference.parameters(), c)
     with torch.no_grad():
@@ -495,7 +589,10 @@ def test_clip_each_micro_batch_clips_the_running_sum_then_the_total():
 def test_clip_scaled_measures_the_loss_scaled_gradients():
     model, batches = tiny_model(), regression_batch(k=1)
     fp16 = partial(torch.autocast, "cpu", dtype=torch.float16)
-    scaled = lambda: torch.amp.GradScaler("cpu", init_scale=2.0**10)
+
+    def scaled():
+        return torch.amp.GradScaler("cpu", init_scale=2.0**10)
+
     _, right = mistaken(model, batches, None, CLIPS["none"], scaled(), fp16)
     _, wrong = mistaken(model, batches, "clip_scaled", CLIPS["none"], scaled(), fp16)
     assert math.isclose(wrong["grad_norm"], 2**10 * right["grad_norm"], rel_tol=1e-3)

@@ -14,8 +14,8 @@ import torch
 import yaml
 from torchvision import datasets
 
-from gradlab.errors import ConfigError
 from gradlab.components import option, options
+from gradlab.errors import ConfigError
 from gradlab.tasks import build_task
 
 TASKS = [t for t in options("task") if t not in ("custom", "dataset")]  # dataset: tests/test_custom.py
@@ -56,7 +56,9 @@ def fake_cifar(root: Path, monkeypatch, per_batch=4, n_test=10) -> None:
         labels = [int(v) for v in rng.integers(0, 10, n)]
         return [name, write_pickle(folder / name, {"data": images, "labels": labels})]
 
-    monkeypatch.setattr(datasets.CIFAR10, "train_list", [batch(f"data_batch_{i}", per_batch) for i in range(1, 6)])
+    monkeypatch.setattr(
+        datasets.CIFAR10, "train_list", [batch(f"data_batch_{i}", per_batch) for i in range(1, 6)]
+    )
     monkeypatch.setattr(datasets.CIFAR10, "test_list", [batch("test_batch", n_test)])
     md5 = write_pickle(folder / "batches.meta", {"label_names": [f"c{i}" for i in range(10)]})
     monkeypatch.setattr(datasets.CIFAR10, "meta", {**datasets.CIFAR10.meta, "md5": md5})
@@ -162,7 +164,9 @@ def test_copy_layout(make):
     x, y = next(task.batches(200, seed=0))
     symbols = x[:, :10]
     assert ((symbols >= 1) & (symbols <= 8)).all()
-    assert (x[:, 10 : 10 + T - 1] == 0).all() and (x[:, 10 + T - 1] == 9).all() and (x[:, T + 10 :] == 0).all()
+    assert (
+        (x[:, 10 : 10 + T - 1] == 0).all() and (x[:, 10 + T - 1] == 9).all() and (x[:, T + 10 :] == 0).all()
+    )
     assert (y[:, : T + 10] == 0).all() and torch.equal(y[:, T + 10 :], symbols)
     assert math.isclose(task.spec.baseline, 10 * math.log(8) / (T + 20))
 
@@ -301,7 +305,9 @@ def test_config_builds_and_documents_every_key(name):
     path = CONF / f"{name}.yaml"
     lines = path.read_text().splitlines()
     assert lines[0].startswith("# ") and "gradlab/tasks/" in lines[0]
-    assert all("  # " in line for line in lines[1:] if line.strip() and not line.startswith(("name:", "_target_:")))
+    assert all(
+        "  # " in line for line in lines[1:] if line.strip() and not line.startswith(("name:", "_target_:"))
+    )
     cfg = yaml.safe_load(path.read_text())
     assert cfg["name"] == name and cfg["steps"] >= 1 and cfg["batch_size"] >= 1
     assert build_task(cfg).spec.shape  # knobs match the constructor; spec needs no data

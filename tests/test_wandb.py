@@ -11,14 +11,21 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from typer.testing import CliRunner
-
 from gradlab.cli import app
-from gradlab.tracking import flatten
+from typer.testing import CliRunner
 from wandb_records import read_run, wandb_files
 
-SMALL = ["steps=12", "log_every=4", "eval_every=8", "layer_norms_every=4", "logger.wandb.histogram_every=8",
-         "model.hidden_size=16", "task.length=10"]
+from gradlab.tracking import flatten
+
+SMALL = [
+    "steps=12",
+    "log_every=4",
+    "eval_every=8",
+    "layer_norms_every=4",
+    "logger.wandb.histogram_every=8",
+    "model.hidden_size=16",
+    "task.length=10",
+]
 
 
 @pytest.fixture
@@ -28,8 +35,14 @@ def no_credentials():
 
 
 def gradlab(args, cwd, env, check=True):
-    out = subprocess.run([sys.executable, "-m", "gradlab", *args], cwd=cwd, env=env, capture_output=True,
-                         text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "gradlab", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if check:
         assert out.returncode == 0, out.stderr
     return out
@@ -40,10 +53,15 @@ def run_dirs(root: Path) -> list[Path]:
 
 
 def test_sweep_leaves_one_complete_offline_wandb_run_per_job(tmp_path, no_credentials):
-    out = gradlab(["sweep", "model=lstm", "clip=none,norm", "max_norm=1,5", "seed=0,1", *SMALL], tmp_path,
-                  no_credentials)
+    out = gradlab(
+        ["sweep", "model=lstm", "clip=none,norm", "max_norm=1,5", "seed=0,1", *SMALL],
+        tmp_path,
+        no_credentials,
+    )
     runs = run_dirs(tmp_path)
-    assert len(runs) == 6  # 8 jobs; clip=none ignores max_norm, so its max_norm=5 jobs find the max_norm=1 runs
+    assert (
+        len(runs) == 6
+    )  # 8 jobs; clip=none ignores max_norm, so its max_norm=5 jobs find the max_norm=1 runs
     assert "(6 completed, 2 skipped)" in out.stdout
     assert "wandb sync" in out.stdout  # auto without credentials: offline, and says how to upload
     assert not (tmp_path / "wandb").exists()  # nothing outside the sweep's folder
@@ -111,8 +129,11 @@ def test_bad_mode_fails_at_setup(tmp_path, monkeypatch):
 
 def test_unreachable_server_falls_back_to_offline(tmp_path, no_credentials):
     env = {**no_credentials, "WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"}
-    out = gradlab(["train", "model=mlp", "steps=8", "log_every=4", "wandb=online",
-                   "logger.wandb.init_timeout=2"], tmp_path, env)
+    out = gradlab(
+        ["train", "model=mlp", "steps=8", "log_every=4", "wandb=online", "logger.wandb.init_timeout=2"],
+        tmp_path,
+        env,
+    )
     assert out.stderr.count("W&B server unreachable") == 1
     (run_dir,) = run_dirs(tmp_path)
     local = json.loads((run_dir / "summary.json").read_text())
@@ -122,8 +143,11 @@ def test_unreachable_server_falls_back_to_offline(tmp_path, no_credentials):
 
 
 def test_diverged_run_is_a_finished_wandb_run_with_its_status(tmp_path, no_credentials):
-    gradlab(["train", "experiment=seed004", "optim=sgd", "lr=1e30", "clip=none", "wandb=offline"], tmp_path,
-            no_credentials)
+    gradlab(
+        ["train", "experiment=seed004", "optim=sgd", "lr=1e30", "clip=none", "wandb=offline"],
+        tmp_path,
+        no_credentials,
+    )
     (run_dir,) = run_dirs(tmp_path)
     local = json.loads((run_dir / "summary.json").read_text())
     assert local["status"] == "diverged"
@@ -138,17 +162,27 @@ def test_disk_full_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path, no_cred
     """A real small filesystem: the series do not fit, the failure is recorded, the next run still runs."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)],
-                      capture_output=True).returncode != 0:
+    if (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a small tmpfs here")
     try:
-        out = gradlab(["sweep", "model=mlp", "steps=2000", "seed=0,1", f"results_root={disk}", "wandb=offline"],
-                      tmp_path, no_credentials, check=False)
+        out = gradlab(
+            ["sweep", "model=mlp", "steps=2000", "seed=0,1", f"results_root={disk}", "wandb=offline"],
+            tmp_path,
+            no_credentials,
+            check=False,
+        )
         summaries = [json.loads(p.read_text()) for p in disk.glob("*/*/summary.json")]
         assert [s["status"] for s in summaries] == ["failed", "failed"]
         assert all("No space left on device" in s["error"] for s in summaries)
         assert out.returncode == 1 and "2 failed" in out.stdout
-        assert "wandb sync" not in out.stdout  # the W&B files made room for the failure record: no hint at them
+        assert (
+            "wandb sync" not in out.stdout
+        )  # the W&B files made room for the failure record: no hint at them
     finally:
         subprocess.run(["umount", str(disk)])
 

@@ -23,11 +23,11 @@ def _payloads(data: bytes):
         if left < CHUNK:  # block trailer padding
             pos += left
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + CHUNK])
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + CHUNK])
         if length == 0 and kind == 0:
             pos += left
             continue
-        payload, pos = data[pos + CHUNK:pos + CHUNK + length], pos + CHUNK + length
+        payload, pos = data[pos + CHUNK : pos + CHUNK + length], pos + CHUNK + length
         if kind == 1:
             yield payload
         elif kind == 2:
@@ -72,5 +72,11 @@ def read_run(path: Path) -> dict:
         elif kind == "exit":
             exit_code = record.exit.exit_code
     config = _items(run.config.update) if run else {}
-    return {"run": run, "config": config, "metrics": metrics, "history": history, "summary": summary,
-            "exit_code": exit_code}
+    return {
+        "run": run,
+        "config": config,
+        "metrics": metrics,
+        "history": history,
+        "summary": summary,
+        "exit_code": exit_code,
+    }

@@ -15,7 +15,9 @@ class Spirals(Dataset):
         self.y = torch.randint(0, arms, (n,), generator=g)
         r = torch.rand(n, generator=g) * 3
         angle = r * 2.5 + self.y * (2 * math.pi / arms)
-        self.x = torch.stack([r * torch.cos(angle), r * torch.sin(angle)], 1) + noise * torch.randn(n, 2, generator=g)
+        self.x = torch.stack([r * torch.cos(angle), r * torch.sin(angle)], 1) + noise * torch.randn(
+            n, 2, generator=g
+        )
 
     def __len__(self):
         return len(self.y)

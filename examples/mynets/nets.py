@@ -15,7 +15,8 @@ class ResidualMLP(nn.Module):
         super().__init__()
         self.stem = nn.Linear(math.prod(spec.shape), width)
         self.blocks = nn.ModuleList(
-            nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.GELU()) for _ in range(depth))
+            nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.GELU()) for _ in range(depth)
+        )
         self.head = nn.Linear(width, spec.n_out)
 
     def forward(self, x):

@@ -45,10 +45,10 @@ from gradlab.errors import ConfigError
 
 class ClipResult(NamedTuple):
     norm_after: torch.Tensor  # total norm of the gradients after clipping (0-d)
-    fired: torch.Tensor       # bool 0-d: did clipping change any gradient
+    fired: torch.Tensor  # bool 0-d: did clipping change any gradient
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def constant(value, device: torch.device) -> torch.Tensor:
     """A float32 tensor of `value` (a number: 0-d; a tuple: 1-d) on the device, made once: a Python
     number in a tensor operation is made into a tensor on every call, which costs as much as the
@@ -65,7 +65,7 @@ class Slab(NamedTuple):
     """The stacked weights and gradients of one parameter of a vectorized group's members, (K, ...):
     what a stacked strategy gets in place of a parameter."""
 
-    name: str             # the parameter's name in the model
+    name: str  # the parameter's name in the model
     weight: torch.Tensor
     grad: torch.Tensor
 
@@ -133,7 +133,9 @@ class TensorState:
             raise ValueError(f"{name} state needs the keys {sorted(self.state)}, got {sorted(state)}")
         for k, v in self.state.items():
             if k not in self.resizable and tuple(state[k].shape) != tuple(v.shape):
-                raise ValueError(f"{name} state[{k!r}] has shape {tuple(state[k].shape)}, expected {tuple(v.shape)}")
+                raise ValueError(
+                    f"{name} state[{k!r}] has shape {tuple(state[k].shape)}, expected {tuple(v.shape)}"
+                )
         self.state = {k: state[k].detach().to(v.dtype).clone() for k, v in self.state.items()}
 
 
@@ -213,8 +215,8 @@ class Chain:
 
 class Clipped(NamedTuple):
     norm_before: torch.Tensor  # total norm of the gradients before clipping (0-d)
-    norm_after: torch.Tensor   # ... and after it
-    fired: torch.Tensor        # bool 0-d: did clipping change any gradient
+    norm_after: torch.Tensor  # ... and after it
+    fired: torch.Tensor  # bool 0-d: did clipping change any gradient
 
 
 class Clipper:
@@ -243,10 +245,15 @@ def config(mode: str, **knobs) -> dict:
     `percentile` for clip_value and clip_percentile)."""
     cfg = components.option("clip", mode)
     for key, value in knobs.items():
-        full = next((k for k in (key, f"{mode}_{key}", f"clip_{key}") if k in cfg and k not in ("mode", "_target_")), None)
+        full = next(
+            (k for k in (key, f"{mode}_{key}", f"clip_{key}") if k in cfg and k not in ("mode", "_target_")),
+            None,
+        )
         if full is None:
             allowed = [k for k in cfg if k not in ("mode", "_target_")]
-            raise ConfigError(f"{key}={value}: not a knob of clip mode {mode}; allowed: {', '.join(allowed) or 'none'}")
+            raise ConfigError(
+                f"{key}={value}: not a knob of clip mode {mode}; allowed: {', '.join(allowed) or 'none'}"
+            )
         cfg[full] = value
     return cfg
 
@@ -261,5 +268,7 @@ def chain(*clippers: Clipper) -> Clipper:
     """Clippers applied in turn (e.g. `chain(make("agc"), make("norm", max_norm=5))`), as one."""
     norm_types = {c.norm_type for c in clippers}
     if len(norm_types) != 1:
-        raise ConfigError(f"norm_type: the clippers of a chain measure the same norm, got {sorted(norm_types)}")
+        raise ConfigError(
+            f"norm_type: the clippers of a chain measure the same norm, got {sorted(norm_types)}"
+        )
     return Clipper(Chain([c.strategy for c in clippers]), norm_types.pop())

@@ -48,7 +48,7 @@ def units(shape: torch.Size, rule: str = "nfnets") -> tuple:
         first = next((i for i, size in enumerate(shape) if size > 1), None)
     if first is None:
         return 1, (1,) * len(shape)
-    return shape[first], tuple(shape[:first + 1]) + (1,) * (len(shape) - first - 1)
+    return shape[first], tuple(shape[: first + 1]) + (1,) * (len(shape) - first - 1)
 
 
 class AdaptiveGradClip:
@@ -56,18 +56,31 @@ class AdaptiveGradClip:
 
     STACKED = ("agc_lambda", "agc_eps")
 
-    def __init__(self, agc_lambda: float, agc_eps: float, agc_exclude_final: bool, norm_type: float,
-                 agc_units: str = "nfnets", model=None):
-        self.agc_lambda = positive("agc_lambda", agc_lambda, "must be a number > 0 (largest gradient/weight norm ratio)")
+    def __init__(
+        self,
+        agc_lambda: float,
+        agc_eps: float,
+        agc_exclude_final: bool,
+        norm_type: float,
+        agc_units: str = "nfnets",
+        model=None,
+    ):
+        self.agc_lambda = positive(
+            "agc_lambda", agc_lambda, "must be a number > 0 (largest gradient/weight norm ratio)"
+        )
         self.agc_eps = positive("agc_eps", agc_eps, "must be a number > 0 (floor on a unit's weight norm)")
         if not isinstance(agc_exclude_final, bool):
             raise bad("agc_exclude_final", agc_exclude_final, "must be true or false")
         if agc_exclude_final and model is None:
-            raise bad("agc_exclude_final", True, "needs the model to find its final layer (build_clip(..., model))")
+            raise bad(
+                "agc_exclude_final", True, "needs the model to find its final layer (build_clip(..., model))"
+            )
         if agc_units not in UNITS:
             raise bad("agc_units", agc_units, f"choose from {', '.join(UNITS)}")
         self.rule, self.norm_type = agc_units, norm_type
-        self.last_fired = torch.zeros(0, dtype=torch.bool)  # per tensor: clipped by the last call (a per-layer mode)
+        self.last_fired = torch.zeros(
+            0, dtype=torch.bool
+        )  # per tensor: clipped by the last call (a per-layer mode)
         self.final, self.final_names = (), ()  # the final layer's parameters (a Slab goes by name)
         if agc_exclude_final:
             last = [name for name, _ in model.named_parameters()][-1]
@@ -103,9 +116,14 @@ class AdaptiveGradClip:
         key = (tuple(map(id, params)), tuple(p.shape for p in params), device)
         if self._key != key:
             counts, shapes = zip(*(units(p.shape, self.rule) for p in params))
-            free = [not (any(p is q for q in self.final) or getattr(p, "name", None) in self.final_names)
-                    for p in params]
-            per_unit = lambda values: torch.tensor([v for v, n in zip(values, counts) for _ in range(n)], device=device)
+            free = [
+                not (any(p is q for q in self.final) or getattr(p, "name", None) in self.final_names)
+                for p in params
+            ]
+
+            def per_unit(values) -> torch.Tensor:  # one value per parameter -> one per unit
+                return torch.tensor([v for v, n in zip(values, counts) for _ in range(n)], device=device)
+
             self._key, self._value = key, (list(counts), shapes, per_unit(free), per_unit(range(len(params))))
         return self._value
 
@@ -113,5 +131,7 @@ class AdaptiveGradClip:
 def unit_norms(tensors, counts, members: tuple = ()) -> torch.Tensor:
     """The L2 norm of every unit of every tensor (tensor i has counts[i] units, its rows), in one vector;
     for stacked members (`members` = (K,), the tensors' first axis), one such vector per member."""
-    return torch.cat([torch.linalg.vector_norm(t.reshape(*members, n, -1), dim=-1) for t, n in zip(tensors, counts)],
-                     dim=-1)
+    return torch.cat(
+        [torch.linalg.vector_norm(t.reshape(*members, n, -1), dim=-1) for t, n in zip(tensors, counts)],
+        dim=-1,
+    )

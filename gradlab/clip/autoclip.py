@@ -46,27 +46,42 @@ class AutoClip(TensorState):
     CAPACITY = 1024  # first size of the unbounded history
     STACKED = ("clip_percentile",)
 
-    def __init__(self, clip_percentile: float, autoclip_window: int, norm_type: float,
-                 autoclip_current: bool = True, autoclip_scope: str = "global", model=None):
+    def __init__(
+        self,
+        clip_percentile: float,
+        autoclip_window: int,
+        norm_type: float,
+        autoclip_current: bool = True,
+        autoclip_scope: str = "global",
+        model=None,
+    ):
         p = clip_percentile
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 100:
             raise bad("clip_percentile", p, "must be a number in (0, 100]")
         w = autoclip_window
         if isinstance(w, bool) or not isinstance(w, int) or not (w == 0 or w >= 2):
-            raise bad("autoclip_window", w, "must be an integer >= 2 (steps of history), or 0 = the whole run")
+            raise bad(
+                "autoclip_window", w, "must be an integer >= 2 (steps of history), or 0 = the whole run"
+            )
         if not isinstance(autoclip_current, bool):
             raise bad("autoclip_current", autoclip_current, "must be true or false")
         if autoclip_scope not in SCOPES:
             raise bad("autoclip_scope", autoclip_scope, f"choose from {', '.join(SCOPES)}")
         self.per_parameter = autoclip_scope == "per_parameter"
         if self.per_parameter and model is None:
-            raise bad("autoclip_scope", autoclip_scope, "needs the model to count its tensors (build_clip(..., model))")
+            raise bad(
+                "autoclip_scope",
+                autoclip_scope,
+                "needs the model to count its tensors (build_clip(..., model))",
+            )
         rows = sum(p.requires_grad for p in model.parameters()) if self.per_parameter else 1
         self.clip_percentile, self.window, self.current, self.norm_type = p, w, autoclip_current, norm_type
         self.resizable = ("history",) if w == 0 else ()
         # history: recorded norms, one row per history (+inf = empty slot); count: norms recorded in each
-        self.state = {"history": torch.full((rows, w or self.CAPACITY), torch.inf),
-                      "count": torch.zeros(rows, dtype=torch.long)}
+        self.state = {
+            "history": torch.full((rows, w or self.CAPACITY), torch.inf),
+            "count": torch.zeros(rows, dtype=torch.long),
+        }
         if self.per_parameter:
             self.last_fired = torch.zeros(0, dtype=torch.bool)  # per tensor: clipped by the last call
         self._calls = 0  # host-side bound on count: when to grow the unbounded history
@@ -79,15 +94,23 @@ class AutoClip(TensorState):
         history, count = s["history"], s["count"]  # (rows, slots), (rows); stacked members: (K, rows, ...)
         grads, stacked = [p.grad for p in params if p.grad is not None], total_norm.dim() > 0
         if self.per_parameter and len(grads) != history.shape[-2]:
-            raise RuntimeError(f"autoclip_scope=per_parameter keeps {history.shape[-2]} histories, one per trainable "
-                               f"tensor, but {len(grads)} tensors have gradients")
-        norms = (tensor_norms(grads, self.norm_type, stacked) if self.per_parameter else total_norm.unsqueeze(-1)).float()
+            raise RuntimeError(
+                f"autoclip_scope=per_parameter keeps {history.shape[-2]} histories, one per trainable "
+                f"tensor, but {len(grads)} tensors have gradients"
+            )
+        norms = (
+            tensor_norms(grads, self.norm_type, stacked) if self.per_parameter else total_norm.unsqueeze(-1)
+        ).float()
         finite = torch.isfinite(norms)
         before = None if self.current else self._percentile(history, count)
         slot = (count % history.shape[-1]).unsqueeze(-1)
-        history.scatter_(-1, slot, torch.where(finite.unsqueeze(-1), norms.unsqueeze(-1), history.gather(-1, slot)))
+        history.scatter_(
+            -1, slot, torch.where(finite.unsqueeze(-1), norms.unsqueeze(-1), history.gather(-1, slot))
+        )
         count += finite
-        threshold = torch.where(finite, self._percentile(history, count) if self.current else before, torch.inf)
+        threshold = torch.where(
+            finite, self._percentile(history, count) if self.current else before, torch.inf
+        )
         if not self.per_parameter:
             return rescale_(params, total_norm, threshold[..., 0])
         coefs = clip_coef(norms, threshold)
@@ -105,7 +128,10 @@ class AutoClip(TensorState):
         position = last.double() * ((p.double() if isinstance(p, torch.Tensor) else p) / 100)
         below = position.floor().long()
         above = torch.minimum(below + 1, last)
-        low, high = ranked.gather(-1, below.unsqueeze(-1))[..., 0], ranked.gather(-1, above.unsqueeze(-1))[..., 0]
+        low, high = (
+            ranked.gather(-1, below.unsqueeze(-1))[..., 0],
+            ranked.gather(-1, above.unsqueeze(-1))[..., 0],
+        )
         value = low + (high - low) * (position - below).float()
         return torch.where(n > 0, value, torch.inf)
 

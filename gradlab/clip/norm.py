@@ -7,9 +7,9 @@ path and no host sync. `rescale_` is shared with the adaptive modes (autoclip, z
 which choose max_norm per step.
 """
 
-import torch
-
 import math
+
+import torch
 
 from gradlab.clip import ClipResult, constant, scale_
 from gradlab.errors import positive

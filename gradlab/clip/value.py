@@ -16,7 +16,9 @@ class ClipByValue:
     STACKED = ("clip_value",)
 
     def __init__(self, clip_value: float, norm_type: float, model=None):
-        self.clip_value = positive("clip_value", clip_value, "must be a number > 0 (clip=none turns clipping off)")
+        self.clip_value = positive(
+            "clip_value", clip_value, "must be a number > 0 (clip=none turns clipping off)"
+        )
         self.norm_type = norm_type
 
     def __call__(self, params, total_norm: torch.Tensor) -> ClipResult:

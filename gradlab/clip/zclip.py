@@ -35,19 +35,35 @@ class ZClip(TensorState):
 
     STACKED = ("zclip_alpha", "zclip_warmup", "zclip_z", "zclip_max_norm")
 
-    def __init__(self, zclip_alpha: float, zclip_warmup: int, zclip_z: float, zclip_max_norm, norm_type: float,
-                 model=None):
+    def __init__(
+        self,
+        zclip_alpha: float,
+        zclip_warmup: int,
+        zclip_z: float,
+        zclip_max_norm,
+        norm_type: float,
+        model=None,
+    ):
         a = zclip_alpha
         if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 < a < 1:
             raise bad("zclip_alpha", a, "must be a number in (0, 1)")
         if isinstance(zclip_warmup, bool) or not isinstance(zclip_warmup, int) or zclip_warmup < 1:
-            raise bad("zclip_warmup", zclip_warmup, "must be an integer >= 1 (steps before z-clipping starts)")
+            raise bad(
+                "zclip_warmup", zclip_warmup, "must be an integer >= 1 (steps before z-clipping starts)"
+            )
         self.zclip_alpha, self.zclip_warmup = float(a), zclip_warmup
         self.zclip_z = positive("zclip_z", zclip_z, "must be a number > 0")
-        self.zclip_max_norm = math.inf if zclip_max_norm is None else positive(
-            "zclip_max_norm", zclip_max_norm, "must be a number > 0, or null = no cap")
+        self.zclip_max_norm = (
+            math.inf
+            if zclip_max_norm is None
+            else positive("zclip_max_norm", zclip_max_norm, "must be a number > 0, or null = no cap")
+        )
         # mean, var: statistics of the norm; count: finite norms seen (warm-up while < zclip_warmup)
-        self.state = {"mean": torch.zeros(()), "var": torch.zeros(()), "count": torch.zeros((), dtype=torch.long)}
+        self.state = {
+            "mean": torch.zeros(()),
+            "var": torch.zeros(()),
+            "count": torch.zeros((), dtype=torch.long),
+        }
 
     def __call__(self, params, total_norm: torch.Tensor) -> ClipResult:
         s = self.on(total_norm.device)
@@ -58,7 +74,9 @@ class ZClip(TensorState):
         z = (g - mean) / (std + EPS)
         spike = finite & ~warm & (z > z_max)
         seen = torch.where(spike, mean + z_max * std / (z / z_max), g)  # g': the norm after z-clipping
-        result = rescale_(params, total_norm, torch.where(spike, seen, torch.inf).clamp(max=self.zclip_max_norm))
+        result = rescale_(
+            params, total_norm, torch.where(spike, seen, torch.inf).clamp(max=self.zclip_max_norm)
+        )
         k = (count + 1).float()  # warm-up: running mean and population variance of the first norms
         warm_mean = mean + (g - mean) / k
         warm_var = var + ((g - mean) * (g - warm_mean) - var) / k

@@ -1,6 +1,7 @@
 """gradlab's clip modes inside `lightning.Trainer.fit`, measured, logged and recorded as a gradlab run.
 
-    trainer = lightning.Trainer(max_steps=1000, callbacks=[GradlabClipping("zclip", z=2.5, results_root="results")])
+    clipping = GradlabClipping("zclip", z=2.5, results_root="results")
+    trainer = lightning.Trainer(max_steps=1000, callbacks=[clipping])
     trainer.fit(model, train_loader, val_loader)   # then: gradlab compare results/lightning
 
 The callback clips in `on_before_optimizer_step`, where Lightning has the complete gradients
@@ -58,8 +59,19 @@ class GradlabClipping(lightning.Callback):
         **knobs: the mode's knobs, as gradlab.clip.make takes them (max_norm=1.0, z=2.5).
     """
 
-    def __init__(self, clip="norm", *, norm_type=2.0, results_root=None, name="lightning", task="lightning",
-                 seed=None, layer_norms_every=50, log_every=50, **knobs):
+    def __init__(
+        self,
+        clip="norm",
+        *,
+        norm_type=2.0,
+        results_root=None,
+        name="lightning",
+        task="lightning",
+        seed=None,
+        layer_norms_every=50,
+        log_every=50,
+        **knobs,
+    ):
         if isinstance(clip, Clipper) and knobs:
             raise ValueError(f"{', '.join(knobs)}: knobs go to gradlab.clip.make, not beside a ready Clipper")
         for key, value, least in (("layer_norms_every", layer_norms_every, 0), ("log_every", log_every, 1)):
@@ -68,17 +80,25 @@ class GradlabClipping(lightning.Callback):
         self.clip, self.norm_type, self.knobs = clip, check_norm_type(norm_type), knobs
         self.results_root, self.name, self.task, self.seed = results_root, name, task, seed
         self.layer_norms_every, self.log_every = layer_norms_every, log_every
-        self.clipper = clip if isinstance(clip, Clipper) else None  # a mode is built in setup (agc needs the model)
+        self.clipper = (
+            clip if isinstance(clip, Clipper) else None
+        )  # a mode is built in setup (agc needs the model)
         self.restored = None  # clip state loaded before setup built the clipper
-        self.config = self.run_dir = self.summary = None  # the record's config; where it went and what it says
+        self.config = self.run_dir = self.summary = (
+            None  # the record's config; where it went and what it says
+        )
 
     def setup(self, trainer, pl_module, stage) -> None:
         if stage != "fit":
             return
         self.config = None  # until training starts: no record of a run that never trained
         if trainer.gradient_clip_val:
-            raise bad("gradient_clip_val", trainer.gradient_clip_val, "the Trainer would clip the gradients again "
-                      "after GradlabClipping; leave it unset and give the threshold to the callback")
+            raise bad(
+                "gradient_clip_val",
+                trainer.gradient_clip_val,
+                "the Trainer would clip the gradients again "
+                "after GradlabClipping; leave it unset and give the threshold to the callback",
+            )
         if self.clipper is None:
             self.clipper = make(self.clip, norm_type=self.norm_type, model=pl_module, **self.knobs)
         if self.restored is not None:
@@ -87,20 +107,35 @@ class GradlabClipping(lightning.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         optimizer = trainer.optimizers[0]
         seed = self.seed if self.seed is not None else os.environ.get("PL_GLOBAL_SEED")
-        self.config = {"model": {"name": type(pl_module).__name__.lower()}, "task": {"name": self.task},
-                       "clip": self._clip_config(), "optim": {"name": type(optimizer).__name__.lower()},
-                       "seed": None if seed is None else int(seed), "norm_type": self.clipper.norm_type,
-                       "lr": optimizer.param_groups[0]["lr"],
-                       "steps": trainer.max_steps if trainer.max_steps > 0 else trainer.estimated_stepping_batches,
-                       "accum_steps": trainer.accumulate_grad_batches, "precision": str(trainer.precision)}
+        self.config = {
+            "model": {"name": type(pl_module).__name__.lower()},
+            "task": {"name": self.task},
+            "clip": self._clip_config(),
+            "optim": {"name": type(optimizer).__name__.lower()},
+            "seed": None if seed is None else int(seed),
+            "norm_type": self.clipper.norm_type,
+            "lr": optimizer.param_groups[0]["lr"],
+            "steps": trainer.max_steps if trainer.max_steps > 0 else trainer.estimated_stepping_batches,
+            "accum_steps": trainer.accumulate_grad_batches,
+            "precision": str(trainer.precision),
+        }
         digest = hashlib.sha1(json.dumps(self.config, sort_keys=True, default=str).encode()).hexdigest()[:8]
         display = f"{self.config['model']['name']}-{self.task}-{clip_label(self.config)}" + (
-            f"-s{seed}" if seed is not None else "")
-        self.head = {"run_id": f"{display}-{digest}", "name": display, "sweep": self.name, "config_hash": digest,
-                     "seed": self.config["seed"], "device": devices.name(pl_module.device), "fp32_precision": devices.fp32_precision(),
-                     "execution": "eager",
-                     "processes": trainer.world_size, "versions": versions(),
-                     "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            f"-s{seed}" if seed is not None else ""
+        )
+        self.head = {
+            "run_id": f"{display}-{digest}",
+            "name": display,
+            "sweep": self.name,
+            "config_hash": digest,
+            "seed": self.config["seed"],
+            "device": devices.name(pl_module.device),
+            "fp32_precision": devices.fp32_precision(),
+            "execution": "eager",
+            "processes": trainer.world_size,
+            "versions": versions(),
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
         self.fp16 = str(trainer.precision) == "16-mixed"  # its scaler skips steps with inf/nan gradients
         self.names = {id(p): n for n, p in pl_module.named_parameters()}
         self.history, self.layers, self.evals = [], [], {}
@@ -114,8 +149,11 @@ class GradlabClipping(lightning.Callback):
         norm_after, fired = self.clipper.strategy(params, norm)
         step, seen = trainer.global_step + 1, len(self.history) + len(self.pending) + 1
         self.fired_steps += fired
-        self.step_now = (step, torch.stack([norm.float(), norm_after.float(), fired.float()]),
-                         optimizer.param_groups[0]["lr"])
+        self.step_now = (
+            step,
+            torch.stack([norm.float(), norm_after.float(), fired.float()]),
+            optimizer.param_groups[0]["lr"],
+        )
         log = partial(pl_module.log, on_step=True, on_epoch=False, logger=bool(trainer.loggers))
         log("grad/norm", norm)
         log("grad/norm_clipped", norm_after)
@@ -129,7 +167,9 @@ class GradlabClipping(lightning.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
-        if isinstance(loss, torch.Tensor):  # Lightning's loss / accumulate_grad_batches: the k of a step add up
+        if isinstance(
+            loss, torch.Tensor
+        ):  # Lightning's loss / accumulate_grad_batches: the k of a step add up
             self.loss = loss.detach().float() + (0 if self.loss is None else self.loss)
         if self.step_now is None:  # a micro-batch that did not end a step
             return
@@ -143,15 +183,19 @@ class GradlabClipping(lightning.Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.state.fn == "fit" and not trainer.sanity_checking:  # belongs to the step just taken
             metrics = trainer.callback_metrics
-            self.evals[trainer.global_step] = {column: float(metrics[key]) for key, column in EVAL.items()
-                                               if key in metrics}
+            self.evals[trainer.global_step] = {
+                column: float(metrics[key]) for key, column in EVAL.items() if key in metrics
+            }
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self._end(trainer, "completed")
 
     def on_exception(self, trainer, pl_module, exception) -> None:
-        self._end(trainer, "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed",
-                  error=one_line(exception))
+        self._end(
+            trainer,
+            "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed",
+            error=one_line(exception),
+        )
 
     def state_dict(self) -> dict:
         """The clip mode's state (the adaptive modes' norm history), saved in Lightning's checkpoints."""
@@ -164,7 +208,8 @@ class GradlabClipping(lightning.Callback):
             self.clipper.load_state_dict(state["clip"])
 
     def _clip_config(self) -> dict:
-        """The record's clip config: gradlab's config of the mode with the knobs given (a Clipper: its class)."""
+        """The record's clip config: gradlab's config of the mode with the knobs given (a Clipper: its
+        class)."""
         if isinstance(self.clip, Clipper):
             return {"mode": type(self.clip.strategy).__name__.lower()}
         return config(self.clip, **self.knobs)
@@ -173,19 +218,33 @@ class GradlabClipping(lightning.Callback):
         """The host's one read of what was recorded since the last: history and layer rows."""
         if not self.pending and not self.pending_layers:
             return
-        flat = torch.cat([v for _, v, _ in self.pending] + [n for _, _, n in self.pending_layers]).cpu().tolist()
+        flat = (
+            torch.cat([v for _, v, _ in self.pending] + [n for _, _, n in self.pending_layers]).cpu().tolist()
+        )
         now = time.perf_counter()
         rate = len(self.pending) / max(now - self.last, 1e-9)
         for i, (step, _, lr) in enumerate(self.pending):
-            loss, pre, post, fired = flat[4 * i:4 * i + 4]
-            values = {"loss": loss, "grad_norm": pre, "grad_norm_clipped": post, "fired": fired, "spike_skipped": 0.0}
+            loss, pre, post, fired = flat[4 * i : 4 * i + 4]
+            values = {
+                "loss": loss,
+                "grad_norm": pre,
+                "grad_norm_clipped": post,
+                "fired": fired,
+                "spike_skipped": 0.0,
+            }
             row = {**read([values.get(k, math.nan) for k in SCALARS], self.fp16), "step": step, "lr": lr}
             self.clipped += row["clipped"]
-            row.update(clip_fraction=self.clipped / (len(self.history) + 1), time_s=now - self.start, steps_per_s=rate)
+            row.update(
+                clip_fraction=self.clipped / (len(self.history) + 1),
+                time_s=now - self.start,
+                steps_per_s=rate,
+            )
             self.history.append(row)
         at = 4 * len(self.pending)
         for step, names, _ in self.pending_layers:
-            self.layers += [(step, n, v, math.nan, math.nan) for n, v in zip(names, flat[at:at + len(names)])]
+            self.layers += [
+                (step, n, v, math.nan, math.nan) for n, v in zip(names, flat[at : at + len(names)])
+            ]
             at += len(names)
         self.pending, self.pending_layers, self.last = [], [], now
 
@@ -200,22 +259,34 @@ class GradlabClipping(lightning.Callback):
         for row in self.history:
             row.update(self.evals.get(row["step"], {}))
         # a non-finite norm (outside fp16, whose scaler skips such steps): diverged, though Lightning went on
-        diverged = next((r["step"] for r in self.history if not (math.isfinite(r["grad_norm"]) or self.fp16)), None)
+        diverged = next(
+            (r["step"] for r in self.history if not (math.isfinite(r["grad_norm"]) or self.fp16)), None
+        )
         if status == "completed" and diverged is not None:
             status, result = "diverged", {"diverged_step": diverged}
-        self.summary = {**self.head, "status": status, **result, **figures(self.history),
-                        "wall_time_s": round(time.perf_counter() - self.start, 3),
-                        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        self.summary = {
+            **self.head,
+            "status": status,
+            **result,
+            **figures(self.history),
+            "wall_time_s": round(time.perf_counter() - self.start, 3),
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
         if self.results_root is None or not trainer.is_global_zero:
             return
         self.run_dir = Path(self.results_root) / self.name / self.head["run_id"]
         with records.claimed(self.run_dir) as mine:
             if not mine:
-                print(f"warning: {self.run_dir} is being made by another process; this run is not recorded",
-                      file=sys.stderr)
+                print(
+                    f"warning: {self.run_dir} is being made by another process; this run is not recorded",
+                    file=sys.stderr,
+                )
                 return
             attempt = records.Attempt(self.run_dir)
             attempt.begin(self.config)
-            attempt.finish(self.summary, pd.DataFrame(self.history, columns=COLUMNS),
-                           pd.DataFrame(self.layers, columns=LAYER_COLUMNS) if self.layers else None)
+            attempt.finish(
+                self.summary,
+                pd.DataFrame(self.history, columns=COLUMNS),
+                pd.DataFrame(self.layers, columns=LAYER_COLUMNS) if self.layers else None,
+            )
             attempt.close(self.summary, written=True)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Optional
 
 from gradlab import components
 from gradlab.errors import ConfigError
@@ -32,8 +32,7 @@ class TaskSpec:
     output: str
     n_out: int
     vocab: int = 0
-    baseline: Optional[float] = None  # loss of the best input-blind predictor, when known
-
+    baseline: float | None = None  # loss of the best input-blind predictor, when known
 
 
 class Task:
@@ -62,8 +61,10 @@ def build_task(task_cfg: dict) -> Task:
     chosen: some pull in torchvision or scikit-learn."""
     task = components.build("task", task_cfg)
     if not isinstance(getattr(task, "spec", None), TaskSpec):
-        raise ConfigError(f"task._target_={task_cfg['_target_']}: a task needs a `spec` (a gradlab.tasks.TaskSpec); "
-                          "see Task's docstring")
+        raise ConfigError(
+            f"task._target_={task_cfg['_target_']}: a task needs a `spec` (a gradlab.tasks.TaskSpec); "
+            "see Task's docstring"
+        )
     return task
 
 

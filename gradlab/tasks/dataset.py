@@ -32,8 +32,9 @@ LOSSES = ("cross_entropy", "mse")
 
 
 class DatasetTask(Task):
-    def __init__(self, train: dict, eval: dict, loss: str = "cross_entropy", classes: int | None = None,
-                 vocab: int = 0):
+    def __init__(
+        self, train: dict, eval: dict, loss: str = "cross_entropy", classes: int | None = None, vocab: int = 0
+    ):
         self.configs = {"train": train, "eval": eval}
         for which, cfg in self.configs.items():
             components.check(f"task.{which}", cfg)
@@ -48,16 +49,28 @@ class DatasetTask(Task):
     def spec(self) -> TaskSpec:
         x, y = (torch.as_tensor(v) for v in self.dataset("eval")[0])
         if not x.is_floating_point() and not (x.dim() == 1 and self.vocab):
-            raise bad("task.vocab", self.vocab, f"integer inputs of shape {tuple(x.shape)}: give the vocabulary "
-                      "size of a 1-dim sequence of token ids, or make x a float tensor")
-        kind = "tokens" if not x.is_floating_point() else {1: "vector", 2: "sequence", 3: "image"}.get(x.dim())
+            raise bad(
+                "task.vocab",
+                self.vocab,
+                f"integer inputs of shape {tuple(x.shape)}: give the vocabulary "
+                "size of a 1-dim sequence of token ids, or make x a float tensor",
+            )
+        kind = (
+            "tokens" if not x.is_floating_point() else {1: "vector", 2: "sequence", 3: "image"}.get(x.dim())
+        )
         if kind is None:
-            raise bad("task.eval", self.configs["eval"]["_target_"], f"samples of shape {tuple(x.shape)}: "
-                      "x must have 1 (features), 2 (steps, features) or 3 (channels, height, width) dims")
+            raise bad(
+                "task.eval",
+                self.configs["eval"]["_target_"],
+                f"samples of shape {tuple(x.shape)}: "
+                "x must have 1 (features), 2 (steps, features) or 3 (channels, height, width) dims",
+            )
         if self.loss == "mse":
             return TaskSpec(kind, tuple(x.shape), "regression", max(1, y.numel()), self.vocab)
         per_position = y.dim() == 1
-        return TaskSpec(kind, tuple(x.shape), "token_classes" if per_position else "classes", self.classes, self.vocab)
+        return TaskSpec(
+            kind, tuple(x.shape), "token_classes" if per_position else "classes", self.classes, self.vocab
+        )
 
     def dataset(self, which: str):
         """The training or held-out Dataset, built from its config (once)."""

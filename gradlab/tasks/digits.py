@@ -23,7 +23,9 @@ class Digits(Stored):
 
     def load(self, device) -> None:
         pixels, labels = read()
-        x = torch.tensor(pixels, dtype=torch.float32, device=device).view(-1, 1, 8, 8) / 16  # grey levels 0..16
+        x = (
+            torch.tensor(pixels, dtype=torch.float32, device=device).view(-1, 1, 8, 8) / 16
+        )  # grey levels 0..16
         y = torch.tensor(labels, dtype=torch.long, device=device)
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(SPLIT_SEED)).to(device)
         n_test = round(self.test_fraction * len(y))
@@ -38,6 +40,10 @@ def read() -> tuple:
 
     spec = importlib.util.find_spec("sklearn")  # finds the package without importing it
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("task=digits reads its data from scikit-learn's package: pip install scikit-learn")
-    data = np.loadtxt(Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz", delimiter=",")
+        raise ModuleNotFoundError(
+            "task=digits reads its data from scikit-learn's package: pip install scikit-learn"
+        )
+    data = np.loadtxt(
+        Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz", delimiter=","
+    )
     return data[:, :-1], data[:, -1].astype(int)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sysconfig
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -28,8 +27,8 @@ def windows(data: torch.Tensor, starts: torch.Tensor, seq_len: int) -> tuple:
 class Text(Task):
     def __init__(
         self,
-        path: Optional[str] = None,
-        max_bytes: Optional[int] = 2_000_000,
+        path: str | None = None,
+        max_bytes: int | None = 2_000_000,
         seq_len: int = 64,
         eval_fraction: float = 0.1,
         eval_size: int = 500,
@@ -66,8 +65,12 @@ class Text(Task):
         split = int(len(data) * (1 - self.eval_fraction))
         if min(split, len(data) - split) <= self.seq_len:
             where = self.path or sysconfig.get_paths()["stdlib"]
-            raise bad("task.path", where, f"holds {len(data)} bytes (max_bytes={self.max_bytes}), too few for a "
-                      f"window of {self.seq_len + 1} bytes in both parts (eval_fraction={self.eval_fraction})")
+            raise bad(
+                "task.path",
+                where,
+                f"holds {len(data)} bytes (max_bytes={self.max_bytes}), too few for a "
+                f"window of {self.seq_len + 1} bytes in both parts (eval_fraction={self.eval_fraction})",
+            )
         return data[:split], data[split:]
 
     def prepare(self) -> None:
@@ -84,7 +87,9 @@ class Text(Task):
     def batches(self, n: int, seed: int):
         g = torch.Generator().manual_seed(seed)  # on the CPU: the same windows on every device
         while True:
-            (starts,) = to_device([torch.randint(0, len(self.data) - self.seq_len, (n,), generator=g)], self.data.device)
+            (starts,) = to_device(
+                [torch.randint(0, len(self.data) - self.seq_len, (n,), generator=g)], self.data.device
+            )
             yield windows(self.data, starts, self.seq_len)
 
     def eval_batches(self) -> list:

@@ -63,7 +63,11 @@ class _Torchvision(Stored):
                 # torchvision's message spans lines and mirrors; its last line names the cause
                 cause = [line for line in str(err).splitlines() if line.strip()][-1:] or [type(err).__name__]
                 reason = f"task.download=true, but the download failed: {cause[0].strip()[-100:]}"
-        raise bad("task.root", self.root, f"{self.dataset} not found: place {', '.join(files)} in {folder} ({reason})")
+        raise bad(
+            "task.root",
+            self.root,
+            f"{self.dataset} not found: place {', '.join(files)} in {folder} ({reason})",
+        )
 
     def load(self, device) -> None:
         splits = []
