@@ -102,6 +102,8 @@ def cuda_tests() -> dict:
                 "pytest",
                 "-m",
                 "cuda",
+                "-n",
+                "0",  # one process: the GPU tests measure its memory and timing
                 "-q",
                 "-p",
                 "no:cacheprovider",

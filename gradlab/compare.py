@@ -13,31 +13,12 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from gradlab import records
+from gradlab import figures, records
 from gradlab.config import NOT_IDENTITY, clip_knobs
 from gradlab.errors import ConfigError
 from gradlab.tracking import flatten
 
-# summary figures that can be compared; a smaller value is better unless listed in HIGHER_IS_BETTER
-METRICS = (
-    "eval_loss_final",
-    "eval_loss_best",
-    "eval_acc_final",
-    "eval_acc_best",
-    "train_loss_final",
-    "train_loss_best",
-    "grad_norm_mean",
-    "grad_norm_median",
-    "grad_norm_median_early",
-    "grad_norm_max",
-    "clip_fraction",
-    "loss_spikes",
-    "scaler_skips",
-    "steps_per_s",
-)
-HIGHER_IS_BETTER = ("eval_acc_final", "eval_acc_best", "steps_per_s")
-# the history column a metric's target is checked against
-SERIES = {"eval_loss": "eval_loss", "eval_acc": "eval_acc", "train_loss": "loss"}
+TARGETED = ("loss", "eval_loss", "eval_acc")  # the history series a --target can be reached in
 SHOWN = ("eval_loss_final", "eval_acc_final", "train_loss_final", "train_loss_best")  # as mean ± std
 PRIORITY = ("model.name", "task.name", "clip.mode")  # preferred grouping keys, in this order
 
@@ -121,15 +102,10 @@ def _combinations(runs: pd.DataFrame, keys: list) -> int:
     return len(runs[keys].astype(str).drop_duplicates()) if keys else 1
 
 
-def figure_name(metric: str) -> str:
-    """`eval_loss` -> eval_loss_final: a metric without a suffix is its final value."""
-    return metric if metric in METRICS else f"{metric}_final"
-
-
 def resolve_metric(runs: pd.DataFrame, metric: str) -> str:
     """`eval_loss` means eval_loss_final; anything else must be a known summary figure present in the runs."""
-    name = figure_name(metric)
-    available = [m for m in METRICS if m in runs.columns and runs[m].notna().any()]
+    name = figures.figure_name(metric)
+    available = [m for m in figures.metrics() if m in runs.columns and runs[m].notna().any()]
     if name not in available:
         raise ConfigError(f"--metric {metric}: not in these runs; choose from {', '.join(available)}")
     return name
@@ -155,13 +131,13 @@ def read_history(run_dir: str, columns: list) -> pd.DataFrame | None:
 def steps_to_target(path: str, metric: str, target: float) -> float | None:
     """First optimizer step at which the metric's series reaches target (nan: never; None: the
     series cannot be read)."""
-    column = SERIES[metric.rsplit("_", 1)[0]]
+    column = figures.source(metric)
     history = read_history(path, [column])
     if history is None:
         return None
     history = history.dropna()
     values = history[column].rolling(10, min_periods=1).mean() if column == "loss" else history[column]
-    reached = values >= target if metric in HIGHER_IS_BETTER else values <= target
+    reached = values >= target if figures.higher_is_better(metric) else values <= target
     return float(history["step"][reached].iloc[0]) if reached.any() else math.nan
 
 
@@ -214,7 +190,7 @@ def compare(
             "--relative: no run here records its median gradient norm (grad_norm_median); "
             "run the sweep again with --force to record it"
         )
-    if target is not None and metric.rsplit("_", 1)[0] not in SERIES:
+    if target is not None and figures.source(metric) not in TARGETED:
         raise ConfigError(f"--target needs a loss or accuracy metric, not {metric}")
     if target is not None:
         steps = {
@@ -237,7 +213,7 @@ def compare(
             diverged=int((group["status"] == "diverged").sum()),
             failed=int((group["status"] == "failed").sum()),
         )
-        for m in [m for m in METRICS if m in runs.columns]:
+        for m in [m for m in figures.metrics() if m in runs.columns]:
             row[f"{m}_mean"] = done[m].mean()
             row[f"{m}_std"] = done[m].std(ddof=1) if len(done) > 1 else math.nan
             row[f"{m}_ci95"] = _interval(done[m])
@@ -254,7 +230,7 @@ def compare(
     order = ["task.name"] if tasks > 1 else []
     table = table.sort_values(
         [*order, f"{metric}_mean"],
-        ascending=[*(True for _ in order), metric not in HIGHER_IS_BETTER],
+        ascending=[*(True for _ in order), not figures.higher_is_better(metric)],
         na_position="last",
     )
     members = [members[i] for i in table.index]
@@ -366,7 +342,7 @@ def paired_text(row, metric: str) -> str:
         return "-"
     if n < 2:
         return f"n/a ({n:.0f} shared seeds{unpaired})"
-    worse = mean > 0 if metric not in HIGHER_IS_BETTER else mean < 0
+    worse = mean > 0 if not figures.higher_is_better(metric) else mean < 0
     tell = "indistinguishable" if low <= 0 <= high else "worse" if worse else "better"
     return f"{mean:+.3g} [{low:+.3g}, {high:+.3g}] p={p:.2g} ({n:.0f} seeds{unpaired}): {tell}"
 

@@ -103,11 +103,13 @@ def check_knobs(conf: dict) -> None:
 
 
 def check_objective(name) -> None:
-    from gradlab.compare import METRICS, figure_name
+    from gradlab import figures
 
-    if figure_name(str(name)) not in METRICS:
+    if figures.figure_name(str(name)) not in figures.metrics():
         raise bad(
-            "objective", name, f"choose a summary figure: {', '.join(METRICS)} (eval_loss = eval_loss_final)"
+            "objective",
+            name,
+            f"choose a summary figure: {', '.join(figures.metrics())} (eval_loss = eval_loss_final)",
         )
 
 

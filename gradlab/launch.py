@@ -273,12 +273,11 @@ class Swept(NamedTuple):
 def search_plan(overrides: list[str]) -> Plan:
     """A search's plan: every job it can ask for checked as a grid of its intervals' ends (so bad
     input fails here, not in a trial), with the overrides that the sweeper is handed."""
-    from gradlab import search
-    from gradlab.compare import HIGHER_IS_BETTER, figure_name
+    from gradlab import figures, search
 
     _check_syntax(overrides)  # before the intervals are read
     p = plan(search.representatives(search.named(overrides)), multirun=True)
-    higher = figure_name(p.confs[0]["objective"]) in HIGHER_IS_BETTER
+    higher = figures.higher_is_better(figures.figure_name(p.confs[0]["objective"]))
     return p._replace(overrides=search.prepared(overrides, higher))
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from gradlab.clip import measure
-from gradlab.step import SCALARS, StepOutput, StepParts, train_step
+from gradlab.step import StepOutput, StepParts, train_step
 
 MISTAKES = ("clip_each_micro_batch", "no_loss_division", "clip_scaled")
 
@@ -29,21 +29,15 @@ def mistaken_step(mistake: str):
             out = train_step(
                 model, micro_batches, parts._replace(loss_fn=lambda o, y: k * parts.loss_fn(o, y))
             )
-            return out._replace(scalars=_with(out.scalars, "loss", out.scalars[SCALARS.index("loss")] / k))
+            return out._replace(figures={**out.figures, "loss": out.figures["loss"] / k})
         if mistake == "clip_scaled":
             return train_step(model, micro_batches, parts._replace(scaler=_ScaledClip(parts.scaler)))
         scaler = _ClipBeforeBackward(parts.scaler, parts)
         out = train_step(model, micro_batches, parts._replace(scaler=scaler))
-        fired = out.scalars[SCALARS.index("fired")] + scaler.fired.float()
-        return out._replace(scalars=_with(out.scalars, "fired", (fired > 0).float()))
+        fired = out.figures["clipped"] + scaler.fired.float()
+        return out._replace(figures={**out.figures, "clipped": (fired > 0).float()})
 
     return step
-
-
-def _with(scalars: torch.Tensor, name: str, value: torch.Tensor) -> torch.Tensor:
-    scalars = scalars.clone()
-    scalars[SCALARS.index(name)] = value
-    return scalars
 
 
 class _Scaler:

@@ -16,7 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from gradlab import records
-from gradlab.compare import HIGHER_IS_BETTER, Comparison, _label, effective_runs, read_history
+from gradlab.compare import Comparison, _label, effective_runs, read_history
+from gradlab.figures import higher_is_better
 
 SMOOTH = 10  # steps of the rolling mean applied to per-step series
 SERIES = ("loss", "grad_norm", "grad_norm_clipped", "clip_fraction")
@@ -282,9 +283,9 @@ def threshold_chart(comparison: Comparison, x: pd.Series, plt):
     metric, relative = comparison.metric, "relative_threshold" in comparison.table
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6), constrained_layout=True)
     values = pd.concat([_completed(comparison, i, metric) for i in comparison.table.index])
-    log = metric not in HIGHER_IS_BETTER and "loss" in metric and (values > 0).all()
+    log = not higher_is_better(metric) and "loss" in metric and (values > 0).all()
     _spread(left, comparison, x, metric, log)
-    better = "higher" if metric in HIGHER_IS_BETTER else "lower"
+    better = "higher" if higher_is_better(metric) else "lower"
     left.set(ylabel=f"{metric} ({better} is better)", title=f"{metric} against the threshold")
     _spread(right, comparison, x, "clip_fraction", False)
     right.set(ylabel="share of steps clipped", title="How often the threshold bites", ylim=(-0.03, 1.03))

@@ -107,8 +107,8 @@ def trial(cfg) -> float:
     Under the Optuna sweeper, a line says what the trial scored."""
     from hydra.core.hydra_config import HydraConfig
 
-    from gradlab.compare import HIGHER_IS_BETTER, figure_name
     from gradlab.config import plain
+    from gradlab.figures import figure_name, higher_is_better
     from gradlab.progress import progress_mode
     from gradlab.vectorized import run_groups
 
@@ -120,7 +120,7 @@ def trial(cfg) -> float:
         and HydraConfig.get().runtime.choices.get(SWEEPER) == "optuna"
     )
     try:
-        value = objective_value(summaries, figure, figure in HIGHER_IS_BETTER)
+        value = objective_value(summaries, figure, higher_is_better(figure))
     except TrialFailed as e:
         if talk:
             print(f"trial failed: {e}", flush=True)
@@ -160,7 +160,7 @@ def best(folder) -> str:
 
 def describe(p) -> str:
     """What a search will do (gradlab sweep --dry-run)."""
-    from gradlab.compare import figure_name
+    from gradlab.figures import figure_name
 
     conf = p.confs[0]
     sweeper = " ".join(o for o in p.overrides if key_of(o).startswith("hydra.sweeper."))

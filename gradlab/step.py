@@ -19,31 +19,9 @@ from torch.nn.parallel import DistributedDataParallel
 from gradlab.clip import constant, measure
 from gradlab.spikes import SpikeGuard
 
-# columns of StepOutput.scalars, in order; `read` turns a row of them into what the history records
-SCALARS = (
-    "loss",
-    "grad_norm",
-    "grad_norm_clipped",
-    "fired",
-    "smoothness",
-    "smoothness_grad_norm",
-    "spike_skipped",
-)
-RECORDED = (
-    "loss",
-    "grad_norm",
-    "grad_norm_clipped",
-    "clipped",
-    "scaler_skipped",
-    "smoothness",
-    "smoothness_grad_norm",
-    "spike_skipped",
-    "clip_coef",
-)
-
 
 class StepOutput(NamedTuple):
-    scalars: torch.Tensor  # float32 vector, one value per name in SCALARS
+    figures: dict  # the step's device figures by name (gradlab.figures, on="device"): float32 tensors
     layer_norms: torch.Tensor  # pre-clip p-norm of each parameter's gradient
 
 
@@ -104,29 +82,36 @@ def finish_step(loss, parts: StepParts) -> StepOutput:
     optimizer.zero_grad(set_to_none=True)
     unmeasured = constant(math.nan, loss.device)
     probed = (unmeasured, unmeasured) if diagnostic is None else diagnostic.float().unbind()
-    scalars = torch.stack(
-        [
-            loss,
-            grad_norm.float(),
-            norm_after.float(),
-            fired.float(),
-            *probed,
-            constant(float(spike), loss.device),
-        ]
-    )  # one kernel: a step's figures are many
-    return StepOutput(scalars, layer_norms)
+    figures = {
+        "loss": loss,
+        "grad_norm": grad_norm.float(),
+        "grad_norm_clipped": norm_after.float(),
+        "clipped": fired.float(),  # did clipping fire; `read` makes it the history's `clipped`
+        "smoothness": probed[0],
+        "smoothness_grad_norm": probed[1],
+        "spike_skipped": constant(float(spike), loss.device),
+    }
+    return StepOutput(figures, layer_norms)
 
 
-def read(values: list, fp16: bool) -> dict:
-    """One step's row of StepOutput.scalars, read on the host, as the history records it (RECORDED).
+def read(values: dict, fp16: bool) -> dict:
+    """One step's device figures, read on the host, as the history records them.
 
     What follows from the norms, the step leaves to the host: a step whose norm is inf/nan is
     never `clipped` (it is skipped or diverges), with fp16 the scaler skips exactly those steps
     (`scaler_skipped`), and `clip_coef` is the post- to pre-clip norm ratio (1 where undefined)."""
-    row = dict(zip(SCALARS, values))
+    row = dict(values)
     pre, post = row["grad_norm"], row["grad_norm_clipped"]
     finite = math.isfinite(pre)
-    row["clipped"] = float(row.pop("fired") > 0 and finite)
+    row["clipped"] = float(row["clipped"] > 0 and finite)
     row["scaler_skipped"] = float(fp16 and not finite)
     row["clip_coef"] = post / pre if pre > 0 and finite else 1.0
     return row
+
+
+def to_host(steps: list) -> list:
+    """The device figures of several steps (dicts of tensors: 0-d, or (K,) for K members), read in
+    one transfer: per step, a dict of numbers (or of K-lists)."""
+    names = list(steps[0])
+    flat = torch.stack([s[n].float() for s in steps for n in names]).cpu()
+    return [dict(zip(names, row)) for row in flat.view(len(steps), len(names), *flat.shape[1:]).tolist()]

@@ -24,6 +24,7 @@ import os
 import sys
 from urllib.parse import urlsplit
 
+from gradlab import figures
 from gradlab.config import NOT_IDENTITY, clip_label, display_name
 from gradlab.errors import ConfigError, bad, positive
 
@@ -85,35 +86,6 @@ def run_config(conf: dict) -> dict:
     """The W&B config of a run: what determines its numbers, flattened, plus its sweep."""
     kept = {k: v for k, v in conf.items() if k not in NOT_IDENTITY}
     return {**flatten(kept), "name": conf["name"]}
-
-
-def _interval(rows: list) -> dict:
-    """One W&B point summarising the history rows of one log interval."""
-
-    def mean(key):
-        values = [r[key] for r in rows if math.isfinite(r[key])]
-        return sum(values) / len(values) if values else float("nan")
-
-    last = rows[-1]
-    point = {
-        "step": last["step"],
-        "train/loss": mean("loss"),
-        "grad/norm": mean("grad_norm"),
-        "grad/norm_clipped": mean("grad_norm_clipped"),
-        "grad/norm_max": max(r["grad_norm"] for r in rows),
-        "clip/coef": mean("clip_coef"),
-        "clip/fraction": last["clip_fraction"],
-        "clip/fraction_interval": sum(r["clipped"] for r in rows) / len(rows),
-        "lr": last["lr"],
-        "scaler/skipped": sum(r["scaler_skipped"] for r in rows),
-        "spikes/skipped": sum(r["spike_skipped"] for r in rows),
-        "perf/steps_per_s": last["steps_per_s"],
-        "perf/samples_per_s": last["samples_per_s"],
-    }
-    for r in rows:
-        if "eval_loss" in r:
-            point.update({"eval/loss": r["eval_loss"], "eval/acc": r["eval_acc"]})
-    return point
 
 
 def _init(settings: dict, mode: str, **run):
@@ -178,7 +150,7 @@ class Tracker:
         """One log call for the rows of one interval (history dicts) and its per-layer norms."""
         if self.run is None or not rows:
             return
-        point = _interval(rows)
+        point = figures.interval_point(rows)
         for _, name, norm, ratio, share in layer_rows:
             point.update({f"layers/{name}": norm, f"update_ratio/{name}": ratio})
             if math.isfinite(share):
@@ -195,9 +167,9 @@ class Tracker:
     def finish(self, summary: dict) -> None:
         if self.run is None:
             return
-        figures = {k: v for k, v in flatten(summary).items() if v is not None}
-        figures["clip"] = clip_label(self.conf)
-        self._guard(self.run.summary.update, figures)
+        shown = {k: v for k, v in flatten(summary).items() if v is not None}
+        shown["clip"] = clip_label(self.conf)
+        self._guard(self.run.summary.update, shown)
         self._guard(self.run.finish, exit_code=0 if summary["status"] != "failed" else 1)
         self.run = None
 

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 
 import gradlab
-from gradlab import devices, distributed, parallel, records
+from gradlab import devices, distributed, figures, parallel, records
 from gradlab.clip import build_clip, tensor_norms
 from gradlab.components import label
 from gradlab.config import (
@@ -45,7 +45,7 @@ from gradlab.objective import evaluate, loss_fn
 from gradlab.optim import build_optimizer, constant_lr, lr_factor
 from gradlab.progress import RunProgress, progress_mode, report_skipped
 from gradlab.spikes import SpikeGuard
-from gradlab.step import RECORDED, SCALARS, StepParts, read, train_step
+from gradlab.step import StepParts, read, to_host, train_step
 from gradlab.tasks import build_task, loaded
 from gradlab.tracking import Tracker, check_settings
 
@@ -322,7 +322,7 @@ class Session:
         summary = self.summary
         summary.update(
             result,
-            **figures(self.history),
+            **figures.summary(self.history),
             wall_time_s=round(time.perf_counter() - self.start, 3),
             finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             wandb={"mode": self.tracker.mode, "sync": None},
@@ -347,7 +347,7 @@ class Session:
                 self.summary["wandb"]["sync"] = self._sync_hint()
                 self.attempt.finish(
                     self.summary,
-                    pd.DataFrame(self.history, columns=COLUMNS),
+                    pd.DataFrame(self.history, columns=figures.columns()),
                     pd.DataFrame(self.layers, columns=LAYER_COLUMNS) if self.layers else None,
                 )
                 written = True
@@ -369,17 +369,6 @@ class Session:
 
 
 LAYER_COLUMNS = ["step", "layer", "grad_norm", "update_ratio", "clip_fraction"]
-COLUMNS = [
-    "step",
-    *RECORDED,
-    "clip_fraction",
-    "lr",
-    "eval_loss",
-    "eval_acc",
-    "time_s",
-    "steps_per_s",
-    "samples_per_s",
-]
 
 
 def one_line(e: Exception) -> str:
@@ -459,7 +448,7 @@ class Stepper:
         if self.scheduler:
             self.scheduler.step()
         if self.per_layer_fired is not None:  # a step skipped as a spike was not clipped
-            self.per_layer_fired += clip.last_fired * (1 - out.scalars[SCALARS.index("spike_skipped")])
+            self.per_layer_fired += clip.last_fired * (1 - out.figures["spike_skipped"])
         layers_now = (
             layer_figures(
                 [w.detach() for w in model.parameters() if w.requires_grad],
@@ -473,7 +462,7 @@ class Stepper:
         )
         at_eval = step == self.steps or (self.conf["eval_every"] and step % self.conf["eval_every"] == 0)
         metrics = evaluate(model, self.eval_set, self.run.task.spec, self.autocast) if at_eval else None
-        self.log.add(step, out.scalars, self.lr, layers_now, metrics)
+        self.log.add(step, out.figures, self.lr, layers_now, metrics)
         checks_target = at_eval and self.target is not None  # reads the evaluation now: one more sync
         if step % self.conf["log_every"] == 0 or step == self.steps or checks_target:
             diverged_at = self.log.flush()  # the one host-device sync of the interval
@@ -511,18 +500,18 @@ class _Log:
         self.pending, self.clipped, self.start = [], 0.0, time.perf_counter()
         self.last = self.start
 
-    def add(self, step, scalars, lr, layer_norms, metrics) -> None:
-        self.pending.append((step, scalars, lr, layer_norms, metrics))
+    def add(self, step, figures: dict, lr, layer_norms, metrics) -> None:
+        self.pending.append((step, figures, lr, layer_norms, metrics))
 
-    def flush(self) -> int | None:
-        """Move pending metrics into the history and the tracker; return the first non-finite step, if any."""
+    def flush(self, values: list | None = None) -> int | None:
+        """Move pending metrics into the history and the tracker; return the first non-finite step,
+        if any. `values`: the pending steps' figures already read on the host (a group's member)."""
         rows, layers = len(self.history), len(self.layers)
-        diverged_at = self._read()
+        diverged_at = self._read(values or to_host([measured for _, measured, *_ in self.pending]))
         self.tracker.log(self.history[rows:], self.layers[layers:])
         return diverged_at
 
-    def _read(self) -> int | None:
-        values = torch.stack([s for _, s, *_ in self.pending]).cpu().tolist()
+    def _read(self, values: list) -> int | None:
         now = time.perf_counter()
         rate = len(self.pending) / max(now - self.last, 1e-9)
         self.last = now
@@ -548,53 +537,6 @@ class _Log:
         self.pending = []
         self.progress.update(step, row, row["clip_fraction"], rate)
         return None
-
-
-# a loss spike: a step above 1.5x the median of the previous 50 steps (at least 10: counted from step 11 on)
-SPIKE_FACTOR, SPIKE_WINDOW, SPIKE_MIN = 1.5, 50, 10
-EARLY = (
-    100  # steps of grad_norm_median_early: the model's own norms, before clipping has shaped much of the run
-)
-
-
-def figures(history: list) -> dict:
-    """Final and best figures of a run's history (finite values only)."""
-    import pandas as pd
-
-    h = pd.DataFrame(history, columns=COLUMNS)
-    if h.empty:
-        return {"steps_done": 0}
-    finite = h[h["loss"].map(math.isfinite)]
-    smooth = finite["loss"].rolling(10, min_periods=1).mean()
-    norms = finite["grad_norm"][finite["grad_norm"].map(math.isfinite)]  # fp16: an overflowed step has none
-    trailing_median = finite["loss"].rolling(SPIKE_WINDOW, min_periods=SPIKE_MIN).median().shift(1)
-    ev = h.dropna(subset=["eval_loss"])
-    figures = {
-        "steps_done": int(h["step"].iloc[-1]),
-        "train_loss_final": _num(finite["loss"].tail(10).mean()),
-        "train_loss_best": _num(smooth.min()),
-        "grad_norm_mean": _num(finite["grad_norm"].mean()),
-        "grad_norm_median": _num(norms.median()),
-        "grad_norm_median_early": _num(norms[h.loc[norms.index, "step"] <= EARLY].median()),
-        "grad_norm_max": _num(finite["grad_norm"].max()),
-        "clip_fraction": _num(h["clipped"].mean()),
-        "spike_skips": int(h["spike_skipped"].sum()),
-        "loss_spikes": int((finite["loss"] > SPIKE_FACTOR * trailing_median).sum()),
-        "scaler_skips": int(h["scaler_skipped"].sum()),
-        "steps_per_s": _num(h["step"].iloc[-1] / h["time_s"].iloc[-1]) if h["time_s"].notna().any() else None,
-    }
-    if not ev.empty:
-        figures.update(
-            eval_loss_final=_num(ev["eval_loss"].iloc[-1]),
-            eval_loss_best=_num(ev["eval_loss"].min()),
-            eval_acc_final=_num(ev["eval_acc"].iloc[-1]),
-            eval_acc_best=_num(ev["eval_acc"].max()),
-        )
-    return figures
-
-
-def _num(x) -> float | None:
-    return round(float(x), 6) if x is not None and math.isfinite(x) else None
 
 
 def versions() -> dict:

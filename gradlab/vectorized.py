@@ -39,6 +39,7 @@ from gradlab.config import NOT_IDENTITY, check_writable, clip_knobs, norm_type, 
 from gradlab.distributed import SOLO
 from gradlab.objective import evaluate, member_losses
 from gradlab.optim import StackedOptimizer, lr_factor, why_not_stacked
+from gradlab.step import to_host
 from gradlab.train import Session, Stepper, build, claim, failure, layer_figures, reached, train
 
 FREE = ("seed", "lr", "clip")  # what may differ within a group (besides the clip knobs)
@@ -351,15 +352,16 @@ class Group:
             self.optimizer.lrs = lrs
             self.optimizer.step()
             torch._foreach_zero_(grads)
-            nan2, zero = constant((math.nan, math.nan), self.device), constant((0.0,), self.device)
-            scalars = torch.cat(
-                [
-                    torch.stack([loss, total.float(), after.float(), fired.float()], dim=-1),
-                    nan2.expand(len(members), 2),
-                    zero.expand(len(members), 1),
-                ],
-                dim=-1,
-            )
+            unmeasured, zero = constant(math.nan, self.device), constant(0.0, self.device)
+            figures = {  # as train_step's, one value per member
+                "loss": loss,
+                "grad_norm": total.float(),
+                "grad_norm_clipped": after.float(),
+                "clipped": fired.float(),
+                "smoothness": unmeasured.expand(len(members)),
+                "smoothness_grad_norm": unmeasured.expand(len(members)),
+                "spike_skipped": zero.expand(len(members)),
+            }
             layers = None
             if before is not None:  # the per-layer clip counts, nan for members whose mode is not per layer
                 fired_so_far = torch.where(self.per_layer[:, None], self.fired, math.nan)
@@ -377,7 +379,7 @@ class Group:
                 if at_eval
                 else None
             )
-        self.pending.append((step, scalars, lrs, layers, metrics))
+        self.pending.append((step, figures, lrs, layers, metrics))
         if step % conf["log_every"] == 0 or step == self.steps or (at_eval and self.target is not None):
             return self._flush(step, at_eval)
         return []
@@ -398,7 +400,7 @@ class Group:
         """Read the pending metrics of every member at once, hand each member its rows; the members
         that ended, and their results (they leave the group)."""
         steps = [p[0] for p in self.pending]
-        scalars = torch.stack([p[1] for p in self.pending]).cpu()  # the one read of the interval
+        values = to_host([p[1] for p in self.pending])  # the one read of the interval: (K,) per figure
         layers = [None if p[3] is None else p[3].cpu() for p in self.pending]
         metrics = [None if p[4] is None else p[4].cpu() for p in self.pending]
         lrs = [p[2] for p in self.pending]
@@ -409,7 +411,7 @@ class Group:
             log.pending = [
                 (
                     s,
-                    scalars[t, i],
+                    None,
                     lrs[t][i],
                     None if layers[t] is None else layers[t][i],
                     None if metrics[t] is None else metrics[t][i],
@@ -417,7 +419,7 @@ class Group:
                 for t, s in enumerate(steps)
             ]
             try:
-                diverged_at = log.flush()
+                diverged_at = log.flush([{name: v[i] for name, v in row.items()} for row in values])
                 result = (
                     {"status": "diverged", "diverged_step": diverged_at}
                     if diverged_at

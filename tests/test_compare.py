@@ -22,6 +22,7 @@ from wandb_records import read_run, wandb_files
 
 from gradlab import compare as cmp
 from gradlab.config import display_name, plain, run_id
+from gradlab.figures import figure_name
 from gradlab.launch import compose_all
 
 EVAL_EVERY = 10  # steps between the eval points of a hand-made history
@@ -202,7 +203,7 @@ def test_steps_to_target_of_one_history(tmp_path, metric, target, step):
 )
 def test_sorted_by_the_metric_with_the_best_marked(hand, metric, order):
     comparison = cmp.compare(cmp.load_runs([hand]), metric=metric)
-    assert comparison.metric == (metric if metric in cmp.METRICS else f"{metric}_final")
+    assert comparison.metric == figure_name(metric)
     assert list(comparison.table["clip.max_norm"]) == order
     assert list(comparison.table["best"]) == ["*", "", "", ""]
 
@@ -324,7 +325,8 @@ BAD_INPUT = [
     (["plot", "{hand}", "--by", "clip.mode,nosuchkey"], "--by nosuchkey: no such key"),
     (
         ["compare", "{hand}", "--metric", "nope"],
-        "--metric nope: not in these runs; choose from eval_loss_final, eval_loss_best, eval_acc_final",
+        "--metric nope: not in these runs; choose from train_loss_final, train_loss_best, grad_norm_mean, "
+        "grad_norm_median, grad_norm_max, clip_fraction, eval_loss_final, eval_loss_best, eval_acc_final",
     ),
     (["compare", "{hand}", "--format", "xml"], "--format xml: choose from md, csv, latex, all"),
     (
@@ -651,7 +653,7 @@ def test_paired_needs_one_run_per_seed(arms):
 def test_median_norm_figures_of_a_run():
     """Over steps 1-300 with norm = step and step 11 overflowed (inf, as under fp16): the median of
     the 299 finite norms is the 150th, 151; of the first 100 steps' 99, the 50th, 51."""
-    from gradlab.train import EARLY, figures
+    from gradlab.figures import EARLY, summary
 
     rows = [
         {
@@ -666,6 +668,6 @@ def test_median_norm_figures_of_a_run():
         for s in range(1, 301)
     ]
     rows[10]["grad_norm"] = math.inf
-    found = figures(rows)
+    found = summary(rows)
     assert EARLY == 100
     assert (found["grad_norm_median"], found["grad_norm_median_early"]) == (151.0, 51.0)

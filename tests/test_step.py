@@ -21,12 +21,13 @@ from gradlab.clip import build_clip
 from gradlab.components import option
 from gradlab.config import run_id, sweep_dir
 from gradlab.errors import ConfigError
+from gradlab.figures import columns, on_device
 from gradlab.objective import loss_fn
 from gradlab.optim import build_optimizer
-from gradlab.step import SCALARS, StepParts, read, train_step
+from gradlab.step import StepParts, read, to_host, train_step
 from gradlab.tasks import build_task
 from gradlab.tasks.regression import Regression
-from gradlab.train import COLUMNS, build, train
+from gradlab.train import build, train
 
 # Models without batch-dependent layers, on tasks small enough for a CPU test.
 SETUPS = {
@@ -68,16 +69,21 @@ def run_steps(model, task, batches, k, clip_cfg, optim, autocast=FP32, scaler=No
     scaler = scaler or torch.amp.GradScaler("cpu", enabled=False)
     parts = StepParts(loss_fn(task.spec), optimizer, clip, scaler, autocast, p)
     outs = [train_step(model, list(zip(x.chunk(k), y.chunk(k))), parts) for x, y in batches]
-    return model, torch.stack([out.scalars for out in outs])
+    return model, torch.stack([torch.stack([out.figures[n] for n in on_device()]) for out in outs])
 
 
 def flat(model) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
+def named(row: torch.Tensor) -> dict:
+    """One step's device figures (a row of run_steps' tensor) by name."""
+    return dict(zip(on_device(), row.tolist()))
+
+
 def scalar(scalars, name, fp16=False):
-    """One recorded column of the steps' scalars, as the host reads them."""
-    return torch.tensor([read(row, fp16)[name] for row in scalars.tolist()])
+    """One recorded column of the steps' figures, as the host reads them."""
+    return torch.tensor([read(named(row), fp16)[name] for row in scalars])
 
 
 def record(summary: dict, conf: dict, file: str = "history.csv") -> Path:
@@ -121,7 +127,7 @@ def test_step_is_backward_clip_update_in_that_order():
     with torch.no_grad():
         for p in reference.parameters():
             p -= lr * p.grad
-    row = read(scalars[0].tolist(), fp16=False)
+    row = read(named(scalars[0]), fp16=False)
     assert math.isclose(row["loss"], loss.item(), rel_tol=1e-6)
     assert math.isclose(row["grad_norm"], pre.item(), rel_tol=1e-5)
     assert pre > max_norm and row["clipped"] == 1 and row["scaler_skipped"] == 0
@@ -149,13 +155,13 @@ def test_fp16_clips_the_unscaled_gradients(factor):
     task, model = setup("mlp-digits")
     batch = next(task.batches(K * B, seed=0))
     _, [exact] = run_steps(model, task, [batch], K, CLIPS["none"], SGD)
-    true_norm = float(exact[SCALARS.index("grad_norm")])
+    true_norm = named(exact)["grad_norm"]
     clip_cfg = option("clip", "norm", max_norm=factor * true_norm)
 
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
     half, [out] = run_steps(model, task, [batch], K, clip_cfg, SGD, autocast, scaler)
     full, _ = run_steps(model, task, [batch], K, clip_cfg, SGD)
-    row = read(out.tolist(), fp16=True)
+    row = read(named(out), fp16=True)
     grad_norm, post, clipped = row["grad_norm"], row["grad_norm_clipped"], row["clipped"]
     assert row["scaler_skipped"] == 0 and scaler.get_scale() == 2.0**12
     assert math.isclose(grad_norm, true_norm, rel_tol=2e-2)  # fp16 forward: loose
@@ -177,7 +183,7 @@ def test_step_skipped_by_the_scaler_is_not_counted_as_clipped(clip):
         [(torch.ones(1, 1), torch.zeros(1, 1))],
         StepParts(overflow, optimizer, build_clip(CLIPS[clip], 2.0), scaler, FP32, 2.0),
     )
-    row = read(out.scalars.tolist(), fp16=True)
+    row = read(to_host([out.figures])[0], fp16=True)
     assert row["grad_norm"] == math.inf and row["scaler_skipped"] == 1
     assert row["clipped"] == 0
 
@@ -279,7 +285,7 @@ def test_same_seed_same_history_other_seed_other_history(compose, tmp_path):
     pd.testing.assert_frame_equal(
         *(pd.read_csv(record(*run, "layer_norms.csv")) for run in runs[:2]), check_exact=True
     )
-    assert set(h1.columns) == set(COLUMNS) - set(TIMING)
+    assert set(h1.columns) == set(columns()) - set(TIMING)
     assert not np.allclose(h1["loss"], h3["loss"])
 
 
@@ -448,7 +454,7 @@ def test_a_target_needs_evaluations(compose):
 
 def test_loss_spikes_are_counted_from_the_eleventh_step():
     """A loss spike: a step above 1.5x the median of the previous (up to 50, at least 10) losses."""
-    from gradlab.train import figures
+    from gradlab.figures import summary
 
     losses = [1.0] * 60
     losses[4] = losses[14] = losses[40] = 2.0  # step 5: too early to tell; steps 15 and 41: spikes
@@ -465,7 +471,7 @@ def test_loss_spikes_are_counted_from_the_eleventh_step():
         }
         for i, v in enumerate(losses)
     ]
-    assert figures(history)["loss_spikes"] == 2
+    assert summary(history)["loss_spikes"] == 2
 
 
 def test_smoothness_is_zhangs_estimate_and_leaves_the_run_as_it_was(compose):
@@ -545,7 +551,7 @@ def mistaken(model, micro_batches, mistake, clip_cfg, scaler=None, autocast=FP32
         2.0,
     )
     out = (mistaken_step(mistake) if mistake else train_step)(model, micro_batches, parts)
-    return model, read(out.scalars.tolist(), fp16=scaler.is_enabled())
+    return model, read(to_host([out.figures])[0], fp16=scaler.is_enabled())
 
 
 def regression_batch(k=4, b=8, seed=0):

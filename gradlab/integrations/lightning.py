@@ -32,13 +32,13 @@ from pathlib import Path
 import lightning
 import torch
 
-from gradlab import devices, records
+from gradlab import devices, figures, records
 from gradlab.clip import Clipper, config, make, measure
 from gradlab.config import clip_label
 from gradlab.config import norm_type as check_norm_type
 from gradlab.errors import bad
-from gradlab.step import SCALARS, read
-from gradlab.train import COLUMNS, LAYER_COLUMNS, figures, one_line, versions
+from gradlab.step import read, to_host
+from gradlab.train import LAYER_COLUMNS, one_line, versions
 
 EVAL = {"val_loss": "eval_loss", "val_acc": "eval_acc"}  # trainer.callback_metrics key -> history column
 
@@ -151,7 +151,7 @@ class GradlabClipping(lightning.Callback):
         self.fired_steps += fired
         self.step_now = (
             step,
-            torch.stack([norm.float(), norm_after.float(), fired.float()]),
+            {"grad_norm": norm.float(), "grad_norm_clipped": norm_after.float(), "clipped": fired.float()},
             optimizer.param_groups[0]["lr"],
         )
         log = partial(pl_module.log, on_step=True, on_epoch=False, logger=bool(trainer.loggers))
@@ -173,9 +173,9 @@ class GradlabClipping(lightning.Callback):
             self.loss = loss.detach().float() + (0 if self.loss is None else self.loss)
         if self.step_now is None:  # a micro-batch that did not end a step
             return
-        step, norms, lr = self.step_now
-        loss = self.loss if self.loss is not None else norms.new_tensor(math.nan)
-        self.pending.append((step, torch.cat([loss.reshape(1), norms]), lr))
+        step, measured, lr = self.step_now
+        loss = self.loss if self.loss is not None else measured["grad_norm"].new_tensor(math.nan)
+        self.pending.append((step, {"loss": loss.reshape(()), **measured}, lr))
         self.step_now = self.loss = None
         if len(self.pending) >= self.log_every:
             self._flush()
@@ -218,21 +218,13 @@ class GradlabClipping(lightning.Callback):
         """The host's one read of what was recorded since the last: history and layer rows."""
         if not self.pending and not self.pending_layers:
             return
-        flat = (
-            torch.cat([v for _, v, _ in self.pending] + [n for _, _, n in self.pending_layers]).cpu().tolist()
-        )
+        values = to_host([measured for _, measured, _ in self.pending]) if self.pending else []
+        layers = [n for _, _, n in self.pending_layers]
+        norms = torch.cat(layers).cpu().tolist() if layers else []
         now = time.perf_counter()
         rate = len(self.pending) / max(now - self.last, 1e-9)
-        for i, (step, _, lr) in enumerate(self.pending):
-            loss, pre, post, fired = flat[4 * i : 4 * i + 4]
-            values = {
-                "loss": loss,
-                "grad_norm": pre,
-                "grad_norm_clipped": post,
-                "fired": fired,
-                "spike_skipped": 0.0,
-            }
-            row = {**read([values.get(k, math.nan) for k in SCALARS], self.fp16), "step": step, "lr": lr}
+        for (step, _, lr), measured in zip(self.pending, values):
+            row = {**read({"spike_skipped": 0.0, **measured}, self.fp16), "step": step, "lr": lr}
             self.clipped += row["clipped"]
             row.update(
                 clip_fraction=self.clipped / (len(self.history) + 1),
@@ -240,11 +232,10 @@ class GradlabClipping(lightning.Callback):
                 steps_per_s=rate,
             )
             self.history.append(row)
-        at = 4 * len(self.pending)
+        at = 0
         for step, names, _ in self.pending_layers:
-            self.layers += [
-                (step, n, v, math.nan, math.nan) for n, v in zip(names, flat[at : at + len(names)])
-            ]
+            layer_norms = norms[at : at + len(names)]
+            self.layers += [(step, n, v, math.nan, math.nan) for n, v in zip(names, layer_norms)]
             at += len(names)
         self.pending, self.pending_layers, self.last = [], [], now
 
@@ -268,7 +259,7 @@ class GradlabClipping(lightning.Callback):
             **self.head,
             "status": status,
             **result,
-            **figures(self.history),
+            **figures.summary(self.history),
             "wall_time_s": round(time.perf_counter() - self.start, 3),
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
@@ -286,7 +277,7 @@ class GradlabClipping(lightning.Callback):
             attempt.begin(self.config)
             attempt.finish(
                 self.summary,
-                pd.DataFrame(self.history, columns=COLUMNS),
+                pd.DataFrame(self.history, columns=figures.columns()),
                 pd.DataFrame(self.layers, columns=LAYER_COLUMNS) if self.layers else None,
             )
             attempt.close(self.summary, written=True)
