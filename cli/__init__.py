@@ -143,6 +143,7 @@ def list_options(config_dir: ConfigDir = ()):
 
     from gradlab.experiments import catalogue, header
 
+    from gradlab import clip
     from gradlab.launch import options, search_override, user_folders
     from gradlab.sweep import GROUPS
 
@@ -152,14 +153,22 @@ def list_options(config_dir: ConfigDir = ()):
     for group in GROUPS[1:]:
         typer.echo(f"{group}:")
         for name, f in options(group, folders).items():
-            mine = "" if f == conf.joinpath(group, f.name) else f" [{f.parent.parent}]"
-            typer.echo(f"  {name:<16} {(header(f.read_text()) or [''])[0]}{mine}")
+            if f is None:  # a clip mode: its module's first line
+                text = clip.summary(name)
+            else:
+                mine = "" if f == conf.joinpath(group, f.name) else f" [{f.parent.parent}]"
+                text = (header(f.read_text()) or [""])[0] + mine
+            typer.echo(f"  {name:<16} {text}")
     typer.echo("experiment:")
     for name, (description, commands) in catalogue().items():
         typer.echo(f"  {name:<16} {description}")
         for command in commands:
             typer.echo(f"  {'':<16}   $ {command}")
     typer.echo("keys (set or sweep by name):")
+    for name, (default, docs) in clip.short_names().items():
+        said = "; ".join(f"clip={mode}: {doc}" for mode, doc in docs)
+        shown = "null" if default is None else str(default).lower() if isinstance(default, bool) else default
+        typer.echo(f"  {f'{name}: {shown}':<36} {said}")
     for line in conf.joinpath("config.yaml").read_text().splitlines():
         if line and not line.startswith((" ", "#", "-", "defaults", "hydra")) and "#" in line:
             key, comment = line.split("#", 1)

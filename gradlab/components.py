@@ -120,23 +120,46 @@ def build(group: str, cfg: dict, *args, **context):
     return factory(*args, **taken)
 
 
+def _stored(path: str) -> dict | None:
+    """A config that gradlab.conf put in Hydra's ConfigStore (the clip modes', derived from their
+    signatures), e.g. `clip/norm`; None if there is none."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    resources.files("gradlab.conf")  # loading the package stores its configs
+    try:
+        return OmegaConf.to_container(ConfigStore.instance().load(f"{path}.yaml").node)
+    except Exception:  # hydra.errors.ConfigLoadError: not stored
+        return None
+
+
+def _config(group: str | None, name: str) -> dict:
+    """One of gradlab's own configs, as written: a file in conf/, else a stored one."""
+    import yaml
+
+    folder = resources.files("gradlab.conf")
+    f = folder.joinpath(group, f"{name}.yaml") if group else folder.joinpath(f"{name}.yaml")
+    return yaml.safe_load(f.read_text()) if f.is_file() else _stored(f"{group}/{name}" if group else name)
+
+
 def options(group: str) -> list[str]:
-    """gradlab's own options of a group: the names of conf/<group>/*.yaml."""
+    """gradlab's own options of a group: the names of conf/<group>/*.yaml and of the stored configs."""
+    from hydra.core.config_store import ConfigStore
+
     folder = resources.files("gradlab.conf") / group
-    return sorted(f.name[:-5] for f in folder.iterdir() if f.name.endswith(".yaml"))
+    files = [f.name[:-5] for f in folder.iterdir() if f.name.endswith(".yaml")] if folder.is_dir() else []
+    stored = ConfigStore.instance().repo.get(group, {})
+    return sorted({*files, *(n[:-5] for n in stored if n.endswith(".yaml"))})
 
 
 def option(group: str, name: str, **changes) -> dict:
-    """The config of one of gradlab's own options, with the defaults that conf/config.yaml
-    declares for its top-level knobs (`max_norm: ${max_norm}`), and `changes` on top: what
-    `gradlab train {group}={name}` would build, for code that builds components itself."""
-    import yaml
-
+    """The config of one of gradlab's own options, with the defaults of the top-level keys it reads
+    (`max_norm: ${max_norm}`), and `changes` on top: what `gradlab train {group}={name}` would
+    build, for code that builds components itself."""
     if name not in options(group):
         raise ConfigError(f"{group}={name}: choose from {', '.join(options(group))}")
-    conf = resources.files("gradlab.conf")
-    top = yaml.safe_load(conf.joinpath("config.yaml").read_text())
-    cfg = yaml.safe_load(conf.joinpath(group, f"{name}.yaml").read_text())
+    top = {**_config(None, "config"), **_config(None, "clip_knobs")}
+    cfg = _config(group, name)
     cfg.pop("defaults", None)
     resolved = {k: top[v[2:-1]] if isinstance(v, str) and v.startswith("${") else v for k, v in cfg.items()}
     return {**resolved, **changes}
@@ -144,15 +167,7 @@ def option(group: str, name: str, **changes) -> dict:
 
 @functools.cache
 def shipped_targets() -> frozenset:
-    """The classes of gradlab's own options (conf/<group>/*.yaml): named by their option, so
-    their `_target_` is not part of a run's identity."""
-    import yaml
-
-    found = {
-        yaml.safe_load(resources.files("gradlab.conf").joinpath(group, f"{name}.yaml").read_text()).get(
-            "_target_"
-        )
-        for group in GROUPS
-        for name in options(group)
-    }
+    """The classes of gradlab's own options: named by their option, so their `_target_` is not
+    part of a run's identity."""
+    found = {_config(group, name).get("_target_") for group in GROUPS for name in options(group)}
     return frozenset(found - {None, "???"})

@@ -5,7 +5,6 @@ Everything here runs before a run directory exists, so bad input leaves nothing 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
@@ -202,18 +201,11 @@ def check_writable(conf: dict) -> None:
         raise bad("results_root", conf["results_root"], f"cannot write {path} ({e.strerror or e})") from None
 
 
-@functools.cache
 def clip_knobs() -> frozenset:
     """Top-level knobs that clip modes read through their own `clip.<knob>` (max_norm, clip_value, ...)."""
-    from importlib import resources
+    from gradlab.clip import short_names
 
-    import yaml
-
-    knobs = set()
-    for f in resources.files("gradlab.conf").joinpath("clip").iterdir():
-        if f.name.endswith(".yaml"):
-            knobs |= set(yaml.safe_load(f.read_text())) - {"mode", "_target_"}
-    return frozenset(knobs)
+    return frozenset(short_names())
 
 
 def identity(conf: dict) -> str:

@@ -51,10 +51,13 @@ def user_folders(overrides: list[str]) -> list[Path]:
     return found
 
 
-def options(group: str, folders: list[Path] = ()) -> dict[str, Path]:
-    """The configs of a config group: gradlab's own (conf/<group>/*.yaml), then those of the
-    user's config folders; name -> file (a user's file of the same name wins, as in Hydra)."""
-    found = {}
+def options(group: str, folders: list[Path] = ()) -> dict[str, Path | None]:
+    """The configs of a config group: gradlab's own (conf/<group>/*.yaml, and the stored ones,
+    whose file is None: the clip modes), then those of the user's config folders; name -> file
+    (a user's file of the same name wins, as in Hydra)."""
+    from gradlab import components
+
+    found = dict.fromkeys(components.options(group)) if group in components.GROUPS else {}
     for folder in [resources.files("gradlab.conf"), *folders]:
         if (folder / group).is_dir():
             found.update({f.name[:-5]: f for f in (folder / group).iterdir() if f.name.endswith(".yaml")})

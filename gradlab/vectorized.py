@@ -33,8 +33,8 @@ from typing import NamedTuple
 import torch
 
 from gradlab import devices
-from gradlab.clip import Slab, constant, select, stack, tensor_norms
-from gradlab.components import label, shipped_targets
+from gradlab.clip import Slab, constant, select, stack, stacked_knobs, tensor_norms
+from gradlab.components import label, locate, shipped_targets
 from gradlab.config import NOT_IDENTITY, check_writable, clip_knobs, norm_type, run_id, stop_rule, sweep_dir
 from gradlab.distributed import SOLO
 from gradlab.objective import evaluate, member_losses
@@ -204,12 +204,10 @@ class _Member:
 
 def clip_key(clip_cfg: dict) -> str:
     """Members with equal keys share one stacked clip strategy: the same mode, equal but for the
-    knobs its class stacks (STACKED)."""
+    knobs its class stacks (gradlab.clip.stacked_knobs)."""
     import json
 
-    from gradlab import components
-
-    stacked = getattr(components.locate("clip", clip_cfg), "STACKED", ())
+    stacked = stacked_knobs(locate("clip", clip_cfg))
     return json.dumps({k: v for k, v in clip_cfg.items() if k not in stacked}, sort_keys=True, default=str)
 
 

@@ -32,8 +32,9 @@ def summaries(sweep: Path) -> dict:
     }
 
 
-@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["sweep", "--help"], ["list"]])
-def test_help_and_list_never_import_torch(args):
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["sweep", "--help"]])
+def test_help_never_imports_torch(args):
+    """(`gradlab list` does: the clip modes' knobs are read from their classes' signatures.)"""
     code = (
         "import sys; from typer.testing import CliRunner; from gradlab.cli import app; "
         f"r = CliRunner().invoke(app, {args!r}); assert r.exit_code == 0, r.output; "
@@ -41,7 +42,7 @@ def test_help_and_list_never_import_torch(args):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert "Usage" in out.stdout or "model:" in out.stdout
+    assert "Usage" in out.stdout
 
 
 def test_list_shows_every_group_option():

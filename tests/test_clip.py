@@ -4,11 +4,13 @@ and bad knobs failing in one line naming the key."""
 
 import itertools
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
 
-from gradlab.clip import build_clip
+from gradlab.clip import MODES, build_clip, declared, mode_class, short_names, stacked_knobs
 from gradlab.components import option, options
 from gradlab.errors import ConfigError
 
@@ -182,3 +184,61 @@ def test_unknown_class_or_key_fails_naming_it(clip_cfg, start):
         build_clip(option("clip", "norm", **clip_cfg), 2.0)
     with pytest.raises(ConfigError, match="^clip=nope: choose from agc, autoclip, none"):
         option("clip", "nope")
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def shown(value) -> str:
+    """A default as the README and YAML write it."""
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+@pytest.mark.parametrize("mode", options("clip"))
+def test_a_modes_config_comes_from_its_signature(compose, mode):
+    """`clip=<mode>` composes to the class's declared knobs, in its signature's order, at their
+    declared defaults; each is set by its top-level short name."""
+    known = declared(mode_class(mode))
+    conf = compose(f"clip={mode}")
+    assert list(conf["clip"]) == ["_target_", "mode", *known]
+    assert {k: conf["clip"][k] for k in known} == {k: d.default for k, d in known.items()}
+    assert all(conf[k] == d.default for k, d in known.items())
+    if known:
+        first = next(iter(known))
+        value = 0.5 if isinstance(known[first].default, float) else known[first].default
+        assert compose(f"clip={mode}", f"{first}={value}")["clip"][first] == value
+
+
+def test_the_short_names_are_the_declared_knobs_and_nothing_else(compose):
+    conf = compose()
+    declared_names = {k for mode in MODES for k in declared(mode_class(mode))}
+    assert set(short_names()) == declared_names
+    assert declared_names <= set(conf)
+    assert {k for k, (_, docs) in short_names().items() if len(docs) > 1} == {
+        "max_norm"
+    }  # norm, norm_per_layer
+
+
+def test_stacked_knobs_are_the_numbers_that_may_differ_in_a_group():
+    assert {mode: stacked_knobs(mode_class(mode)) for mode in MODES} == {
+        "none": (),
+        "value": ("clip_value",),
+        "norm": ("max_norm",),
+        "norm_per_layer": ("max_norm",),
+        "autoclip": ("clip_percentile",),
+        "agc": ("agc_lambda", "agc_eps"),
+        "zclip": ("zclip_z", "zclip_alpha", "zclip_warmup", "zclip_max_norm"),
+    }
+
+
+def test_readme_table_lists_each_modes_declared_knobs():
+    """The README's clip table names each mode's knobs as declared, in order, with their defaults."""
+    rows = {}
+    for line in README.read_text().splitlines():
+        match = re.match(r"^\| `(\w+)` \| [^|]+ \|\s*([^|]*?)\s*\|", line)
+        if match and match[1] in MODES:
+            rows[match[1]] = re.findall(r"`(\w+)` \(([^);]+)", match[2])
+    assert set(rows) == set(MODES)
+    for mode, knobs in rows.items():
+        expected = [(k, shown(d.default)) for k, d in declared(mode_class(mode)).items()]
+        assert [(k, v.split(" ")[0]) for k, v in knobs] == expected, mode

@@ -1,4 +1,4 @@
-"""Clipping strategies: one small class per `clip=` mode, named by `_target_` in conf/clip/<mode>.yaml.
+"""Clipping strategies: one small class per `clip=` mode, each in its own module, listed in MODES.
 
 Every strategy is called once per optimizer step, after the gradients are complete
 (all micro-batches, unscaled), with the pre-clip measurement the step already made:
@@ -10,37 +10,119 @@ Every strategy is called once per optimizer step, after the gradients are comple
 returns, as device tensors (no host sync), the total norm after clipping and whether
 it fired. `none` clips nothing but is measured all the same.
 
-Strategies are built with their knobs and two context values: `norm_type`, and the
-`model` (AGC finds the final layer in it; the others ignore it). Adaptive strategies
-(autoclip, zclip) keep their state in tensors behind state_dict() / load_state_dict()
-(see TensorState), so a run can be saved and resumed and an engine can carry the
-state of each member. `Chain` applies several in turn.
+A mode's knobs are declared once, in its class's signature: each keyword with a default
+and a `Knob` in its annotation,
+
+    def __init__(self, max_norm: Annotated[float, Knob("threshold on the total norm; > 0")] = 1.0,
+                 *, norm_type: float, model=None):
+
+and everything else is derived from that (`declared`): the mode's Hydra config `clip=<mode>`
+(`clip.max_norm: ${max_norm}`, registered by gradlab.conf) and the top-level short name that
+sweeps set (`max_norm: 1.0`, `short_names`), `gradlab list`, the knobs that may differ between
+the members of a vectorized group (`Knob.stacked`), and the README's table (tests/test_clip.py
+holds it to the declarations). The first knob names the run (`norm5`: config.clip_label).
+The class checks its knobs' values when it is built. After the knobs come two context values:
+`norm_type`, and the `model` (AGC finds the final layer in it; the others ignore it).
+Adaptive strategies (autoclip, zclip) keep their state in tensors behind state_dict() /
+load_state_dict() (see TensorState), so a run can be saved and resumed and an engine can
+carry the state of each member. `Chain` applies several in turn.
 
 A vectorized group (gradlab.vectorized) clips the gradients of K runs at once: its
 parameters are stacked along a leading member axis, and `stack` turns the K members'
-strategies of one class into one whose STACKED knobs (the knobs that may differ between
-members, named as in the config) are (K,) tensors and whose state tensors are stacked. It is
-called with Slabs in place of parameters and a (K,) total norm, and returns (K,) results;
-every strategy's arithmetic runs along the last axis, so the same code serves both.
+strategies of one class into one whose stacked knobs are (K,) tensors and whose state
+tensors are stacked. It is called with Slabs in place of parameters and a (K,) total norm,
+and returns (K,) results; every strategy's arithmetic runs along the last axis, so the same
+code serves both.
 
 Outside gradlab's own loop, `make` gives any mode as a `Clipper` that measures too:
 
     clipper = gradlab.clip.make("zclip", z=2.5)
     result = clipper(model.parameters())   # after backward: clips in place; norms on the device
 
-Adding a strategy: one module here, one conf/clip/<mode>.yaml naming it, its tests.
+Adding a strategy: its module here, its line in MODES, its tests (and its README row).
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import inspect
+import typing
 from typing import NamedTuple
 
 import torch
 
 from gradlab import components
 from gradlab.errors import ConfigError
+
+# clip=<mode> -> its class
+MODES = {
+    "none": "gradlab.clip.none.NoClip",
+    "value": "gradlab.clip.value.ClipByValue",
+    "norm": "gradlab.clip.norm.ClipByNorm",
+    "norm_per_layer": "gradlab.clip.norm_per_layer.ClipNormPerLayer",
+    "autoclip": "gradlab.clip.autoclip.AutoClip",
+    "agc": "gradlab.clip.agc.AdaptiveGradClip",
+    "zclip": "gradlab.clip.zclip.ZClip",
+}
+
+
+class Knob(NamedTuple):
+    """A clip knob, declared as the annotation of its keyword in the mode's signature
+    (`Annotated[float, Knob(...)] = default`); its name and default are the keyword's."""
+
+    doc: str  # what it does and what it allows: gradlab list, the README
+    stacked: bool = True  # may differ between the members of one vectorized group
+
+
+class Declared(NamedTuple):
+    default: object
+    knob: Knob
+
+
+def mode_class(mode: str):
+    from hydra._internal.utils import _locate
+
+    return _locate(MODES[mode])
+
+
+@functools.cache
+def declared(cls) -> dict[str, Declared]:
+    """A strategy class's knobs, in the order of its signature: name -> (default, Knob)."""
+    hints = typing.get_type_hints(cls.__init__, include_extras=True)
+    found = {}
+    for name, param in inspect.signature(cls).parameters.items():
+        declared = [m for m in getattr(hints.get(name), "__metadata__", ()) if isinstance(m, Knob)]
+        if declared:
+            found[name] = Declared(param.default, declared[0])
+    return found
+
+
+def summary(mode: str) -> str:
+    """What a mode does, in one line: the first of its module's docstring."""
+    line = inspect.getmodule(mode_class(mode)).__doc__.strip().splitlines()[0]
+    line = line.split(": ", 1)[1] if line.startswith("`clip=") else line
+    return line[:1].upper() + line[1:]
+
+
+def node(mode: str) -> dict:
+    """The Hydra config of `clip=<mode>`: its class, and each knob read from its short name."""
+    return {"_target_": MODES[mode], "mode": mode, **{k: f"${{{k}}}" for k in declared(mode_class(mode))}}
+
+
+@functools.cache
+def short_names() -> dict[str, tuple]:
+    """The top-level keys that set the modes' knobs (`max_norm`): name -> (default, the modes and
+    their docs). A knob that several modes read has one default."""
+    found = {}
+    for mode in MODES:
+        for name, (default, knob) in declared(mode_class(mode)).items():
+            if name in found and found[name][0] != default:
+                raise ValueError(
+                    f"{name}: clip modes declare different defaults, {found[name][0]} and {default}"
+                )
+            found.setdefault(name, (default, []))[1].append((mode, knob.doc))
+    return found
 
 
 class ClipResult(NamedTuple):
@@ -147,14 +229,19 @@ def build_clip(clip_cfg: dict, norm_type: float, model: torch.nn.Module | None =
     return components.build("clip", clip_cfg, norm_type=norm_type, model=model)
 
 
+def stacked_knobs(cls) -> tuple:
+    """The knobs of a strategy class that may differ between the members of a stacked call."""
+    return tuple(name for name, (_, knob) in declared(cls).items() if knob.stacked)
+
+
 def stack(strategies: list, device: torch.device):
     """One strategy for K members that clips as each of `strategies` (the members', of one class and
-    equal but for their STACKED knobs) would clip its own run."""
+    equal but for their stacked knobs) would clip its own run."""
     first = strategies[0]
     if isinstance(first, Chain):
         return Chain([stack(list(links), device) for links in zip(*(s.links for s in strategies))])
     batch = copy.copy(first)
-    for name in getattr(first, "STACKED", ()):
+    for name in stacked_knobs(type(first)):
         setattr(batch, name, torch.tensor([float(getattr(s, name)) for s in strategies], device=device))
     if isinstance(first, TensorState):
         batch.state = {k: torch.stack([s.state[k] for s in strategies]).to(device) for k in first.state}
@@ -166,7 +253,7 @@ def select(batch, keep: torch.Tensor):
     if isinstance(batch, Chain):
         return Chain([select(link, keep) for link in batch.links])
     kept = copy.copy(batch)
-    for name in getattr(batch, "STACKED", ()):
+    for name in stacked_knobs(type(batch)):
         setattr(kept, name, getattr(batch, name)[keep])
     if isinstance(batch, TensorState):
         kept.state = {k: v[keep] for k, v in batch.state.items()}

@@ -32,9 +32,11 @@ other units are clipped as usual; the fp16 scaler skips such a step, an fp32 run
 diverged.
 """
 
+from typing import Annotated
+
 import torch
 
-from gradlab.clip import ClipResult, per_member, scale_, total_norm_of, unchanged
+from gradlab.clip import ClipResult, Knob, per_member, scale_, total_norm_of, unchanged
 from gradlab.errors import bad, positive
 
 UNITS = ("nfnets", "first_nonsingleton")
@@ -54,15 +56,29 @@ def units(shape: torch.Size, rule: str = "nfnets") -> tuple:
 class AdaptiveGradClip:
     """Clip each unit's gradient to `agc_lambda` times its weight norm (floored at `agc_eps`)."""
 
-    STACKED = ("agc_lambda", "agc_eps")
-
     def __init__(
         self,
-        agc_lambda: float,
-        agc_eps: float,
-        agc_exclude_final: bool,
+        agc_lambda: Annotated[
+            float, Knob("largest allowed ||G_i|| / max(||W_i||, agc_eps) per unit (see agc_units); > 0")
+        ] = 0.01,
+        agc_units: Annotated[
+            str,
+            Knob(
+                "nfnets: a scalar/vector is one unit, else one per slice of the first dim (the authors' "
+                "code) | first_nonsingleton: one per slice of the first dim of size > 1, so one per "
+                "element of a vector",
+                stacked=False,
+            ),
+        ] = "nfnets",
+        agc_eps: Annotated[
+            float, Knob("floor on a unit's weight norm, so zero-initialised weights still move; > 0")
+        ] = 0.001,
+        agc_exclude_final: Annotated[
+            bool,
+            Knob("leave the final (output) layer unclipped, as the paper does: true | false", stacked=False),
+        ] = True,
+        *,
         norm_type: float,
-        agc_units: str = "nfnets",
         model=None,
     ):
         self.agc_lambda = positive(

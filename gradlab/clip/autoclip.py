@@ -31,9 +31,11 @@ The package's quantile is torch.quantile of a fraction (0.9 by default): clip_pe
   scaler skips that step, an fp32 run ends as diverged.
 """
 
+from typing import Annotated
+
 import torch
 
-from gradlab.clip import ClipResult, TensorState, per_member, scale_, tensor_norms, total_norm_of
+from gradlab.clip import ClipResult, Knob, TensorState, per_member, scale_, tensor_norms, total_norm_of
 from gradlab.clip.norm import clip_coef, rescale_
 from gradlab.errors import bad
 
@@ -44,15 +46,31 @@ class AutoClip(TensorState):
     """Clip at the `clip_percentile` (0-100] percentile of the last `autoclip_window` norms (0 = all)."""
 
     CAPACITY = 1024  # first size of the unbounded history
-    STACKED = ("clip_percentile",)
 
     def __init__(
         self,
-        clip_percentile: float,
-        autoclip_window: int,
+        clip_percentile: Annotated[float, Knob("percentile of the norm history to clip at; (0, 100]")] = 10,
+        autoclip_window: Annotated[
+            int, Knob("steps of history kept, >= 2; 0 = the whole run (the paper's setting)", stacked=False)
+        ] = 0,
+        autoclip_current: Annotated[
+            bool,
+            Knob(
+                "true: this step's norm is in the history it is clipped by (the paper's code) | false: "
+                "earlier steps only (the autoclip package)",
+                stacked=False,
+            ),
+        ] = True,
+        autoclip_scope: Annotated[
+            str,
+            Knob(
+                "global: the total norm, one history (the paper) | per_parameter: each tensor's norm, its "
+                "own history (the autoclip package's default)",
+                stacked=False,
+            ),
+        ] = "global",
+        *,
         norm_type: float,
-        autoclip_current: bool = True,
-        autoclip_scope: str = "global",
         model=None,
     ):
         p = clip_percentile

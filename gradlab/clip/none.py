@@ -8,7 +8,7 @@ from gradlab.clip import ClipResult, unchanged
 class NoClip:
     """The unclipped baseline."""
 
-    def __init__(self, norm_type: float, model=None):
+    def __init__(self, *, norm_type: float, model=None):
         pass
 
     def __call__(self, params, total_norm: torch.Tensor) -> ClipResult:

@@ -8,10 +8,11 @@ which choose max_norm per step.
 """
 
 import math
+from typing import Annotated
 
 import torch
 
-from gradlab.clip import ClipResult, constant, scale_
+from gradlab.clip import ClipResult, Knob, constant, scale_
 from gradlab.errors import positive
 
 
@@ -40,9 +41,13 @@ def rescale_(params, total_norm: torch.Tensor, max_norm) -> ClipResult:
 class ClipByNorm:
     """Global-norm clipping at `max_norm` (> 0) of the p-norm chosen by `norm_type`."""
 
-    STACKED = ("max_norm",)  # knobs that may differ between the members of a stacked call
-
-    def __init__(self, max_norm: float, norm_type: float, model=None):
+    def __init__(
+        self,
+        max_norm: Annotated[float, Knob("threshold on the total norm (p = norm_type); > 0")] = 1.0,
+        *,
+        norm_type: float,
+        model=None,
+    ):
         self.max_norm = positive("max_norm", max_norm, "must be a number > 0 (clip=none turns clipping off)")
 
     def __call__(self, params, total_norm: torch.Tensor) -> ClipResult:

@@ -15,9 +15,11 @@ Non-finite gradients: a tensor whose norm is inf/nan is left as it is, the other
 clipped as usual; the fp16 scaler skips such a step, an fp32 run ends as diverged.
 """
 
+from typing import Annotated
+
 import torch
 
-from gradlab.clip import ClipResult, per_member, scale_, tensor_norms, total_norm_of, unchanged
+from gradlab.clip import ClipResult, Knob, per_member, scale_, tensor_norms, total_norm_of, unchanged
 from gradlab.clip.norm import clip_coef
 from gradlab.errors import positive
 
@@ -25,9 +27,15 @@ from gradlab.errors import positive
 class ClipNormPerLayer:
     """Per-tensor norm clipping at `max_norm` (> 0); see the module docstring for `last_fired`."""
 
-    STACKED = ("max_norm",)
-
-    def __init__(self, max_norm: float, norm_type: float, model=None):
+    def __init__(
+        self,
+        max_norm: Annotated[
+            float, Knob("threshold on each tensor's gradient norm (p = norm_type); > 0")
+        ] = 1.0,
+        *,
+        norm_type: float,
+        model=None,
+    ):
         self.max_norm = positive("max_norm", max_norm, "must be a number > 0 (clip=none turns clipping off)")
         self.norm_type = norm_type
         self.last_fired = torch.zeros(0, dtype=torch.bool)

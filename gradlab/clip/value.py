@@ -4,18 +4,26 @@ The elementwise rule of Mikolov's RNNLM (gradient_cutoff) and Graves 2013; torch
 clip_grad_value_ does the clamping (fused foreach path).
 """
 
+from typing import Annotated
+
 import torch
 
-from gradlab.clip import ClipResult, per_member, tensor_norms, total_norm_of
+from gradlab.clip import ClipResult, Knob, per_member, tensor_norms, total_norm_of
 from gradlab.errors import positive
 
 
 class ClipByValue:
     """Elementwise clipping at `clip_value` (> 0); the norm after it is measured again."""
 
-    STACKED = ("clip_value",)
-
-    def __init__(self, clip_value: float, norm_type: float, model=None):
+    def __init__(
+        self,
+        clip_value: Annotated[
+            float, Knob("every gradient element is clamped to [-clip_value, clip_value]; > 0")
+        ] = 0.5,
+        *,
+        norm_type: float,
+        model=None,
+    ):
         self.clip_value = positive(
             "clip_value", clip_value, "must be a number > 0 (clip=none turns clipping off)"
         )

@@ -20,10 +20,11 @@ device and branch-free (torch.where).
 """
 
 import math
+from typing import Annotated
 
 import torch
 
-from gradlab.clip import ClipResult, TensorState
+from gradlab.clip import ClipResult, Knob, TensorState
 from gradlab.clip.norm import rescale_
 from gradlab.errors import bad, positive
 
@@ -33,14 +34,21 @@ EPS = 1e-6  # added to sigma in the z-score (the authors' default)
 class ZClip(TensorState):
     """Z-score spike clipping with EMA statistics of the total norm (see the module docstring)."""
 
-    STACKED = ("zclip_alpha", "zclip_warmup", "zclip_z", "zclip_max_norm")
-
     def __init__(
         self,
-        zclip_alpha: float,
-        zclip_warmup: int,
-        zclip_z: float,
-        zclip_max_norm,
+        zclip_z: Annotated[float, Knob("z-score above which the norm is a spike and is clipped; > 0")] = 2.5,
+        zclip_alpha: Annotated[float, Knob("EMA factor of the norm's mean and variance; in (0, 1)")] = 0.97,
+        zclip_warmup: Annotated[
+            int, Knob("first steps, not z-clipped, whose norms initialise mean and variance; >= 1")
+        ] = 25,
+        zclip_max_norm: Annotated[
+            float | None,
+            Knob(
+                "fixed cap on the total norm on top (warm-up included; the authors' default 1.0); "
+                "> 0, null = none"
+            ),
+        ] = 1.0,
+        *,
         norm_type: float,
         model=None,
     ):
