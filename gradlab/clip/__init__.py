@@ -81,9 +81,7 @@ class Declared(NamedTuple):
 
 
 def mode_class(mode: str):
-    from hydra._internal.utils import _locate
-
-    return _locate(MODES[mode])
+    return components.locate("clip", {"_target_": MODES[mode]})
 
 
 @functools.cache
@@ -92,9 +90,9 @@ def declared(cls) -> dict[str, Declared]:
     hints = typing.get_type_hints(cls.__init__, include_extras=True)
     found = {}
     for name, param in inspect.signature(cls).parameters.items():
-        declared = [m for m in getattr(hints.get(name), "__metadata__", ()) if isinstance(m, Knob)]
-        if declared:
-            found[name] = Declared(param.default, declared[0])
+        knobs = [m for m in getattr(hints.get(name), "__metadata__", ()) if isinstance(m, Knob)]
+        if knobs:
+            found[name] = Declared(param.default, knobs[0])
     return found
 
 
