@@ -66,28 +66,24 @@ def _wait(device) -> None:
 def loops(model: str, steps: int, *overrides: str) -> tuple:
     """(gradlab's loop, the plain loop) on one run's model, data and optimizer: each loop trains
     `steps` steps when called, waits for the device, and returns the seconds."""
-    from contextlib import nullcontext
     from types import SimpleNamespace
 
     import torch
 
-    from gradlab.devices import DTYPES
+    from gradlab.devices import autocast as precision
+    from gradlab.loop import Loop, Member, Single
     from gradlab.objective import loss_fn
     from gradlab.progress import RunProgress
     from gradlab.tracking import Tracker
-    from gradlab.train import Stepper, build
+    from gradlab.train import build
 
     conf = _conf(f"model={model}", f"steps={steps}", "eval_every=0", *overrides)
     run = build(conf)
     objective = loss_fn(run.task.spec)
     params = [p for p in run.model.parameters() if p.requires_grad]
-    autocast = (
-        nullcontext
-        if conf["precision"] == "fp32"  # as plain as before: no autocast call under fp32
-        else partial(torch.autocast, run.device.type, dtype=DTYPES[conf["precision"]])
-    )
+    autocast = precision(conf["precision"], run.device)  # as plain as before: no autocast call under fp32
 
-    def gradlab_loop() -> float:  # a run's loop, with its record kept in memory
+    def gradlab_loop() -> float:  # a run's loop (gradlab.loop), with its record kept in memory
         start = time.perf_counter()
         session = SimpleNamespace(
             history=[],
@@ -95,9 +91,10 @@ def loops(model: str, steps: int, *overrides: str) -> tuple:
             progress=RunProgress("none", model, steps),
             tracker=Tracker(conf, None, enabled=False),
         )
-        stepper = Stepper(conf, run, session)
+        member = Member(conf, run, session).start()
+        loop = Loop([member], Single([member]))
         for step in range(1, steps + 1):
-            stepper.record(step, stepper.step(stepper.net, stepper.batches(step), stepper.parts))
+            loop.step(step)
         _wait(run.device)
         return time.perf_counter() - start
 

@@ -17,6 +17,7 @@ On a GPU, three of torch's defaults would make a run other than its config says:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
@@ -36,6 +37,14 @@ def name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()})"
+
+
+def autocast(precision: str, device: torch.device):
+    """() -> the precision context of a forward pass: autocast to `precision`'s dtype, or, under
+    fp32, no context at all (a disabled autocast still costs per call)."""
+    if precision == "fp32":
+        return contextlib.nullcontext
+    return functools.partial(torch.autocast, device.type, dtype=DTYPES[precision])
 
 
 def kind(device: torch.device) -> str:

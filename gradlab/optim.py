@@ -71,12 +71,22 @@ class StackedOptimizer:
     for K members whose parameters are stacked along a first axis, each member with its own lr;
     the other options are the members' optimizers' own (equal across members). Every operation
     covers all parameters at once (torch._foreach_*). Set `lrs` (the members' current lrs, on the
-    host) before each step."""
+    host) before each step. Its param_groups and zero_grad are the parts of torch's Optimizer that
+    gradlab.step uses."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, params: list):
         self.kind = type(optimizer).__name__.lower()
         self.options = {k: optimizer.param_groups[0][k] for k in STACKABLE[type(optimizer)]}
         self.params, self.steps, self.state, self.lrs = params, 0, {}, None
+
+    @property
+    def param_groups(self) -> list:
+        return [{"params": self.params}]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zero the gradients in place, whatever `set_to_none`: they live as long as the group's
+        parameters (the clip strategies' Slabs are views of them)."""
+        torch._foreach_zero_([p.grad for p in self.params])
 
     @torch.no_grad()
     def step(self) -> None:

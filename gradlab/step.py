@@ -36,24 +36,28 @@ class StepParts(NamedTuple):
     norm_type: float  # p of the measured norms
     probe: Callable | None = None  # (params) -> 2-vector diagnostic of the unclipped gradients
     spike_guard: SpikeGuard | None = None  # skip_spikes=true
+    stacked: bool = False  # K members along a first axis: inputs (K, batch, ...), losses and figures (K,)
 
 
 def train_step(model, micro_batches, parts: StepParts) -> StepOutput:
     """Accumulate gradients over `micro_batches`, clip once, take one optimizer step.
 
     The probe, if any, sees the unclipped gradients; the spike guard may skip the clip and
-    the update of a spiking step."""
-    total_samples = sum(len(x) for x, _ in micro_batches)
+    the update of a spiking step. `stacked` parts: `model` is K models as one (inputs and
+    outputs with a first, member axis), `loss_fn` gives each member's loss (K,), and one
+    backward of their sum gives every member the gradient of its own loss."""
+    samples = [x.shape[1] if parts.stacked else len(x) for x, _ in micro_batches]
+    total_samples = sum(samples)
     loss = None
     ddp = isinstance(model, DistributedDataParallel)
-    for i, (x, y) in enumerate(micro_batches):
+    for i, ((x, y), n) in enumerate(zip(micro_batches, samples)):
         last = i == len(micro_batches) - 1
         with model.no_sync() if ddp and not last else nullcontext():  # DDP: all-reduce on the last only
             with parts.autocast():
                 part = parts.loss_fn(model(x), y)
-                if len(x) != total_samples:  # loss / k, by sample count: a shorter micro-batch weighs less
-                    part = part * (len(x) / total_samples)
-            parts.scaler.scale(part).backward()
+                if n != total_samples:  # loss / k, by sample count: a shorter micro-batch weighs less
+                    part = part * (n / total_samples)
+            parts.scaler.scale(part.sum() if parts.stacked else part).backward()
         loss = part.detach().float() if loss is None else loss + part.detach().float()
 
     if ddp:  # the loss of the whole batch, as the gradient already is
@@ -64,11 +68,11 @@ def train_step(model, micro_batches, parts: StepParts) -> StepOutput:
 
 def finish_step(loss, parts: StepParts) -> StepOutput:
     """The step after the gradients of `loss` (the step's, detached) are in: unscale, measure,
-    clip, update. Also what each member of a vectorized group does after the group's backward."""
+    clip, update."""
     optimizer, scaler = parts.optimizer, parts.scaler
     scaler.unscale_(optimizer)  # true gradients from here on (no-op unless fp16)
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    params, layer_norms, grad_norm = measure(params, parts.norm_type)
+    params, layer_norms, grad_norm = measure(params, parts.norm_type, parts.stacked)
     diagnostic = parts.probe(params) if parts.probe else None
     spike = parts.spike_guard is not None and parts.spike_guard.is_spike(
         loss, grad_norm
@@ -80,7 +84,7 @@ def finish_step(loss, parts: StepParts) -> StepOutput:
         scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    unmeasured = constant(math.nan, loss.device)
+    unmeasured = constant(math.nan, loss.device).expand(loss.shape)
     probed = (unmeasured, unmeasured) if diagnostic is None else diagnostic.float().unbind()
     figures = {
         "loss": loss,
@@ -89,7 +93,7 @@ def finish_step(loss, parts: StepParts) -> StepOutput:
         "clipped": fired.float(),  # did clipping fire; `read` makes it the history's `clipped`
         "smoothness": probed[0],
         "smoothness_grad_norm": probed[1],
-        "spike_skipped": constant(float(spike), loss.device),
+        "spike_skipped": constant(float(spike), loss.device).expand(loss.shape),
     }
     return StepOutput(figures, layer_norms)
 
@@ -110,8 +114,8 @@ def read(values: dict, fp16: bool) -> dict:
 
 
 def to_host(steps: list) -> list:
-    """The device figures of several steps (dicts of tensors: 0-d, or (K,) for K members), read in
-    one transfer: per step, a dict of numbers (or of K-lists)."""
+    """The device figures of several steps (dicts of tensors: 0-d for one run, (K,) for K members),
+    read in one transfer: per step, a dict of K-lists (one number per member)."""
     names = list(steps[0])
     flat = torch.stack([s[n].float() for s in steps for n in names]).cpu()
-    return [dict(zip(names, row)) for row in flat.view(len(steps), len(names), *flat.shape[1:]).tolist()]
+    return [dict(zip(names, row)) for row in flat.view(len(steps), len(names), -1).tolist()]

@@ -8,21 +8,19 @@ exception as `failed`; neither raises, so a sweep always goes on.
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import sys
 import time
 from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
-from functools import partial
 from typing import NamedTuple
 
 import torch
 
 import gradlab
 from gradlab import devices, distributed, figures, parallel, records
-from gradlab.clip import build_clip, tensor_norms
+from gradlab.clip import build_clip
 from gradlab.components import label
 from gradlab.config import (
     check_knobs,
@@ -34,18 +32,15 @@ from gradlab.config import (
     resolve_device,
     run_id,
     sizes,
-    stop_rule,
     sweep_dir,
 )
-from gradlab.diagnostics import Smoothness
 from gradlab.errors import bad, out_of_memory
-from gradlab.mistakes import mistaken_step
+from gradlab.loop import LAYER_COLUMNS, Member, Single, one_line, train_members
 from gradlab.models import build_model
-from gradlab.objective import evaluate, loss_fn
-from gradlab.optim import build_optimizer, constant_lr, lr_factor
+from gradlab.objective import loss_fn
+from gradlab.optim import build_optimizer, lr_factor
 from gradlab.progress import RunProgress, progress_mode, report_skipped
 from gradlab.spikes import SpikeGuard
-from gradlab.step import StepParts, read, to_host, train_step
 from gradlab.tasks import build_task, loaded
 from gradlab.tracking import Tracker, check_settings
 
@@ -197,22 +192,13 @@ def claim(conf: dict, world: distributed.World = distributed.SOLO):
 
 
 def _attempt(conf: dict, run: Run, world: distributed.World) -> dict:
-    session = Session(conf, run, world)
-    result = {}
+    member = Member(conf, run, Session(conf, run, world), world)
     with compiling(conf["compile"]) as execution:
         try:
-            session.open()
-            stepper = Stepper(conf, run, session, world)
-            for step in range(1, conf["steps"] + 1):
-                result = stepper.record(step, stepper.step(stepper.net, stepper.batches(step), stepper.parts))
-                if result:
-                    break
-        except Exception as e:  # recorded, not raised: the sweep goes on
-            result = {"status": "failed", "error": failure(e, conf)}
+            train_members([member], Single, execution)
         finally:  # also on Ctrl-C, which then goes on up: the run is recorded as interrupted
-            summary = session.close({**(result or {}), "execution": execution()})
             parallel.exit_if_orphaned()
-    return summary
+    return member.summary
 
 
 @contextmanager
@@ -366,177 +352,6 @@ class Session:
     def _sync_hint(self) -> str | None:
         """Where this run's offline W&B files will be once the record is in place, for `wandb sync`."""
         return os.fspath(self.run_dir / "wandb") if self.tracker.mode == "offline" else None
-
-
-LAYER_COLUMNS = ["step", "layer", "grad_norm", "update_ratio", "clip_fraction"]
-
-
-def one_line(e: Exception) -> str:
-    return f"{type(e).__name__}: {e}".splitlines()[0]
-
-
-def failure(e: Exception, conf: dict) -> str:
-    """A run's error in one line; running out of memory says with which sizes."""
-    if out_of_memory(e):
-        return f"out of memory on {resolve_device(conf['device'])} with {sizes(conf)} ({one_line(e)})"
-    return one_line(e)
-
-
-class Stepper:
-    """Everything a run does around its optimizer steps: data, lr schedule, layer figures,
-    evaluation and the log. The step itself is `stepper.step(stepper.net, stepper.batches(step),
-    stepper.parts)` (train_step, or the study's mistaken step), or, for a member of a vectorized
-    group, its batched equivalent."""
-
-    def __init__(self, conf: dict, run: Run, session: Session, world: distributed.World = distributed.SOLO):
-        device, task, model, clip, optimizer, guard = run
-        self.conf, self.run, self.world = conf, run, world
-        self.net = distributed.wrap(model, world.size)  # what trains; `model` is measured and evaluated
-        self.steps, self.k = conf["steps"], conf["accum_steps"]
-        self.stream = task.batches(conf["batch_size"] * self.k, conf["seed"])
-        self.eval_set = task.eval_batches()
-        self.objective = loss_fn(task.spec)
-        self.autocast = (
-            nullcontext
-            if conf["precision"] == "fp32"  # a disabled autocast still costs per call
-            else partial(torch.autocast, device.type, dtype=devices.DTYPES[conf["precision"]])
-        )
-        self.scaler = torch.amp.GradScaler(device.type, enabled=conf["precision"] == "fp16")
-        self.scheduler = (
-            None
-            if constant_lr(conf["optim"])  # no per-step call where nothing is scheduled
-            else torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(conf["optim"], self.steps))
-        )
-        names = [n for n, p in model.named_parameters() if p.requires_grad]
-        self.probe = (
-            Smoothness(conf["smoothness_every"], model, self.objective, self.eval_set, self.autocast)
-            if conf["smoothness_every"]
-            else None
-        )
-        self.per_layer_fired = torch.zeros(len(names), device=device) if hasattr(clip, "last_fired") else None
-        self.parts = StepParts(
-            self.objective,
-            optimizer,
-            clip,
-            self.scaler,
-            self.autocast,
-            norm_type(conf["norm_type"]),
-            self.probe,
-            guard,
-        )
-        self.step = mistaken_step(conf["mistake"]) if conf["mistake"] else train_step
-        self.log = _Log(conf, names, session, samples_per_step=conf["batch_size"] * self.k)
-        self.target = stop_rule(conf["stop_at_target"])
-        model.train()
-
-    def batches(self, step: int) -> list:
-        """This step's micro-batches (this rank's share of them)."""
-        x, y = next(self.stream)
-        self.lr = self.run.optimizer.param_groups[0]["lr"]
-        at_layers = self.conf["layer_norms_every"] and step % self.conf["layer_norms_every"] == 0
-        self.before = (
-            [w.detach().clone() for w in self.run.model.parameters() if w.requires_grad]
-            if at_layers
-            else None
-        )
-        k = self.k
-        return distributed.shard([(x, y)] if k == 1 else list(zip(x.chunk(k), y.chunk(k))), self.world)
-
-    def record(self, step: int, out) -> dict | None:
-        """After the optimizer step: schedule, metrics, log. The run's result once it has ended, else None."""
-        model, clip = self.run.model, self.run.clip
-        if self.scheduler:
-            self.scheduler.step()
-        if self.per_layer_fired is not None:  # a step skipped as a spike was not clipped
-            self.per_layer_fired += clip.last_fired * (1 - out.figures["spike_skipped"])
-        layers_now = (
-            layer_figures(
-                [w.detach() for w in model.parameters() if w.requires_grad],
-                self.before,
-                out.layer_norms,
-                self.per_layer_fired,
-                step,
-            )
-            if self.before is not None
-            else None
-        )
-        at_eval = step == self.steps or (self.conf["eval_every"] and step % self.conf["eval_every"] == 0)
-        metrics = evaluate(model, self.eval_set, self.run.task.spec, self.autocast) if at_eval else None
-        self.log.add(step, out.figures, self.lr, layers_now, metrics)
-        checks_target = at_eval and self.target is not None  # reads the evaluation now: one more sync
-        if step % self.conf["log_every"] == 0 or step == self.steps or checks_target:
-            diverged_at = self.log.flush()  # the one host-device sync of the interval
-            if diverged_at:
-                return {"status": "diverged", "diverged_step": diverged_at}
-        if checks_target and reached(self.log.history[-1], *self.target):
-            return {"status": "completed", "target_step": step}
-        return {"status": "completed"} if step == self.steps else None
-
-
-def reached(row: dict, metric: str, value: float) -> bool:
-    """Has this history row's evaluation reached the stop_at_target value?"""
-    return row[metric] >= value if metric == "eval_acc" else row[metric] <= value
-
-
-def layer_figures(after, before, grad_norms, fired, step: int, stacked: bool = False) -> torch.Tensor:
-    """Per parameter tensor (rows: LAYER_COLUMNS[2:]): pre-clip gradient norm, update-to-weight
-    norm ratio of this step (`before` and `after` it, the trainable weights), and the share of steps
-    so far that clipped it (nan unless the clip mode works per layer). Stays on the device.
-    `stacked` members (a first axis): one such (3, L) block per member."""
-    moved = tensor_norms(torch._foreach_sub(after, before), 2.0, stacked)
-    ratio = moved / tensor_norms(before, 2.0, stacked).clamp(min=1e-12)
-    share = fired / step if fired is not None else torch.full_like(ratio, float("nan"))
-    return torch.stack([grad_norms.float(), ratio.float(), share.float()], dim=-2)
-
-
-class _Log:
-    """Device metrics of the steps since the last flush; the host reads them all at once."""
-
-    def __init__(self, conf, names, session: Session, samples_per_step):
-        self.names, self.history, self.layers = names, session.history, session.layers
-        self.progress, self.tracker = session.progress, session.tracker
-        self.samples_per_step = samples_per_step
-        self.grads_may_overflow = conf["precision"] == "fp16"  # the scaler skips those steps
-        self.pending, self.clipped, self.start = [], 0.0, time.perf_counter()
-        self.last = self.start
-
-    def add(self, step, figures: dict, lr, layer_norms, metrics) -> None:
-        self.pending.append((step, figures, lr, layer_norms, metrics))
-
-    def flush(self, values: list | None = None) -> int | None:
-        """Move pending metrics into the history and the tracker; return the first non-finite step,
-        if any. `values`: the pending steps' figures already read on the host (a group's member)."""
-        rows, layers = len(self.history), len(self.layers)
-        diverged_at = self._read(values or to_host([measured for _, measured, *_ in self.pending]))
-        self.tracker.log(self.history[rows:], self.layers[layers:])
-        return diverged_at
-
-    def _read(self, values: list) -> int | None:
-        now = time.perf_counter()
-        rate = len(self.pending) / max(now - self.last, 1e-9)
-        self.last = now
-        for (step, _, lr, layer_figures, metrics), row_values in zip(self.pending, values):
-            row = {**read(row_values, self.grads_may_overflow), "step": step, "lr": lr}
-            self.clipped += row["clipped"]
-            row.update(
-                clip_fraction=self.clipped / step,
-                time_s=now - self.start,
-                steps_per_s=rate,
-                samples_per_s=rate * self.samples_per_step,
-            )
-            if metrics is not None:
-                row.update(eval_loss=metrics[0].item(), eval_acc=metrics[1].item())
-            if layer_figures is not None:
-                self.layers += [(step, n, *v) for n, v in zip(self.names, layer_figures.T.tolist())]
-            self.history.append(row)
-            if not math.isfinite(row["loss"]) or not (
-                math.isfinite(row["grad_norm"]) or self.grads_may_overflow
-            ):
-                self.pending = []
-                return step
-        self.pending = []
-        self.progress.update(step, row, row["clip_fraction"], rate)
-        return None
 
 
 def versions() -> dict:

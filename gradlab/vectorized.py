@@ -3,16 +3,16 @@ together as one batch of K models.
 
 Each member is built exactly as it would be alone (`build`: its own seeded initialisation,
 its own clip mode and knobs, its own optimizer, lr and state, its own data stream) and keeps
-its own record and W&B run. The whole step is batched (`Group`): the members' parameters
-are stacked along a leading (member) axis for the life of the group; the K models run as one
-batched model (a model's own `forward_stacked`, else torch.func.vmap over functional_call),
-and one backward of the sum of the members' losses gives every member the gradient of its
-own loss; each parameter's per-member norms are one reduction; each clip mode clips all its
-members at once (gradlab.clip.stack: per-member knobs and adaptive state as tensors); one
-optimizer step (gradlab.optim.StackedOptimizer) updates all members with their own lrs;
-one pass evaluates them all; and their metrics are read from the device once per log
-interval. A member that diverges, fails or reaches its target is recorded and leaves the
-group; the others go on.
+its own record and W&B run. A group runs through the same loop (gradlab.loop) and the same
+step (gradlab.step.train_step) as a run alone; what differs is the engine, `Stacked`: the
+members' parameters are stacked along a leading (member) axis for the life of the group; the
+K models run as one batched model (a model's own `forward_stacked`, else torch.func.vmap over
+functional_call), and one backward of the sum of the members' losses gives every member the
+gradient of its own loss; each parameter's per-member norms are one reduction; each clip mode
+clips all its members at once (gradlab.clip.stack: per-member knobs and adaptive state as
+tensors); one optimizer step (gradlab.optim.StackedOptimizer) updates all members with their
+own lrs; one pass evaluates them all. A member that diverges, fails or reaches its target is
+recorded and leaves the group; the others go on. What only a run alone can use is `why_alone`.
 
 Runs differ in seed, clip mode and knobs, and learning rate; anything else that differs
 (model, task, batch size, accumulation, steps, precision, optimizer options, ...) puts them in
@@ -26,21 +26,21 @@ engine it gets and why.
 from __future__ import annotations
 
 import copy
-import math
 from contextlib import ExitStack
 from typing import NamedTuple
 
 import torch
 
 from gradlab import devices
-from gradlab.clip import Slab, constant, select, stack, stacked_knobs, tensor_norms
+from gradlab.clip import ClipResult, Slab, select, stack, stacked_knobs
 from gradlab.components import label, locate, shipped_targets
-from gradlab.config import NOT_IDENTITY, check_writable, clip_knobs, norm_type, run_id, stop_rule, sweep_dir
+from gradlab.config import NOT_IDENTITY, check_writable, clip_knobs, norm_type, run_id, sweep_dir
 from gradlab.distributed import SOLO
+from gradlab.loop import Member, train_members
 from gradlab.objective import evaluate, member_losses
-from gradlab.optim import StackedOptimizer, lr_factor, why_not_stacked
-from gradlab.step import to_host
-from gradlab.train import Session, Stepper, build, claim, failure, layer_figures, reached, train
+from gradlab.optim import StackedOptimizer, why_not_stacked
+from gradlab.step import StepOutput, StepParts, train_step
+from gradlab.train import Session, build, claim, train
 
 FREE = ("seed", "lr", "clip")  # what may differ within a group (besides the clip knobs)
 
@@ -193,15 +193,6 @@ def stacked_forward(base: torch.nn.Module, params: dict, x: torch.Tensor) -> tor
     return torch.func.vmap(lambda p, xi: torch.func.functional_call(base, p, (xi,)))(params, x)
 
 
-class _Member:
-    def __init__(self, index: int, conf: dict):
-        self.index, self.conf, self.result = index, conf, None
-        self.run = build(conf)
-        self.session = Session(conf, self.run, SOLO)
-        self.stepper = Stepper(conf, self.run, self.session)
-        self.clip_key = clip_key(conf["clip"])
-
-
 def clip_key(clip_cfg: dict) -> str:
     """Members with equal keys share one stacked clip strategy: the same mode, equal but for the
     knobs its class stacks (gradlab.clip.stacked_knobs)."""
@@ -212,74 +203,67 @@ def clip_key(clip_cfg: dict) -> str:
 
 
 def train_group(confs: list[dict]) -> list[dict]:
-    """Train the runs of one group together; their summaries, in order."""
-    summaries = {}
+    """Train the runs of one group together (gradlab.loop, under `Stacked`); their summaries, in order."""
+    summaries, members = {}, {}
     with ExitStack() as held:  # each member's run is held (records.claimed) until the group ends
-        members = []
         for i, conf in enumerate(confs):
             check_writable(conf)
             done = held.enter_context(claim(conf))
             if done:
                 summaries[i] = done
             else:
-                members.append(_Member(i, conf))
-        _train_members(members, summaries)
-    return [summaries[i] for i in range(len(confs))]
+                run = build(conf)
+                members[i] = Member(conf, run, Session(conf, run, SOLO))
+        # each clip mode's members in one range of the member axis
+        train_members(sorted(members.values(), key=lambda m: clip_key(m.conf["clip"])), Stacked)
+    return [summaries[i] if i in summaries else members[i].summary for i in range(len(confs))]
 
 
-def _train_members(members: list[_Member], summaries: dict) -> None:
-    """Train the members (each holding its run) together, putting each one's summary in `summaries`."""
+class GroupClip:
+    """The clip strategies of a group's members, as one: each stacked strategy (gradlab.clip.stack)
+    clips its range of the member axis, through its Slabs of the group's gradients."""
 
-    def end(m: _Member, result: dict) -> None:
-        m.result = result
-        summaries[m.index] = m.session.close(result)
+    def __init__(self, ranges: list, layers: int, device: torch.device):
+        self.ranges, self.layers, self.device = (
+            ranges,
+            layers,
+            device,
+        )  # ranges: (start, stop, strategy, slabs)
 
-    try:
-        for m in members:
-            try:
-                m.session.open()
-            except Exception as e:  # e.g. a full disk: this member fails, the others go on
-                end(m, {"status": "failed", "error": failure(e, m.conf)})
-        live = [m for m in members if m.result is None]
-        if live:
-            group = Group(live)
-            for step in range(1, group.steps + 1):
-                for m, result in group.step(step):
-                    end(m, result)
-                if not group.members:
-                    break
-    except Exception as e:  # the shared step failed: every member still in it fails with it
-        for m in members:
-            if m.result is None:
-                end(m, {"status": "failed", "error": failure(e, m.conf)})
-    finally:
-        for m in members:
-            if (
-                m.index not in summaries and m.session.opened
-            ):  # interrupted (one never started has nothing to record)
-                summaries[m.index] = m.session.close(m.result or {})
+    def __call__(self, params, total_norm: torch.Tensor) -> ClipResult:
+        results = [strategy(slabs, total_norm[start:stop]) for start, stop, strategy, slabs in self.ranges]
+        return ClipResult(*map(torch.cat, zip(*results)))
+
+    @property
+    def last_fired(self) -> torch.Tensor:
+        """(K, L): which tensors the last step clipped, per member (none, for a mode not per layer)."""
+        return torch.cat(
+            [
+                strategy.last_fired
+                if hasattr(strategy, "last_fired")
+                else torch.zeros(stop - start, self.layers, dtype=torch.bool, device=self.device)
+                for start, stop, strategy, _ in self.ranges
+            ]
+        )
 
 
-class Group:
-    """The members' step, batched: their parameters stacked along a first (member) axis for the life
-    of the group, one forward and backward for all, per-member norms in one reduction per tensor,
-    each clip mode once for its members (a stacked strategy, gradlab.clip.stack), one optimizer step
-    (gradlab.optim.StackedOptimizer) with per-member lrs, one evaluation pass, and the metrics of all
-    members read from the device once per log interval. A member that ends (diverged, failed, its
-    target reached, or its last step) is written back to its own model, handed over, and removed."""
+class Stacked:
+    """The engine of K members trained as one: their parameters stacked along a first (member) axis
+    for the life of the group, the K models run as one batched model (`stacked_forward`), each
+    clip mode once for its members (`GroupClip`), one optimizer step for all with per-member
+    lrs (gradlab.optim.StackedOptimizer), one evaluation pass. The step is gradlab.step's
+    train_step on these parts. A member that ends is written back to its own model and leaves."""
 
-    def __init__(self, members: list[_Member]):
-        members.sort(key=lambda m: m.clip_key)  # each clip mode's members in one range of the member axis
+    stacked = True
+
+    def __init__(self, members: list[Member]):
         first = members[0]
-        self.conf, self.device, self.members = first.conf, first.run.device, members
-        self.steps, self.k = self.conf["steps"], self.conf["accum_steps"]
+        self.members, self.device = members, first.run.device
+        self.k = first.conf["accum_steps"]
         self.base = copy.deepcopy(first.run.model)  # the shape (and buffers) that functional_call fills in
-        self.names = [n for n, p in self.base.named_parameters() if p.requires_grad]
-        self.norm_type = norm_type(self.conf["norm_type"])
-        self.factor = lr_factor(self.conf["optim"], self.steps)
-        self.autocast, self.eval_set = first.stepper.autocast, first.stepper.eval_set
-        self.target = stop_rule(self.conf["stop_at_target"])
-        self.per_member_loss = member_losses(first.run.task.spec)
+        self.names = first.names
+        self.autocast = devices.autocast(first.conf["precision"], self.device)
+        self.eval_set, self.spec = first.run.task.eval_batches(), first.run.task.spec
         self._stack(
             [
                 torch.stack([dict(m.run.model.named_parameters())[n].detach() for m in members])
@@ -287,35 +271,44 @@ class Group:
             ]
         )
         self.optimizer = StackedOptimizer(first.run.optimizer, self.params)
-        self.fired = torch.zeros(len(members), len(self.names), device=self.device)  # per-layer clips so far
-        self.pending = []
+        self.parts = StepParts(
+            member_losses(self.spec),
+            self.optimizer,
+            self.clip,
+            torch.amp.GradScaler(self.device.type, enabled=False),  # fp16 trains alone
+            self.autocast,
+            norm_type(first.conf["norm_type"]),
+            stacked=True,
+        )
 
     def _stack(self, weights: list, keep: torch.Tensor | None = None) -> None:
         """Make `weights` (stacked, one per parameter) the group's parameters, with gradients that
-        live as long (zeroed after each step, so the clip strategies' Slabs stay valid). `keep`: the
-        members (old indices) that stay, of a group that had more; their optimizer and clip state."""
+        live as long (zeroed after each step, so the clip strategies' Slabs stay valid), and the
+        group's clip. `keep`: the members (old indices) that stay, of a group that had more; their
+        optimizer and clip state."""
         self.params = [w.detach().clone().requires_grad_() for w in weights]
         for p in self.params:
             p.grad = torch.zeros_like(p)
         if keep is not None:
             self.optimizer.select(keep.to(self.device), self.params)
-        old = {key: (start, strategy) for key, start, _, strategy, _ in getattr(self, "clips", [])}
-        self.clips, start = [], 0
-        for key in dict.fromkeys(m.clip_key for m in self.members):
-            stop = start + sum(m.clip_key == key for m in self.members)
+        was = {key: (start, strategy) for key, (start, _, strategy, _) in getattr(self, "keyed", [])}
+        keys = [clip_key(m.conf["clip"]) for m in self.members]
+        self.keyed, start = [], 0
+        for key in dict.fromkeys(keys):
+            stop = start + keys.count(key)
             slabs = [
                 Slab(n, p.detach()[start:stop], p.grad[start:stop]) for n, p in zip(self.names, self.params)
             ]
             if keep is None:
                 strategy = stack([m.run.clip for m in self.members[start:stop]], self.device)
             else:  # the members of this key that stay, by their place in its old range
-                was, strategy = old[key]
-                strategy = select(strategy, (keep[start:stop] - was).to(self.device))
-            self.clips.append((key, start, stop, strategy, slabs))
+                old_start, strategy = was[key]
+                strategy = select(strategy, (keep[start:stop] - old_start).to(self.device))
+            self.keyed.append((key, (start, stop, strategy, slabs)))
             start = stop
-        self.per_layer = torch.tensor(
-            [hasattr(m.run.clip, "last_fired") for m in self.members], device=self.device
-        )
+        self.clip = GroupClip([r for _, r in self.keyed], len(self.names), self.device)
+        if keep is not None:
+            self.parts = self.parts._replace(clip=self.clip)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The members' outputs on their inputs x (K, batch, ...)."""
@@ -325,128 +318,31 @@ class Group:
         """The members' outputs on one batch x, the same for all (the held-out set)."""
         return self.forward(x.expand(len(self.members), *x.shape))
 
-    def step(self, step: int) -> list:
-        """One optimizer step of every member; the members that ended with it, and their results."""
-        members, conf = self.members, self.conf
-        lrs = [m.conf["lr"] * self.factor(step - 1) for m in members]
-        x, y = map(torch.stack, zip(*(next(m.stepper.stream) for m in members)))
-        at_layers = conf["layer_norms_every"] and step % conf["layer_norms_every"] == 0
-        before = [p.detach().clone() for p in self.params] if at_layers else None
-        loss = self._backward(list(zip(x.chunk(self.k, dim=1), y.chunk(self.k, dim=1))))
-        grads = [p.grad for p in self.params]
+    def step(self, batches: list, lrs: list) -> StepOutput:
+        x, y = map(torch.stack, zip(*batches))
+        self.optimizer.lrs = lrs
+        return train_step(self.forward, list(zip(x.chunk(self.k, dim=1), y.chunk(self.k, dim=1))), self.parts)
+
+    def weights(self) -> list:
+        return [p.detach() for p in self.params]
+
+    def last_fired(self) -> torch.Tensor:
+        return self.clip.last_fired
+
+    def evaluate(self) -> torch.Tensor:
+        """(K, 2): each member's held-out loss and accuracy, in one pass."""
+        return torch.stack(evaluate(self.base, self.eval_set, self.spec, self.autocast, self.forward_all), -1)
+
+    def keep(self, kept: list) -> None:
+        """Only the members `kept` (indices) go on: their parameters, optimizer and clip state."""
+        keep = torch.tensor(kept)
+        self.members = [self.members[i] for i in kept]
+        self._stack([p.detach()[keep.to(self.device)] for p in self.params], keep)
+
+    def write_back(self, i: int) -> None:
+        """Member i's weights into its own model (what its record saves, with save_model)."""
         with torch.no_grad():
-            layer_norms = tensor_norms(grads, self.norm_type, stacked=True)
-            total = torch.linalg.vector_norm(layer_norms, self.norm_type, dim=-1)
-            after, fired, per_layer = [], [], []
-            for _, start, stop, strategy, slabs in self.clips:
-                result = strategy(slabs, total[start:stop])
-                after.append(result.norm_after)
-                fired.append(result.fired)
-                per_layer.append(
-                    getattr(strategy, "last_fired", torch.zeros(stop - start, len(grads), device=self.device))
-                )
-            after, fired = torch.cat(after), torch.cat(fired)
-            self.fired += torch.cat(per_layer).float()
-            self.optimizer.lrs = lrs
-            self.optimizer.step()
-            torch._foreach_zero_(grads)
-            unmeasured, zero = constant(math.nan, self.device), constant(0.0, self.device)
-            figures = {  # as train_step's, one value per member
-                "loss": loss,
-                "grad_norm": total.float(),
-                "grad_norm_clipped": after.float(),
-                "clipped": fired.float(),
-                "smoothness": unmeasured.expand(len(members)),
-                "smoothness_grad_norm": unmeasured.expand(len(members)),
-                "spike_skipped": zero.expand(len(members)),
-            }
-            layers = None
-            if before is not None:  # the per-layer clip counts, nan for members whose mode is not per layer
-                fired_so_far = torch.where(self.per_layer[:, None], self.fired, math.nan)
-                layers = layer_figures(
-                    [p.detach() for p in self.params], before, layer_norms, fired_so_far, step, stacked=True
-                )
-            at_eval = step == self.steps or (conf["eval_every"] and step % conf["eval_every"] == 0)
-            metrics = (
-                torch.stack(
-                    evaluate(
-                        self.base, self.eval_set, members[0].run.task.spec, self.autocast, self.forward_all
-                    ),
-                    dim=-1,
-                )
-                if at_eval
-                else None
-            )
-        self.pending.append((step, figures, lrs, layers, metrics))
-        if step % conf["log_every"] == 0 or step == self.steps or (at_eval and self.target is not None):
-            return self._flush(step, at_eval)
-        return []
-
-    def _backward(self, micro_batches: list) -> torch.Tensor:
-        """One forward and backward of every member on its micro-batches; each member's loss (K,)."""
-        total, losses = micro_batches[0][0].shape[1] * len(micro_batches), None
-        for x, y in micro_batches:
-            with self.autocast():
-                parts = self.per_member_loss(self.forward(x), y)
-                if x.shape[1] != total:  # loss / k, as in train_step
-                    parts = parts * (x.shape[1] / total)
-            parts.sum().backward()
-            losses = parts.detach().float() if losses is None else losses + parts.detach().float()
-        return losses
-
-    def _flush(self, step: int, at_eval: bool) -> list:
-        """Read the pending metrics of every member at once, hand each member its rows; the members
-        that ended, and their results (they leave the group)."""
-        steps = [p[0] for p in self.pending]
-        values = to_host([p[1] for p in self.pending])  # the one read of the interval: (K,) per figure
-        layers = [None if p[3] is None else p[3].cpu() for p in self.pending]
-        metrics = [None if p[4] is None else p[4].cpu() for p in self.pending]
-        lrs = [p[2] for p in self.pending]
-        self.pending = []
-        ended, kept = [], []
-        for i, m in enumerate(self.members):
-            log = m.stepper.log
-            log.pending = [
-                (
-                    s,
-                    None,
-                    lrs[t][i],
-                    None if layers[t] is None else layers[t][i],
-                    None if metrics[t] is None else metrics[t][i],
-                )
-                for t, s in enumerate(steps)
-            ]
-            try:
-                diverged_at = log.flush([{name: v[i] for name, v in row.items()} for row in values])
-                result = (
-                    {"status": "diverged", "diverged_step": diverged_at}
-                    if diverged_at
-                    else {"status": "completed", "target_step": step}
-                    if at_eval and self.target is not None and reached(log.history[-1], *self.target)
-                    else {"status": "completed"}
-                    if step == self.steps
-                    else None
-                )
-            except Exception as e:  # this member fails; the others go on
-                result = {"status": "failed", "error": failure(e, m.conf)}
-            if result is None:
-                kept.append(i)
-            else:
-                self._write_back(m, i)
-                ended.append((m, result))
-        if ended and kept:
-            keep = torch.tensor(kept)
-            self.members = [self.members[i] for i in kept]
-            self.fired = self.fired[keep.to(self.device)]
-            self._stack([p.detach()[keep.to(self.device)] for p in self.params], keep)
-        elif ended:
-            self.members = []
-        return ended
-
-    def _write_back(self, m: _Member, i: int) -> None:
-        """The member's weights into its own model (what its record saves, with save_model)."""
-        with torch.no_grad():
-            own = dict(m.run.model.named_parameters())
+            own = dict(self.members[i].run.model.named_parameters())
             for n, p in zip(self.names, self.params):
                 own[n].copy_(p[i])
 

@@ -26,29 +26,31 @@ import torch
 
 from gradlab.components import options
 from gradlab.config import run_id, sweep_dir
+from gradlab.loop import Loop, Member, Single
 from gradlab.progress import RunProgress
 from gradlab.tracking import Tracker
-from gradlab.train import Stepper, build, train
+from gradlab.train import build, train
 
 pytestmark = pytest.mark.cuda
 CUDA = torch.device("cuda")
 MLP = ["model=mlp", "task=regression", "model.hidden=[32,32]", "task.n_samples=256", "task.features=8"]
 
 
-def stepper(conf: dict) -> Stepper:
-    """A run's loop with its record kept in memory."""
+def stepper(conf: dict) -> SimpleNamespace:
+    """A run's loop (gradlab.loop) with its record kept in memory, and the run's log."""
     session = SimpleNamespace(
         history=[],
         layers=[],
         progress=RunProgress("none", "test", conf["steps"]),
         tracker=Tracker(conf, None, enabled=False),
     )
-    return Stepper(conf, build(conf), session)
+    member = Member(conf, build(conf), session).start()
+    return SimpleNamespace(loop=Loop([member], Single([member])), log=member.log)
 
 
-def steps(s: Stepper, first: int, last: int) -> None:
+def steps(s: SimpleNamespace, first: int, last: int) -> None:
     for step in range(first, last + 1):
-        s.record(step, s.step(s.net, s.batches(step), s.parts))
+        s.loop.step(step)
 
 
 def between_logs(conf: dict) -> None:

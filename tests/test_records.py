@@ -153,7 +153,8 @@ def test_force_with_a_bad_value_deletes_nothing(tmp_path, command, bad, message)
 
 def test_a_failed_force_rerun_keeps_the_finished_record(tmp_path, compose, monkeypatch):
     """A re-run that fails replaces no result."""
-    from gradlab.train import Stepper, train
+    from gradlab.loop import Loop
+    from gradlab.train import train
 
     conf = compose(*FAST, "steps=5", "name=f")
     assert train(conf)["status"] == "completed"
@@ -162,7 +163,7 @@ def test_a_failed_force_rerun_keeps_the_finished_record(tmp_path, compose, monke
     def broken(self, step):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(Stepper, "batches", broken)
+    monkeypatch.setattr(Loop, "step", broken)
     again = train({**conf, "force": True})
     assert again["status"] == "failed" and "disk on fire" in again["error"]
     assert snapshot(tmp_path / "f") == before and sorted(p.name for p in (tmp_path / "f").iterdir()) == [

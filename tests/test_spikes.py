@@ -134,14 +134,14 @@ def test_layer_figures_are_the_update_to_weight_ratio(compose, tmp_path):
     assert (layers["update_ratio"] > 0).all() and (layers["update_ratio"] < 1).all()
     import torch
 
-    from gradlab.train import layer_figures
+    from gradlab.loop import layer_figures
 
     model = torch.nn.Linear(3, 2)
     before = [w.detach().clone() for w in model.parameters()]
     for w in model.parameters():
         w.data.add_(torch.ones_like(w))
     after = [w.detach() for w in model.parameters()]
-    figures = layer_figures(after, before, torch.tensor([1.0, 2.0]), None, step=1)
+    figures = layer_figures(after, before, torch.tensor([1.0, 2.0]), torch.full((2,), math.nan), step=1)
     expected = [torch.ones_like(b).norm() / b.norm() for b in before]
     torch.testing.assert_close(figures[1], torch.stack(expected))
     assert figures[0].tolist() == [1.0, 2.0] and figures[2].isnan().all()

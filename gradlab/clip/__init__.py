@@ -258,11 +258,12 @@ def select(batch, keep: torch.Tensor):
     return kept
 
 
-def measure(params, norm_type: float) -> tuple:
-    """The parameters that have gradients, each gradient's p-norm (a vector) and their total p-norm."""
+def measure(params, norm_type: float, stacked: bool = False) -> tuple:
+    """The parameters that have gradients, each gradient's p-norm (L,) and their total p-norm (0-d);
+    with `stacked` members (a first axis), each member's: (K, L) and (K,)."""
     params = [p for p in params if p.grad is not None]
-    layer_norms = tensor_norms([p.grad for p in params], norm_type)
-    return params, layer_norms, torch.linalg.vector_norm(layer_norms, norm_type)
+    layer_norms = tensor_norms([p.grad for p in params], norm_type, stacked)
+    return params, layer_norms, torch.linalg.vector_norm(layer_norms, norm_type, dim=-1 if stacked else None)
 
 
 class Chain:

@@ -37,8 +37,9 @@ from gradlab.clip import Clipper, config, make, measure
 from gradlab.config import clip_label
 from gradlab.config import norm_type as check_norm_type
 from gradlab.errors import bad
+from gradlab.loop import LAYER_COLUMNS, one_line
 from gradlab.step import read, to_host
-from gradlab.train import LAYER_COLUMNS, one_line, versions
+from gradlab.train import versions
 
 EVAL = {"val_loss": "eval_loss", "val_acc": "eval_acc"}  # trainer.callback_metrics key -> history column
 
@@ -224,7 +225,8 @@ class GradlabClipping(lightning.Callback):
         now = time.perf_counter()
         rate = len(self.pending) / max(now - self.last, 1e-9)
         for (step, _, lr), measured in zip(self.pending, values):
-            row = {**read({"spike_skipped": 0.0, **measured}, self.fp16), "step": step, "lr": lr}
+            one = {name: v for name, (v,) in measured.items()}
+            row = {**read({"spike_skipped": 0.0, **one}, self.fp16), "step": step, "lr": lr}
             self.clipped += row["clipped"]
             row.update(
                 clip_fraction=self.clipped / (len(self.history) + 1),
