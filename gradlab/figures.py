@@ -76,6 +76,8 @@ FIGURES = (
     Figure("samples_per_s", "host", {"perf/samples_per_s": "last"}),
 )
 
+LAYER_COLUMNS = ["step", "layer", "grad_norm", "update_ratio", "clip_fraction"]  # layer_norms.csv's
+
 
 def columns() -> list[str]:
     """history.csv's columns."""

@@ -205,7 +205,7 @@ def plan(overrides: list[str], multirun: bool) -> Plan:
 
 def print_plan(p: Plan, settings: list[str] = ()) -> None:
     from gradlab.config import run_id, sweep_dir
-    from gradlab.train import earlier_result
+    from gradlab.session import earlier_result
 
     confs = p.confs
     print(f"sweep {confs[0]['name']}: {len(confs)} run(s) -> {sweep_dir(confs[0])}")
@@ -288,7 +288,7 @@ def sweep(overrides: list[str], dry_run: bool = False) -> Swept:
     """Run (or, dry, list) the sweep: the folders of its runs, and how they ended."""
     from gradlab import parallel, search
     from gradlab.config import run_id, sweep_dir
-    from gradlab.train import earlier_result
+    from gradlab.session import earlier_result
 
     searching = search.searching(overrides)
     p = search_plan(overrides) if searching else plan(overrides, multirun=True)

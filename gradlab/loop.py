@@ -29,12 +29,10 @@ from gradlab.objective import evaluate, loss_fn
 from gradlab.optim import lr_factor
 from gradlab.step import StepOutput, StepParts, read, to_host, train_step
 
-LAYER_COLUMNS = ["step", "layer", "grad_norm", "update_ratio", "clip_fraction"]
-
 
 class Member:
     """One run in a loop: its config, its built components (gradlab.train.Run), its record
-    (gradlab.train.Session, or anything with history, layers, progress, tracker, open and close),
+    (gradlab.session.Session, or anything with history, layers, progress, tracker, open and close),
     and, once started, its data stream and its log; `summary` once it has ended."""
 
     def __init__(self, conf: dict, run, session, world: distributed.World = distributed.SOLO):
@@ -241,10 +239,11 @@ def reached(row: dict, metric: str, value: float) -> bool:
 
 
 def layer_figures(after, before, grad_norms, fired, step: int, stacked: bool = False) -> torch.Tensor:
-    """Per parameter tensor (rows: LAYER_COLUMNS[2:]): pre-clip gradient norm, update-to-weight
-    norm ratio of this step (`before` and `after` it, the trainable weights), and the share of steps
-    so far that clipped it (`fired`: clips so far, nan unless the clip mode works per layer).
-    Stays on the device. `stacked` members (a first axis): one such (3, L) block per member."""
+    """Per parameter tensor (rows: figures.LAYER_COLUMNS[2:]): pre-clip gradient norm,
+    update-to-weight norm ratio of this step (`before` and `after` it, the trainable weights), and
+    the share of steps so far that clipped it (`fired`: clips so far, nan unless the clip mode
+    works per layer). Stays on the device. `stacked` members (a first axis): one (3, L) block
+    per member."""
     moved = tensor_norms(torch._foreach_sub(after, before), 2.0, stacked)
     ratio = moved / tensor_norms(before, 2.0, stacked).clamp(min=1e-12)
     share = (fired / step).reshape(ratio.shape)

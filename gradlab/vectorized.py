@@ -39,8 +39,9 @@ from gradlab.distributed import SOLO
 from gradlab.loop import Member, train_members
 from gradlab.objective import evaluate, member_losses
 from gradlab.optim import StackedOptimizer, why_not_stacked
+from gradlab.session import Session, claim
 from gradlab.step import StepOutput, StepParts, train_step
-from gradlab.train import Session, build, claim, train
+from gradlab.train import build, train
 
 FREE = ("seed", "lr", "clip")  # what may differ within a group (besides the clip knobs)
 

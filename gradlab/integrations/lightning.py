@@ -37,9 +37,9 @@ from gradlab.clip import Clipper, config, make, measure
 from gradlab.config import clip_label
 from gradlab.config import norm_type as check_norm_type
 from gradlab.errors import bad
-from gradlab.loop import LAYER_COLUMNS, one_line
+from gradlab.loop import one_line
+from gradlab.session import versions
 from gradlab.step import read, to_host
-from gradlab.train import versions
 
 EVAL = {"val_loss": "eval_loss", "val_acc": "eval_acc"}  # trainer.callback_metrics key -> history column
 
@@ -280,6 +280,6 @@ class GradlabClipping(lightning.Callback):
             attempt.finish(
                 self.summary,
                 pd.DataFrame(self.history, columns=figures.columns()),
-                pd.DataFrame(self.layers, columns=LAYER_COLUMNS) if self.layers else None,
+                pd.DataFrame(self.layers, columns=figures.LAYER_COLUMNS) if self.layers else None,
             )
             attempt.close(self.summary, written=True)
