@@ -40,11 +40,13 @@ ConfigDir = Annotated[
 @contextmanager
 def user_errors():
     """Bad input ends in one line on stderr and exit code 2, never a traceback; a sweep whose
-    launcher broke down, in one line and exit code 1; Ctrl-C, in one line and exit code 130."""
-    from gradlab.errors import ConfigError, Interrupted, LaunchError
+    launcher broke down, in one line and exit code 1; Ctrl-C, in one line and exit code 130;
+    SIGTERM (a scheduler's preemption or time limit), as Ctrl-C, with exit code 143."""
+    from gradlab.errors import ConfigError, Interrupted, LaunchError, exit_code, sigterm_interrupts, stopped
 
     try:
-        yield
+        with sigterm_interrupts():
+            yield
     except ConfigError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
@@ -55,11 +57,11 @@ def user_errors():
         typer.echo(
             str(e)
             if isinstance(e, Interrupted)
-            else "interrupted: finished runs are kept; running the same command again makes the rest",
+            else f"{stopped(e)}: finished runs are kept; running the same command again makes the rest",
             err=True,
         )
         _handled_interrupt()
-        raise typer.Exit(130) from None
+        raise typer.Exit(e.code if isinstance(e, Interrupted) else exit_code(e)) from None
 
 
 def _handled_interrupt() -> None:

@@ -31,6 +31,7 @@ NOT_IDENTITY = (
     "compile",
     "objective",
     "trial_seeds",
+    "checkpoint_every",
 )
 ENGINES = ("auto", "sequential", "vectorized")
 COMPILE = (False, True, "cudagraphs")
@@ -71,7 +72,7 @@ def check_knobs(conf: dict) -> None:
     """Top-level knobs; the group-specific ones are checked by the classes they configure."""
     for key in ("steps", "batch_size", "accum_steps", "log_every", "devices"):
         _positive_int(conf, key)
-    for key in ("eval_every", "layer_norms_every", "smoothness_every"):
+    for key in ("eval_every", "layer_norms_every", "smoothness_every", "checkpoint_every"):
         if isinstance(conf[key], bool) or not isinstance(conf[key], int) or conf[key] < 0:
             raise bad(key, conf[key], "must be an integer >= 0 (0 = off)")
     if positive("lr", conf["lr"], LR_ALLOWED) > LR_MAX:

@@ -41,6 +41,12 @@ class Smoothness:
             self.before = [p.detach().clone() for p in params]
         return estimate
 
+    def state_dict(self) -> dict:
+        return {"step": self.step, "before": self.before or []}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.before = state["step"], state["before"] or None
+
     def _estimate(self, params, before: list) -> torch.Tensor:
         after = [p.detach().clone() for p in params]
         middle = torch._foreach_lerp(before, after, 0.5)

@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
 
-from gradlab.errors import ConfigError, Interrupted, LaunchError, bad
+from gradlab.errors import ConfigError, Interrupted, LaunchError, bad, stopped
 from gradlab.sweep import GROUPS, default_name, expand, key_of
 
 SEARCHPATH = "hydra.searchpath"
@@ -324,11 +324,12 @@ def sweep(overrides: list[str], dry_run: bool = False) -> Swept:
                 main()
             finally:
                 del os.environ[parallel.SWEEP_PID]
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         _report(p, done_before, searching)
         raise Interrupted(
-            "interrupted: finished runs are kept, the run(s) in progress are recorded as "
-            "interrupted; running the same command again makes the rest"
+            f"{stopped(e)}: finished runs are kept, the run(s) in progress are recorded as "
+            "interrupted; running the same command again makes the rest",
+            e,
         ) from None
     except Exception as e:
         _report(p, done_before, searching)
@@ -408,10 +409,11 @@ def train(overrides: list[str], dry_run: bool = False) -> dict | None:
             return {"status": "failed"}
     try:
         summary = run(conf)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         raise Interrupted(
-            f"interrupted: the run is recorded as interrupted unless {run_dir} already held a "
-            "finished one, which is kept; running the same command again makes it"
+            f"{stopped(e)}: the run is recorded as interrupted unless {run_dir} already held a "
+            "finished one, which is kept; running the same command again makes it",
+            e,
         ) from None
     hint = summary.get("wandb", {}).get("sync")
     if (

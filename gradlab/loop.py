@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import torch
 
-from gradlab import devices, distributed
+from gradlab import checkpoint, devices, distributed
 from gradlab.clip import tensor_norms
 from gradlab.config import norm_type, resolve_device, sizes, stop_rule
 from gradlab.diagnostics import Smoothness
@@ -41,10 +41,13 @@ class Member:
         self.factor = lr_factor(conf["optim"], conf["steps"])
         self.summary = None
 
-    def start(self) -> Member:
-        """Open the data stream and the log: what can fail (a task's missing file) once the record is."""
+    def start(self, taken: int = 0) -> Member:
+        """Open the data stream (after the batches of `taken` steps: a run continued from a
+        checkpoint) and the log: what can fail (a task's missing file) once the record is."""
         samples = self.conf["batch_size"] * self.conf["accum_steps"]
         self.stream = self.run.task.batches(samples, self.conf["seed"])
+        for _ in range(taken):
+            next(self.stream)
         self.log = Log(self.conf, self.names, self.session, samples)
         self.run.model.train()
         return self
@@ -112,6 +115,36 @@ class Single:
     def write_back(self, i: int) -> None:
         """The run's own model is what trained: nothing to copy."""
 
+    def state_dict(self) -> dict:
+        """What the next steps depend on, for a checkpoint (gradlab.checkpoint)."""
+        run, parts = self.run, self.parts
+        cuda = run.device.type == "cuda"
+        return {
+            "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scaler": parts.scaler.state_dict(),
+            "clip": run.clip.state_dict() if hasattr(run.clip, "state_dict") else {},
+            "spikes": list(parts.spike_guard.history) if parts.spike_guard else [],
+            "probe": parts.probe.state_dict() if parts.probe else {},
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(run.device) if cuda else torch.empty(0, dtype=torch.uint8),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        run, parts = self.run, self.parts
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        parts.scaler.load_state_dict(state["scaler"])
+        if state["clip"]:
+            run.clip.load_state_dict(state["clip"])
+        if parts.spike_guard:
+            parts.spike_guard.history.extend(state["spikes"])
+        if parts.probe:
+            parts.probe.load_state_dict(state["probe"])
+        torch.set_rng_state(state["rng"])
+        if run.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], run.device)
+
 
 class Loop:
     """The steps of a group of members under one engine; `step` returns the members that ended
@@ -145,9 +178,30 @@ class Loop:
             at_eval = step == self.steps or (conf["eval_every"] and step % conf["eval_every"] == 0)
             metrics = engine.evaluate() if at_eval else None
         self.pending.append((step, out.figures, lrs, layers, metrics))
-        if step % conf["log_every"] == 0 or step == self.steps or (at_eval and self.target is not None):
+        if (
+            step % conf["log_every"] == 0
+            or step == self.steps
+            or (at_eval and self.target is not None)
+            or checkpoint.due(conf, step)
+        ):
             return self._flush(step, at_eval)
         return []
+
+    def state_dict(self, step: int) -> dict:
+        """A run alone's state after `step` (its figures read: nothing pending), for a checkpoint."""
+        (m,) = self.members
+        return {
+            "step": step,
+            "fired": self.fired,
+            "engine": self.engine.state_dict(),
+            "log": m.log.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        (m,) = self.members
+        self.fired = state["fired"].to(self.fired.device)
+        self.engine.load_state_dict(state["engine"])
+        m.log.load_state_dict(state["log"])
 
     def _flush(self, step: int, at_eval: bool) -> list:
         """Read the pending figures of every member at once (the one host-device sync of the
@@ -205,6 +259,8 @@ def train_members(members: list[Member], engine: Callable, execution: Callable =
 
     def end(m: Member, result: dict) -> None:
         m.summary = m.session.close({**result, "execution": execution()})
+        if m.session.lead:  # ended other than interrupted: nothing to continue
+            checkpoint.remove(m.conf)
 
     try:
         for m in members:
@@ -218,11 +274,18 @@ def train_members(members: list[Member], engine: Callable, execution: Callable =
         live = [m for m in members if m.summary is None]
         if live:
             loop = Loop(live, engine(live))
-            for step in range(1, loop.steps + 1):
+            resumed = checkpoint.load(live[0].conf) if engine is Single else None
+            if resumed:
+                live[0].start(resumed["step"])
+                loop.load_state_dict(resumed)
+                live[0].session.summary["resumed_from_step"] = resumed["step"]
+            for step in range(resumed["step"] + 1 if resumed else 1, loop.steps + 1):
                 for m, result in loop.step(step):
                     end(m, result)
                 if not loop.members:
                     break
+                if engine is Single and checkpoint.due(loop.conf, step) and loop.members[0].session.lead:
+                    checkpoint.save(loop.conf, loop.state_dict(step))
     except Exception as e:  # recorded, not raised: a sweep goes on
         for m in members:
             if m.summary is None:
@@ -260,6 +323,28 @@ class Log:
         self.grads_may_overflow = conf["precision"] == "fp16"  # the scaler skips those steps
         self.clipped, self.start = 0.0, time.perf_counter()
         self.last = self.start
+        self.intervals = []  # (history rows, per-layer rows) after each write: the W&B points made
+
+    def state_dict(self) -> dict:
+        return {
+            "history": list(self.history),
+            "layers": list(self.layers),
+            "intervals": list(self.intervals),
+            "clipped": self.clipped,
+            "time_s": time.perf_counter() - self.start,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a checkpoint's log: its rows (logged to W&B again, interval by interval, as
+        they were), its clip count and its clock."""
+        self.history[:], self.layers[:] = state["history"], state["layers"]
+        self.clipped, self.intervals = state["clipped"], []
+        self.start = self.last = time.perf_counter() - state["time_s"]
+        rows = layers = 0
+        for rows_end, layers_end in state["intervals"]:
+            self.tracker.log(self.history[rows:rows_end], self.layers[layers:layers_end])
+            self.intervals.append((rows_end, layers_end))
+            rows, layers = rows_end, layers_end
 
     def write(self, steps: list) -> int | None:
         """Add the rows of `steps` (step, figures, lr, layer figures or None, evaluation or None),
@@ -267,6 +352,7 @@ class Log:
         rows, layers = len(self.history), len(self.layers)
         diverged_at = self._read(steps)
         self.tracker.log(self.history[rows:], self.layers[layers:])
+        self.intervals.append((len(self.history), len(self.layers)))
         return diverged_at
 
     def _read(self, steps: list) -> int | None:

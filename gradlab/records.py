@@ -12,6 +12,10 @@ into place only once it has ended. A completed or diverged run replaces whatever
 a run that failed or was interrupted replaces only a record that was not a finished result.
 So a `--force` re-run that is killed, interrupted or fails leaves the earlier record as it was.
 
+A run with checkpoint_every set keeps its last checkpoint in `.gradlab/<run id>.ckpt`
+(gradlab.checkpoint) until it ends other than interrupted; a killed run leaves it for the next
+attempt, which continues from it.
+
 While a run is made, its process holds a lock on `.gradlab/<run id>.lock` (released by the
 kernel when the process dies, however it dies): another sweep on the same folder skips
 that run as in progress elsewhere instead of starting it again.
@@ -121,6 +125,10 @@ WORK = ".gradlab"  # the sweep's working folder: runs being made, their locks
 
 def _hidden(run_dir: Path, suffix: str) -> Path:
     return run_dir.parent / WORK / f"{run_dir.name}.{suffix}"
+
+
+def checkpoint_file(run_dir: Path) -> Path:
+    return _hidden(run_dir, "ckpt")
 
 
 @contextmanager

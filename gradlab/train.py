@@ -17,7 +17,7 @@ from gradlab import devices, distributed, parallel
 from gradlab.clip import build_clip
 from gradlab.components import label
 from gradlab.config import check_knobs, check_writable, norm_type, plain, resolve_device, sizes, sweep_dir
-from gradlab.errors import bad, out_of_memory
+from gradlab.errors import bad, out_of_memory, sigterm_interrupts
 from gradlab.loop import Member, Single, one_line, train_members
 from gradlab.models import build_model
 from gradlab.objective import loss_fn
@@ -159,7 +159,8 @@ def _train(conf: dict, world: distributed.World) -> dict:
         parallel.watch_sweep()
         if workers > 1 and conf["device"] in ("auto", "cuda") and parallel.gpus():  # not a chosen cuda:N
             parallel.pin_gpu(sweep_dir(conf), workers)
-        return _attempt(conf, build(conf), world)
+        with sigterm_interrupts():  # in a launcher's worker process too
+            return _attempt(conf, build(conf), world)
 
 
 def _attempt(conf: dict, run: Run, world: distributed.World) -> dict:

@@ -62,6 +62,8 @@ def why_alone(conf: dict) -> str | None:
         return "smoothness_every (its estimates run the model alone)"
     if conf["skip_spikes"]:
         return "skip_spikes (each run decides on its own steps)"
+    if conf["checkpoint_every"]:
+        return "checkpoint_every (a checkpoint holds one run)"
     return why_not_stacked(conf["optim"])
 
 

@@ -1,0 +1,123 @@
+"""Checkpoints (checkpoint_every): a run killed at a random step, or terminated, continues from
+its last checkpoint when the same command runs again, and its record equals the uninterrupted
+run's, but for its timings; SIGTERM is handled as Ctrl-C is, with exit code 143.
+
+Kills are real signals sent to real `gradlab` processes; the runs compared with them are made
+in this process."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+
+import pandas as pd
+import pytest
+from test_records import FAST, one_line, start, wait_for
+
+from gradlab import checkpoint
+from gradlab.config import run_id, sweep_dir
+from gradlab.train import train
+
+TIMINGS = ("time_s", "steps_per_s", "samples_per_s")  # history columns that are the machine's, not the run's
+NOT_COMPARED = ("wall_time_s", "steps_per_s", "started", "finished", "resumed_from_step", "wandb", "sweep")
+# a stateful clip mode (zclip's averages) under gradient accumulation, dropout for the random state
+STATEFUL = ["model=transformer", "model.dropout=0.1", "clip=zclip", "accum_steps=2", "wandb=offline"]
+
+
+def record(run_dir) -> tuple:
+    """A record's figures: its history and layer rows without timings, and its summary."""
+    history = pd.read_csv(run_dir / "history.csv").drop(columns=list(TIMINGS))
+    layers = pd.read_csv(run_dir / "layer_norms.csv")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return history, layers, {k: v for k, v in summary.items() if k not in NOT_COMPARED}
+
+
+def assert_same_record(resumed, uninterrupted) -> None:
+    (h1, l1, s1), (h2, l2, s2) = record(resumed), record(uninterrupted)
+    pd.testing.assert_frame_equal(h1, h2, check_exact=True)
+    pd.testing.assert_frame_equal(l1, l2, check_exact=True)
+    assert s1 == s2
+
+
+def test_a_run_killed_at_a_random_step_continues_to_the_uninterrupted_record(tmp_path, compose):
+    args = [*STATEFUL, "steps=80", "checkpoint_every=10", "log_every=5", "layer_norms_every=15"]
+    conf = compose(*args, "name=killed")
+    run_dir, ckpt = sweep_dir(conf) / run_id(conf), checkpoint.file(conf)
+    proc = start(["train", *args, f"results_root={tmp_path}", "name=killed", "progress=none"], tmp_path)
+    wait_for(ckpt.exists, 300)  # its first checkpoint: step 10
+    wait_for(lambda: torch_load(ckpt)["step"] >= random.choice([10, 20, 30]), 300)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    taken = torch_load(ckpt)["step"]
+    assert not run_dir.exists() and 10 <= taken < 80  # killed mid-run, its checkpoint left
+
+    summary = train(conf)  # the same command again
+    assert summary["status"] == "completed" and summary["resumed_from_step"] == taken
+    assert not ckpt.exists()  # gone once the run ended
+    plain = train(compose(*args, "name=plain", "checkpoint_every=0"))
+    assert "resumed_from_step" not in plain
+    assert_same_record(run_dir, sweep_dir(conf).parent / "plain" / run_dir.name)
+    # W&B has every interval, the ones before the kill logged again, as the uninterrupted run has them
+    assert wandb_points(run_dir) == wandb_points(sweep_dir(conf).parent / "plain" / run_dir.name)
+
+
+@pytest.mark.parametrize(
+    "sig,code,said", [(signal.SIGINT, 130, "interrupted: "), (signal.SIGTERM, 143, "terminated (SIGTERM): ")]
+)
+def test_sigterm_and_ctrl_c_record_the_run_interrupted_and_keep_its_checkpoint(tmp_path, sig, code, said):
+    args = ["train", *FAST, "steps=100000", "name=int", "checkpoint_every=50", "progress=none"]
+    proc = start(args, tmp_path)
+    sweep = tmp_path / "results" / "int"
+    wait_for(lambda: any(sweep.glob(".gradlab/*.ckpt")))
+    os.killpg(proc.pid, sig)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == code, err
+    assert one_line(err).startswith(said)
+    (summary,) = sweep.glob("*/summary.json")
+    record = json.loads(summary.read_text())
+    assert record["status"] == "interrupted" and 50 <= record["steps_done"] < 100000
+    (kept,) = sweep.glob(".gradlab/*.ckpt")
+    assert torch_load(kept)["step"] % 50 == 0
+
+
+def test_a_checkpoint_of_another_configuration_or_torn_is_not_used(tmp_path, compose, capsys):
+    conf = compose(*FAST, "steps=40", "checkpoint_every=10", "name=torn")
+    checkpoint.file(conf).parent.mkdir(parents=True)
+    checkpoint.file(conf).write_bytes(b"not a checkpoint")
+    summary = train(conf)
+    assert summary["status"] == "completed" and "resumed_from_step" not in summary
+    assert "not used" in capsys.readouterr().err
+    assert not checkpoint.file(conf).exists()
+
+
+def test_checkpointed_runs_train_alone(compose):
+    from gradlab.vectorized import why_alone
+
+    assert "checkpoint" in why_alone(compose(*FAST, "checkpoint_every=10"))
+    assert why_alone(compose(*FAST)) is None
+
+
+def torch_load(path):
+    import torch
+
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception:  # being replaced: read it again
+        return {"step": -1}
+
+
+def wandb_points(run_dir) -> list:
+    """The history points wandb wrote, without timings."""
+    from wandb_records import read_run, wandb_files
+
+    (path,) = wandb_files(run_dir)
+    return [
+        {
+            k: v
+            for k, v in point.items()
+            if not (k.startswith("_") and k != "_step" or "time" in k or "per_s" in k)
+        }
+        for point in read_run(path)["history"]
+    ]
