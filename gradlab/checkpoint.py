@@ -31,9 +31,9 @@ def save(conf: dict, state: dict) -> None:
     records.atomic_write(file(conf), lambda p: torch.save({"config_hash": identity(conf), **state}, p))
 
 
-def load(conf: dict) -> dict | None:
+def load(conf: dict, quiet: bool = False) -> dict | None:
     """The state of this run's last checkpoint, or None: none there, or one that cannot be read or
-    belongs to another configuration (said in one line, and the run starts over)."""
+    belongs to another configuration (said in one line unless `quiet`, and the run starts over)."""
     path = file(conf)
     if not conf["checkpoint_every"] or not path.exists():
         return None
@@ -42,6 +42,8 @@ def load(conf: dict) -> dict | None:
         if state.get("config_hash") != identity(conf):
             raise ValueError("it belongs to another configuration")
     except Exception as e:  # a torn or foreign file: the run starts over, overwriting it
+        if quiet:
+            return None
         print(
             f"warning: checkpoint {path} not used ({type(e).__name__}: {e}); the run starts over",
             file=sys.stderr,

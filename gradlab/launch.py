@@ -204,6 +204,7 @@ def plan(overrides: list[str], multirun: bool) -> Plan:
 
 
 def print_plan(p: Plan, settings: list[str] = ()) -> None:
+    from gradlab import checkpoint, records
     from gradlab.config import run_id, sweep_dir
     from gradlab.session import earlier_result
 
@@ -229,8 +230,13 @@ def print_plan(p: Plan, settings: list[str] = ()) -> None:
         done = earlier_result(conf)
         how = f", {done.get('execution', 'eager')}" if done and conf["compile"] else ""
         status = f"done ({done['status']}{how})" if done else "to run"
+        saved = None if done else checkpoint.load(conf, quiet=True)
+        status += f" (from step {saved['step']})" if saved else ""
         shown = " ".join(o for o in job if key_of(o) != "name")
         print(f"  {i:>3}  {run_id(conf):<44} {status:<18} {shown}")
+        why = None if done else records.problem(sweep_dir(conf) / run_id(conf))
+        if why:
+            print(f"       corrupt record, made again (the folder kept aside): {why}")
 
 
 def _launch_overrides(p: Plan, to_run: int) -> list[str]:

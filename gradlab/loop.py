@@ -373,8 +373,10 @@ class Log:
             if layer_figures is not None:
                 self.layers += [(step, n, *v) for n, v in zip(self.names, layer_figures.T.tolist())]
             self.history.append(row)
-            if not math.isfinite(row["loss"]) or not (
-                math.isfinite(row["grad_norm"]) or self.grads_may_overflow
+            if (
+                not math.isfinite(row["loss"])
+                or not (math.isfinite(row["grad_norm"]) or self.grads_may_overflow)
+                or (metrics is not None and not math.isfinite(row["eval_loss"]))  # never a null result
             ):
                 return step
         self.progress.update(step, row, row["clip_fraction"], rate)

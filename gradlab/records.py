@@ -27,10 +27,13 @@ is not is never taken for a result: a sweep makes it again, `gradlab compare` sk
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
+import math
 import os
 import shutil
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -52,7 +55,7 @@ TEXT = (
     "error",
     "execution",
 )  # the rest: numbers
-GROUPS = ("versions", "wandb")  # the summary's nested parts
+GROUPS = ("versions", "wandb", "verify")  # the summary's nested parts
 _YAML = getattr(
     yaml, "CSafeLoader", yaml.SafeLoader
 )  # the C parser where PyYAML has it: records load in bulk
@@ -80,8 +83,14 @@ def read(run_dir: Path) -> dict:
 
 
 def load(run_dir: Path) -> tuple[dict, dict]:
-    """(summary, configuration) of a complete record whose files are all readable; else Unreadable."""
-    import pandas as pd
+    """(summary, configuration) of a complete record whose files are all readable and agree with
+    each other; else Unreadable, saying why.
+
+    A finished result verifies: its summary's figures are numbers (gradlab writes a non-finite
+    one as null), its configuration has the hash the summary names, and its history.csv holds
+    the rows and the bytes its summary recorded (`verify`: row count and SHA-256; a record made
+    before gradlab wrote them: a row per step done, with the step and loss columns)."""
+    from gradlab.config import identity
 
     run_dir = Path(run_dir)
     summary = _load(run_dir / SUMMARY, lambda p: json.loads(p.read_text()))
@@ -90,14 +99,44 @@ def load(run_dir: Path) -> tuple[dict, dict]:
     for key, value in summary.items():
         if key in TEXT or key in GROUPS:
             continue
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise Unreadable(f"{SUMMARY}: {key}={value!r} is not a number")
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+        ):
+            raise Unreadable(f"{SUMMARY}: {key}={value!r} is not a finite number")
     config = _load(run_dir / "config.yaml", lambda p: yaml.load(p.read_text(), Loader=_YAML))
     if not isinstance(config, dict):
         raise Unreadable("config.yaml is not a configuration")
     if summary["status"] in FINISHED:  # a failed run may have no series (recorded in the space left)
-        _load(run_dir / "history.csv", lambda p: pd.read_csv(p, dtype=float))
+        try:
+            made_by = identity(config)
+        except Exception as e:
+            raise Unreadable(f"config.yaml is not a run configuration ({type(e).__name__}: {e})") from None
+        if summary.get("config_hash") != made_by:
+            raise Unreadable(
+                f"{SUMMARY} is the record of config {summary.get('config_hash')}, config.yaml of {made_by}"
+            )
+        _verify_history(run_dir / "history.csv", summary)
     return summary, config
+
+
+def _verify_history(path: Path, summary: dict) -> None:
+    import pandas as pd
+
+    check = summary.get("verify")
+    if check:
+        digest = _load(path, sha256)
+        if digest != check.get("history_sha256"):
+            raise Unreadable(f"{path.name} is not the file its run wrote (its SHA-256 differs)")
+    history = _load(path, lambda p: pd.read_csv(p, dtype=float))
+    rows = check["history_rows"] if check else summary.get("steps_done")
+    if len(history) != rows:
+        raise Unreadable(f"{path.name} has {len(history)} rows, its run recorded {rows}")
+    if not {"step", "loss"} <= set(history.columns):
+        raise Unreadable(f"{path.name} has no step and loss columns")
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _load(path: Path, parse):
@@ -107,6 +146,17 @@ def _load(path: Path, parse):
         raise Unreadable(f"{path.name}: {e.strerror or e}") from None
     except (ValueError, yaml.YAMLError) as e:  # ValueError: json, and pandas for a cell that is not a number
         raise Unreadable(f"{path.name}: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}") from None
+
+
+def problem(run_dir: Path) -> str | None:
+    """Why the record in `run_dir` is corrupt (there, and not one `load` reads); None otherwise."""
+    if not (run_dir.exists() or run_dir.is_symlink()):
+        return None
+    try:
+        load(run_dir)
+    except Unreadable as e:
+        return str(e)
+    return None
 
 
 def result(run_dir: Path, config_hash: str) -> dict | None:
@@ -186,8 +236,9 @@ class Attempt:
         atomic_write(self.dir / "config.yaml", lambda p: p.write_text(yaml.safe_dump(conf, sort_keys=False)))
 
     def finish(self, summary: dict, history, layer_norms) -> None:
-        """Write the series and the summary."""
+        """Write the series, and the summary with what verifies the history (`load`)."""
         atomic_write(self.dir / "history.csv", lambda p: history.to_csv(p, index=False))
+        summary["verify"] = {"history_rows": len(history), "history_sha256": sha256(self.dir / "history.csv")}
         if layer_norms is not None:
             atomic_write(self.dir / "layer_norms.csv", lambda p: layer_norms.to_csv(p, index=False))
         self._write_summary(summary)
@@ -232,9 +283,16 @@ def _is_result(run_dir: Path) -> bool:
 
 
 def _install(attempt: Path, run_dir: Path) -> None:
+    """Move the attempt into place. A record there goes; one that is corrupt is kept aside, as
+    `.gradlab/<run id>.corrupt-<time>`, for its owner to look at."""
     old = _hidden(run_dir, "old")
-    if run_dir.exists():
+    if run_dir.exists() or run_dir.is_symlink():
         shutil.rmtree(old, ignore_errors=True)
-        os.replace(run_dir, old)
+        corrupt = problem(run_dir) is not None
+        os.replace(run_dir, corrupt_place(run_dir) if corrupt else old)
     os.replace(attempt, run_dir)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def corrupt_place(run_dir: Path) -> Path:
+    return _hidden(run_dir, f"corrupt-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -31,6 +31,14 @@ def claim(conf: dict, world: distributed.World = distributed.SOLO):
     with records.claimed(run_dir) if world.rank == 0 and not done else nullcontext(True) as mine:
         if not done and not distributed.agree(mine, world):
             done = elsewhere(conf, run_dir)
+        why = None if done or world.rank else records.problem(run_dir)
+        if why:
+            print(
+                f"warning: {run_dir}: corrupt record ({why}); it is made again, and the corrupt folder "
+                f"kept in {run_dir.parent / records.WORK}",
+                file=sys.stderr,
+                flush=True,
+            )
         yield done or skipped(conf)  # finished: made by another process just before this one took it
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,10 +18,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 from gradlab.cli import app
 from typer.testing import CliRunner
 
 from gradlab import records
+from gradlab.train import train
 
 GRADLAB = [sys.executable, "-m", "gradlab"]
 FAST = ["model=mlp", "task=regression", "wandb=off"]
@@ -360,6 +363,20 @@ CORRUPTIONS = {
         (d / "history.csv").read_text().replace("\n2,", "\nabc,", 1)
     ),
     "config deleted": lambda d: (d / "config.yaml").unlink(),
+    "config empty": lambda d: (d / "config.yaml").write_text(""),
+    "summary figure a JSON NaN": lambda d: (d / "summary.json").write_text(
+        (d / "summary.json").read_text().replace('"train_loss_final": ', '"train_loss_final": NaN, "x": ', 1)
+    ),
+    "history cut mid-row": lambda d: (d / "history.csv").write_text((d / "history.csv").read_text()[:-40]),
+    "history header only": lambda d: (d / "history.csv").write_text(
+        (d / "history.csv").read_text().splitlines()[0] + "\n"
+    ),
+    "history columns renamed": lambda d: (d / "history.csv").write_text(
+        (d / "history.csv").read_text().replace("grad_norm", "norm", 1)
+    ),
+    "summary of another config": lambda d: (d / "summary.json").write_text(
+        json.dumps({**json.loads((d / "summary.json").read_text()), "config_hash": "0123abcd"})
+    ),
 }
 
 
@@ -379,9 +396,37 @@ def test_a_corrupt_record_is_skipped_in_one_line_and_made_again(tmp_path, corrup
         and plan.stdout.count("to run") == 1
         and plan.stdout.count("done (completed)") == 1
     )
+    assert "corrupt record, made again" in plan.stdout
     again = run([*TWO, "progress=lines"], tmp_path)
     assert again.returncode == 0 and "1 completed, 1 skipped" in again.stdout
+    assert one_line(again.stderr).startswith("warning: ") and f"{bad.name}: corrupt record (" in again.stderr
     assert records.read(bad)["status"] == "completed"
+    (aside,) = (sweep / ".gradlab").glob(f"{bad.name}.corrupt-*")  # kept, not deleted
+    assert records.problem(aside) is not None and records.problem(bad) is None
+
+
+def test_a_run_folder_replaced_by_a_file_is_kept_aside_and_made_again(tmp_path):
+    sweep, (bad, _) = _two_runs(tmp_path)
+    shutil.rmtree(bad)
+    bad.write_text("not a folder")
+    assert run([*TWO, "progress=none"], tmp_path).returncode == 0
+    assert records.read(bad)["status"] == "completed"
+    (aside,) = (sweep / ".gradlab").glob(f"{bad.name}.corrupt-*")
+    assert aside.read_text() == "not a folder" and not list((sweep / ".gradlab").glob("*.old"))
+
+
+def test_a_non_finite_evaluation_makes_the_run_diverged(tmp_path, compose, monkeypatch):
+    from gradlab.tasks import _base
+
+    clean = _base.Stored.eval_batches
+
+    def one_nan(self):  # one held-out sample whose target is not a number
+        (x, y), *rest = clean(self)
+        return [(x, y.clone().index_fill_(0, torch.tensor([0]), float("nan"))), *rest]
+
+    monkeypatch.setattr(_base.Stored, "eval_batches", one_nan)
+    summary = train(compose(*FAST, "steps=30", "eval_every=10"))
+    assert summary["status"] == "diverged" and summary["diverged_step"] == 10
 
 
 # --- honest endings
