@@ -3,6 +3,8 @@ so `gradlab --help` stays fast."""
 
 from __future__ import annotations
 
+import os
+import traceback
 from contextlib import contextmanager
 from typing import Annotated
 
@@ -39,7 +41,8 @@ ConfigDir = Annotated[
 
 @contextmanager
 def user_errors():
-    """Bad input ends in one line on stderr and exit code 2, never a traceback; a sweep whose
+    """Bad input ends in one line on stderr and exit code 2, never a traceback (but for
+    HYDRA_FULL_ERROR=1, which prints it too: the user's code that raised); a sweep whose
     launcher broke down, in one line and exit code 1; Ctrl-C, in one line and exit code 130;
     SIGTERM (a scheduler's preemption or time limit), as Ctrl-C, with exit code 143."""
     from gradlab.errors import ConfigError, Interrupted, LaunchError, exit_code, sigterm_interrupts, stopped
@@ -48,6 +51,8 @@ def user_errors():
         with sigterm_interrupts():
             yield
     except ConfigError as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":  # the whole story, the user's code included
+            traceback.print_exception(e)
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     except LaunchError as e:
@@ -407,6 +412,7 @@ def bench(
         sections = _names(only, measure.SECTIONS, "--only")
         chosen = _names(models, measure.MODELS, "--models")
         sizes = _counts(counts)
+        measure.writable(out)
     report = measure.run(sections, chosen, steps, repeats, sweep_steps, sweep_repeats, sizes)
     measure.write(report, out)
     typer.echo(f"\nresults -> {out}")

@@ -460,6 +460,20 @@ def _loop_line(r: dict) -> str:
     )
 
 
+def writable(path) -> None:
+    """Refuse, before anything is measured, a results file whose folder cannot be made."""
+    from pathlib import Path
+
+    from gradlab.errors import bad
+
+    if Path(path).is_dir():
+        raise bad("--out", path, "is a folder; name a JSON file")
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise bad("--out", path, f"its folder cannot be made ({e.strerror or e})") from None
+
+
 def write(report: dict, path) -> None:
     from pathlib import Path
 

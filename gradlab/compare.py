@@ -112,7 +112,7 @@ def resolve_metric(runs: pd.DataFrame, metric: str) -> str:
 
 
 def check_keys(runs: pd.DataFrame, by: list[str]) -> None:
-    unknown = [k for k in by if k not in runs.columns]
+    unknown = [k for k in by if k not in config_keys(runs)]  # a summary figure (status) groups nothing
     if unknown:
         valid = ", ".join(k for k in config_keys(runs) if runs[k].nunique(dropna=False) > 1) or "(none vary)"
         raise ConfigError(f"--by {','.join(unknown)}: no such key; keys that vary here: {valid}")
@@ -190,6 +190,8 @@ def compare(
             "--relative: no run here records its median gradient norm (grad_norm_median); "
             "run the sweep again with --force to record it"
         )
+    if target is not None and not math.isfinite(target):
+        raise ConfigError(f"--target {target}: a finite number (the {metric} value to reach)")
     if target is not None and figures.source(metric) not in TARGETED:
         raise ConfigError(f"--target needs a loss or accuracy metric, not {metric}")
     if target is not None:

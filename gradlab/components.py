@@ -117,7 +117,15 @@ def build(group: str, cfg: dict, *args, **context):
     special = {k: cfg[k] for k in HYDRA_KEYS if k in cfg}
     # a partial first: context objects (a TaskSpec, the model) must not pass through OmegaConf
     factory = instantiate({**special, **knobs(group, cfg)}, _partial_=True, _convert_="all")
-    return factory(*args, **taken)
+    try:
+        return factory(*args, **taken)
+    except ConfigError:
+        raise
+    except Exception as e:  # the class refused its knobs (torch's argument checks), or the user's code failed
+        message = f"{type(e).__name__}: {e}".splitlines()[0]
+        raise ConfigError(
+            f"{group}={label(group, cfg)} ({target(group, cfg)}) could not be built: {message}"
+        ) from e
 
 
 def _stored(path: str) -> dict | None:

@@ -83,8 +83,8 @@ def check_knobs(conf: dict) -> None:
     norm_type(conf["norm_type"])
     if conf["precision"] not in PRECISIONS:
         raise bad("precision", conf["precision"], f"choose from {', '.join(PRECISIONS)}")
-    if not isinstance(conf["seed"], int) or isinstance(conf["seed"], bool):
-        raise bad("seed", conf["seed"], "must be an integer")
+    if not isinstance(conf["seed"], int) or isinstance(conf["seed"], bool) or not 0 <= conf["seed"] < 2**63:
+        raise bad("seed", conf["seed"], f"must be an integer in [0, {2**63 - 1}] (a 64-bit seed)")
     if conf["workers"] != "auto":
         _positive_int(conf, "workers")
     _positive_int(conf, "group_size")

@@ -142,6 +142,7 @@ def _unknown_nested(job: list[str]) -> ConfigError | None:
 
 def compose_all(jobs: list[list[str]]) -> list:
     """The composed config of every job, Hydra's node included; unknown keys or options raise ConfigError."""
+    import yaml
     from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -157,6 +158,9 @@ def compose_all(jobs: list[list[str]]) -> list:
                 configs.append(compose("config", overrides=job, return_hydra_config=True))
             except (HydraException, OmegaConfBaseException) as e:
                 raise (_unknown_nested(job) or _hydra_error(e)) from None
+            except yaml.YAMLError as e:  # a config file of the user's (--config-dir) that is not YAML
+                where = " ".join(line.strip() for line in str(e).splitlines())
+                raise ConfigError(f"a config file is not valid YAML: {where}") from None
     return configs
 
 

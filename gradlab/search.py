@@ -32,6 +32,9 @@ class TrialFailed(RuntimeError):
     """A run of the trial failed: Optuna records the trial as failed (its run record says why)."""
 
 
+TRIALS = "hydra.sweeper.n_trials"
+
+
 def searching(overrides: list[str]) -> bool:
     """Does this sweep search (hydra/sweeper=optuna) rather than run a grid?"""
     chosen = [o.partition("=")[2] for o in overrides if key_of(o) == SWEEPER]
@@ -50,6 +53,10 @@ def representatives(overrides: list[str]) -> list[str]:
     out = []
     for override in overrides:
         parsed = OverridesParser.create().parse_overrides([override])[0]
+        if key_of(override) == TRIALS:
+            trials = parsed.value()
+            if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+                raise bad(TRIALS, override.split("=", 1)[1], "must be an integer >= 1 (trials to run)")
         if not parsed.is_sweep_override():
             out.append(override)
         elif key_of(override) == "seed":
@@ -61,6 +68,12 @@ def representatives(overrides: list[str]) -> list[str]:
             )
         elif isinstance(parsed.value(), IntervalSweep):
             value = parsed.value()
+            if not value.start <= value.end:
+                raise bad(
+                    parsed.get_key_element(),
+                    override.split("=", 1)[1],
+                    "an interval(low, high) needs low <= high",
+                )
             out.append(f"{parsed.get_key_element()}={value.start},{value.end}")
         else:
             out.append(override)

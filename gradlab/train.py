@@ -131,6 +131,10 @@ def _settings(conf: dict) -> torch.device:
 def _around(conf: dict, model: torch.nn.Module, device: torch.device) -> tuple:
     """What a run builds around its model: clip mode, optimizer, spike guard; the precision checked."""
     devices.check_precision(conf["precision"], model, device)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise bad(
+            "model", label("model", conf["model"]), "has no trainable parameters: nothing to train or clip"
+        )
     clip = build_clip(conf["clip"], norm_type(conf["norm_type"]), model)
     optimizer = build_optimizer(conf["optim"], model.parameters(), conf["lr"])
     lr_factor(conf["optim"], conf["steps"])

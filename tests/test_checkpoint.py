@@ -7,10 +7,12 @@ in this process."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
 import signal
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -20,25 +22,33 @@ from gradlab import checkpoint
 from gradlab.config import run_id, sweep_dir
 from gradlab.train import train
 
-TIMINGS = ("time_s", "steps_per_s", "samples_per_s")  # history columns that are the machine's, not the run's
-NOT_COMPARED = ("wall_time_s", "steps_per_s", "started", "finished", "resumed_from_step", "wandb", "sweep")
+ROOT = Path(__file__).resolve().parents[1]
+
 # a stateful clip mode (zclip's averages) under gradient accumulation, dropout for the random state
 STATEFUL = ["model=transformer", "model.dropout=0.1", "clip=zclip", "accum_steps=2", "wandb=offline"]
 
 
-def record(run_dir) -> tuple:
-    """A record's figures: its history and layer rows without timings, and its summary."""
-    history = pd.read_csv(run_dir / "history.csv").drop(columns=list(TIMINGS))
-    layers = pd.read_csv(run_dir / "layer_norms.csv")
-    summary = json.loads((run_dir / "summary.json").read_text())
-    return history, layers, {k: v for k, v in summary.items() if k not in NOT_COMPARED}
+def _preemption():
+    spec = importlib.util.spec_from_file_location("preemption", ROOT / "benchmarks" / "preemption.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+preemption = _preemption()
 
 
 def assert_same_record(resumed, uninterrupted) -> None:
-    (h1, l1, s1), (h2, l2, s2) = record(resumed), record(uninterrupted)
+    (h1, l1, s1), (h2, l2, s2) = preemption.figures(resumed), preemption.figures(uninterrupted)
     pd.testing.assert_frame_equal(h1, h2, check_exact=True)
     pd.testing.assert_frame_equal(l1, l2, check_exact=True)
     assert s1 == s2
+
+
+def test_a_sweep_killed_twice_ends_with_the_uninterrupted_records(tmp_path, capsys):
+    assert preemption.main(kills=2, seed=1, folder=tmp_path, steps=80) == 0
+    out = capsys.readouterr().out
+    assert "equal: all 3 records" in out and "kill 2 after" in out
 
 
 def test_a_run_killed_at_a_random_step_continues_to_the_uninterrupted_record(tmp_path, compose):

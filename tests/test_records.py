@@ -314,6 +314,20 @@ def test_killing_a_local_sweep_stops_its_workers(tmp_path):
             "model.hiden_size: unknown key of model=lstm; did you mean model.hidden_size?",
         ),
         (["name=héllo"], "name=héllo: not an override gradlab can read"),
+        (["seed=99999999999999999999999"], "seed=99999999999999999999999: must be an integer in [0, "),
+        (
+            ["optim=sgd", "optim.momentum=-1"],
+            "optim=sgd (torch.optim.SGD) could not be built: ValueError: Invalid momentum value: -1",
+        ),
+        (
+            ["optim=adam", "optim.betas=[1.5,0.9]"],
+            "optim=adam (torch.optim.Adam) could not be built: ValueError: Invalid beta parameter",
+        ),
+        (["lr=1e-320"], "lr=1e-320: must be a number in (0, 1e+30], at least 1.175e-38"),
+        (
+            ["max_norm=1e-320"],
+            "max_norm=1e-320: must be a number > 0 (clip=none turns clipping off), at least",
+        ),
     ],
 )
 @pytest.mark.parametrize("command", ["train", "sweep"])
@@ -324,6 +338,113 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, command, args, messa
     assert out.returncode == 2
     assert one_line(out.stderr).startswith(f"error: {message}")
     assert [p.name for p in tmp_path.rglob("*")] == ["a", "b"]
+
+
+USER_CODE = """
+import torch
+from torch.utils.data import Dataset
+
+class Raises(torch.nn.Module):
+    def __init__(self, spec):
+        raise RuntimeError("my model is broken")
+
+class NoParams(torch.nn.Module):
+    def __init__(self, spec):
+        super().__init__()
+
+    def forward(self, x):
+        return x[:, :1] * 0
+
+class Empty(Dataset):
+    def __len__(self):
+        return 0
+
+class RaisesItem(Dataset):
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, i):
+        raise ValueError(f"bad item {i}")
+
+class Strings(Dataset):
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, i):
+        return "abc", "x"
+"""
+DATASET = ["model=mlp", "task=dataset", "task.classes=2"]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["model=custom", "model._target_=usercode.Raises", "task=regression"],
+            "model=raises (usercode.Raises) could not be built: RuntimeError: my model is broken",
+        ),
+        (
+            ["model=custom", "model._target_=usercode.NoParams", "task=regression"],
+            "model=noparams: has no trainable parameters",
+        ),
+        (
+            [*DATASET, "task.train._target_=usercode.Empty", "task.eval._target_=usercode.Empty"],
+            "task.train=usercode.Empty: is empty: a dataset needs samples",
+        ),
+        (
+            [*DATASET, "task.train._target_=usercode.RaisesItem", "task.eval._target_=usercode.RaisesItem"],
+            "task.eval=usercode.RaisesItem: its first sample is not a pair (x, y) of tensors or numbers "
+            "(ValueError: bad item 0)",
+        ),
+        (
+            [*DATASET, "task.train._target_=usercode.Strings", "task.eval._target_=usercode.Strings"],
+            "task.eval=usercode.Strings: its first sample is not a pair (x, y) of tensors or numbers "
+            "(TypeError",
+        ),
+        (["--config-dir", "mine", "model=broken"], "a config file is not valid YAML: "),
+        (
+            ["hydra/sweeper=optuna", "lr=interval(0.1,0.01)"],
+            "lr=interval(0.1,0.01): an interval(low, high) needs low <= high",
+        ),
+        (
+            ["hydra/sweeper=optuna", "lr=interval(0.01,0.1)", "hydra.sweeper.n_trials=0"],
+            "hydra.sweeper.n_trials=0: must be an integer >= 1",
+        ),
+    ],
+)
+def test_errors_of_user_code_and_files_are_one_line(tmp_path, monkeypatch, args, message):
+    (tmp_path / "usercode.py").write_text(USER_CODE)
+    (tmp_path / "mine" / "model").mkdir(parents=True)
+    (tmp_path / "mine" / "model" / "broken.yaml").write_text("_target_: foo\n  bad: [\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = sorted(tmp_path.rglob("*"))
+    out = run(["sweep", "device=cpu", "wandb=off", *args], tmp_path)
+    assert out.returncode == 2
+    assert one_line(out.stderr).startswith(f"error: {message}")
+    assert sorted(p for p in tmp_path.rglob("*") if "__pycache__" not in p.parts) == before  # nothing written
+
+
+def test_hydra_full_error_shows_the_traceback_of_the_users_code(tmp_path, monkeypatch):
+    (tmp_path / "usercode.py").write_text(USER_CODE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(
+        app, ["train", "model=custom", "model._target_=usercode.Raises", "task=regression"]
+    )
+    assert result.exit_code == 2
+    assert "Traceback" in result.stderr and 'raise RuntimeError("my model is broken")' in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: model=raises (usercode.Raises)")
+
+
+def test_compare_refuses_a_target_that_is_not_a_number_and_grouping_by_a_figure(tmp_path):
+    sweep, _ = _two_runs(tmp_path)
+    for args, message in [
+        (["--target", "nan"], "error: --target nan: a finite number"),
+        (["--by", "status"], "error: --by status: no such key; keys that vary here: seed"),
+    ]:
+        out = run(["compare", sweep, *args], tmp_path)
+        assert out.returncode == 2 and one_line(out.stderr).startswith(message), out.stderr
 
 
 def test_quoted_non_ascii_values_work(tmp_path):

@@ -45,9 +45,28 @@ class DatasetTask(Task):
         self.loss, self.classes, self.vocab = loss, classes, integer("task.vocab", vocab, 0)
         self.built = {}  # which -> its Dataset, once built
 
+    def first_sample(self) -> tuple:
+        """The first held-out sample as tensors (x, y); one that cannot be read or made into tensors
+        is a ConfigError naming the dataset."""
+        try:
+            x, y = (torch.as_tensor(v) for v in self.dataset("eval")[0])
+        except Exception as e:
+            message = f"{type(e).__name__}: {e}".splitlines()[0]
+            raise bad(
+                "task.eval",
+                self.configs["eval"]["_target_"],
+                f"its first sample is not a pair (x, y) of tensors or numbers ({message})",
+            ) from e
+        return x, y
+
     @functools.cached_property
     def spec(self) -> TaskSpec:
-        x, y = (torch.as_tensor(v) for v in self.dataset("eval")[0])
+        for which in ("train", "eval"):
+            if len(self.dataset(which)) == 0:
+                raise bad(
+                    f"task.{which}", self.configs[which]["_target_"], "is empty: a dataset needs samples"
+                )
+        x, y = self.first_sample()
         if not x.is_floating_point() and not (x.dim() == 1 and self.vocab):
             raise bad(
                 "task.vocab",
