@@ -131,3 +131,37 @@ def wandb_points(run_dir) -> list:
         }
         for point in read_run(path)["history"]
     ]
+
+
+def submitit_task(sweep: Path) -> int | None:
+    """The pid of the submitit job process training in this sweep (what SLURM signals), if any."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"submitit.core._submit" in args and any(str(sweep).encode() in a for a in args):
+            return int(cmdline.parent.name)
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc")
+def test_a_preempted_slurm_job_is_requeued_and_continues_from_its_checkpoint(tmp_path, compose):
+    """SLURM signals a preempted job's processes (USR2, submitit's signal); submitit checkpoints the
+    Hydra job and requeues it (its local executor runs it again), and the run continues."""
+    args = ["model=lstm", "model.hidden_size=32", "task=adding", "steps=600", "wandb=off"]
+    proc = start(
+        ["sweep", *args, "launcher=slurm_local", "checkpoint_every=20", "name=pre", "progress=none"], tmp_path
+    )
+    sweep = tmp_path / "results" / "pre"
+    wait_for(lambda: any(sweep.glob(".gradlab/*.ckpt")), 300)
+    os.kill(submitit_task(sweep), signal.SIGUSR2)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    (run_dir,) = [p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and 20 <= summary["resumed_from_step"] < 600
+    logs = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_log.*"))
+    assert "this job is preempted" in logs and "Requeued job" in logs
+    train(compose(*args, "name=plain"))
+    assert_same_record(run_dir, tmp_path / "plain" / run_dir.name)
