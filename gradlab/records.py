@@ -90,8 +90,6 @@ def load(run_dir: Path) -> tuple[dict, dict]:
     one as null), its configuration has the hash the summary names, and its history.csv holds
     the rows and the bytes its summary recorded (`verify`: row count and SHA-256; a record made
     before gradlab wrote them: a row per step done, with the step and loss columns)."""
-    from gradlab.config import identity
-
     run_dir = Path(run_dir)
     summary = _load(run_dir / SUMMARY, lambda p: json.loads(p.read_text()))
     if not isinstance(summary, dict) or summary.get("status") not in STATUSES:
@@ -107,16 +105,25 @@ def load(run_dir: Path) -> tuple[dict, dict]:
     if not isinstance(config, dict):
         raise Unreadable("config.yaml is not a configuration")
     if summary["status"] in FINISHED:  # a failed run may have no series (recorded in the space left)
+        _verify_config(summary, config)
+        _verify_history(run_dir / "history.csv", summary)
+    return summary, config
+
+
+def _verify_config(summary: dict, config: dict) -> None:
+    """The configuration is the one the summary names (by its hash, where it names one: a record
+    written by other tools may not)."""
+    from gradlab.config import identity
+
+    if "config_hash" in summary:
         try:
             made_by = identity(config)
         except Exception as e:
             raise Unreadable(f"config.yaml is not a run configuration ({type(e).__name__}: {e})") from None
-        if summary.get("config_hash") != made_by:
+        if summary["config_hash"] != made_by:
             raise Unreadable(
-                f"{SUMMARY} is the record of config {summary.get('config_hash')}, config.yaml of {made_by}"
+                f"{SUMMARY} is the record of config {summary['config_hash']}, config.yaml of {made_by}"
             )
-        _verify_history(run_dir / "history.csv", summary)
-    return summary, config
 
 
 def _verify_history(path: Path, summary: dict) -> None:
@@ -129,7 +136,7 @@ def _verify_history(path: Path, summary: dict) -> None:
             raise Unreadable(f"{path.name} is not the file its run wrote (its SHA-256 differs)")
     history = _load(path, lambda p: pd.read_csv(p, dtype=float))
     rows = check["history_rows"] if check else summary.get("steps_done")
-    if len(history) != rows:
+    if rows is not None and len(history) != rows:
         raise Unreadable(f"{path.name} has {len(history)} rows, its run recorded {rows}")
     if not {"step", "loss"} <= set(history.columns):
         raise Unreadable(f"{path.name} has no step and loss columns")
