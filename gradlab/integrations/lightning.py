@@ -18,8 +18,6 @@ its id, `<model>-<task>-<clip label>-s<seed>-<hash of that config>`, is stable a
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import sys
@@ -34,7 +32,7 @@ import torch
 
 from gradlab import devices, figures, records
 from gradlab.clip import Clipper, config, make, measure
-from gradlab.config import clip_label
+from gradlab.config import clip_label, identity
 from gradlab.config import norm_type as check_norm_type
 from gradlab.errors import bad
 from gradlab.loop import one_line
@@ -120,7 +118,7 @@ class GradlabClipping(lightning.Callback):
             "accum_steps": trainer.accumulate_grad_batches,
             "precision": str(trainer.precision),
         }
-        digest = hashlib.sha1(json.dumps(self.config, sort_keys=True, default=str).encode()).hexdigest()[:8]
+        digest = identity(self.config)
         display = f"{self.config['model']['name']}-{self.task}-{clip_label(self.config)}" + (
             f"-s{seed}" if seed is not None else ""
         )
