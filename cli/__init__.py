@@ -41,17 +41,25 @@ ConfigDir = Annotated[
 
 @contextmanager
 def user_errors():
-    """Bad input ends in one line on stderr and exit code 2, never a traceback (but for
-    HYDRA_FULL_ERROR=1, which prints it too: the user's code that raised); a sweep whose
+    """Bad input ends in one line on stderr and exit code 2, never a traceback (but under
+    --traceback, which prints it too: the user's code that raised); a sweep whose
     launcher broke down, in one line and exit code 1; Ctrl-C, in one line and exit code 130;
     SIGTERM (a scheduler's preemption or time limit), as Ctrl-C, with exit code 143."""
-    from gradlab.errors import ConfigError, Interrupted, LaunchError, exit_code, sigterm_interrupts, stopped
+    from gradlab.errors import (
+        ConfigError,
+        Interrupted,
+        LaunchError,
+        exit_code,
+        full_errors,
+        sigterm_interrupts,
+        stopped,
+    )
 
     try:
         with sigterm_interrupts():
             yield
     except ConfigError as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":  # the whole story, the user's code included
+        if full_errors():  # the whole story, the user's code included
             traceback.print_exception(e)
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
@@ -67,6 +75,26 @@ def user_errors():
         )
         _handled_interrupt()
         raise typer.Exit(e.code if isinstance(e, Interrupted) else exit_code(e)) from None
+
+
+@app.callback()
+def options(
+    ctx: typer.Context,
+    show_traceback: Annotated[
+        bool,
+        typer.Option(
+            "--traceback",
+            help="Print the whole traceback beside an error's one line (as HYDRA_FULL_ERROR=1 does); "
+            "a failed run's is in its folder, traceback.txt, either way.",
+        ),
+    ] = False,
+):
+    """Options of every command."""
+    from gradlab.errors import TRACEBACK
+    from gradlab.parallel import environment
+
+    if show_traceback or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        ctx.with_resource(environment(**{TRACEBACK: "1"}))  # a sweep's worker processes inherit it
 
 
 def _handled_interrupt() -> None:

@@ -1,8 +1,16 @@
 """The exception types that reach the user as a single line."""
 
+import os
 import signal
 import threading
 from contextlib import contextmanager
+
+TRACEBACK = "GRADLAB_TRACEBACK"  # "1": print whole tracebacks (set by --traceback or HYDRA_FULL_ERROR=1)
+
+
+def full_errors() -> bool:
+    """Print the whole traceback beside the one line (a failed run's, or a user error's)?"""
+    return os.environ.get(TRACEBACK) == "1"
 
 
 class ConfigError(ValueError):

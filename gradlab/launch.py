@@ -326,14 +326,11 @@ def sweep(overrides: list[str], dry_run: bool = False) -> Swept:
             if searching:
                 search.quiet_sampler()
             sys.argv = ["gradlab", "--multirun", *p.overrides, *settings]
-            os.environ["HYDRA_FULL_ERROR"] = (
-                "1"  # a launcher's failure is raised here, not printed as a traceback
-            )
-            os.environ[parallel.SWEEP_PID] = str(os.getpid())  # its workers stop when this process is gone
-            try:
+            with parallel.environment(
+                HYDRA_FULL_ERROR="1",  # a launcher's failure is raised here, not printed as a traceback
+                **{parallel.SWEEP_PID: str(os.getpid())},  # its workers stop when this process is gone
+            ):
                 main()
-            finally:
-                del os.environ[parallel.SWEEP_PID]
     except KeyboardInterrupt as e:
         _report(p, done_before, searching)
         raise Interrupted(
@@ -341,6 +338,9 @@ def sweep(overrides: list[str], dry_run: bool = False) -> Swept:
             "interrupted; running the same command again makes the rest",
             e,
         ) from None
+    except ConfigError:  # bad input that only a run's building finds (a user's dataset, read then)
+        _report(p, done_before, searching)
+        raise
     except Exception as e:
         _report(p, done_before, searching)
         first = next((line for line in str(e).splitlines() if line.strip()), "")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+import traceback
 from collections.abc import Callable
 
 import torch
@@ -236,7 +237,7 @@ class Loop:
                     else None
                 )
             except Exception as e:  # this member fails; the others go on
-                result = {"status": "failed", "error": failure(e, m.conf)}
+                result = failed(e, m.conf)
             if result is None:
                 kept.append(i)
             else:
@@ -270,7 +271,7 @@ def train_members(members: list[Member], engine: Callable, execution: Callable =
             except (
                 Exception
             ) as e:  # e.g. a full disk, a missing data file: this member fails, the others go on
-                end(m, {"status": "failed", "error": failure(e, m.conf)})
+                end(m, failed(e, m.conf))
         live = [m for m in members if m.summary is None]
         if live:
             loop = Loop(live, engine(live))
@@ -289,7 +290,7 @@ def train_members(members: list[Member], engine: Callable, execution: Callable =
     except Exception as e:  # recorded, not raised: a sweep goes on
         for m in members:
             if m.summary is None:
-                end(m, {"status": "failed", "error": failure(e, m.conf)})
+                end(m, failed(e, m.conf))
     finally:  # interrupted (a member never started has nothing to record)
         for m in members:
             if m.summary is None and m.session.opened:
@@ -387,8 +388,12 @@ def one_line(e: Exception) -> str:
     return f"{type(e).__name__}: {e}".splitlines()[0]
 
 
-def failure(e: Exception, conf: dict) -> str:
-    """A run's error in one line; running out of memory says with which sizes."""
-    if out_of_memory(e):
-        return f"out of memory on {resolve_device(conf['device'])} with {sizes(conf)} ({one_line(e)})"
-    return one_line(e)
+def failed(e: Exception, conf: dict) -> dict:
+    """The result of a run that raised: its error in one line (running out of memory says with which
+    sizes), and the whole traceback, for the run's folder."""
+    error = (
+        f"out of memory on {resolve_device(conf['device'])} with {sizes(conf)} ({one_line(e)})"
+        if out_of_memory(e)
+        else one_line(e)
+    )
+    return {"status": "failed", "error": error, "traceback": "".join(traceback.format_exception(e))}

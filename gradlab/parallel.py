@@ -15,6 +15,8 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from gradlab.errors import bad
@@ -127,3 +129,19 @@ def exit_if_orphaned() -> None:
     """End this worker process if its sweep is gone, so that it starts no run nobody waits for."""
     if _orphaned.is_set():
         os._exit(130)
+
+
+@contextmanager
+def environment(**values: str) -> Iterator[None]:
+    """These environment variables set for the block (and in the processes started in it), then
+    restored as they were."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

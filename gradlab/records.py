@@ -5,6 +5,7 @@
         history.csv       one row per optimizer step
         layer_norms.csv   per-parameter gradient norms every `layer_norms_every` steps
         summary.json      status and final figures
+        traceback.txt     where a run failed: the whole traceback of the error its summary names
         wandb/, model.pt  the run's W&B files; its final weights (save_model=true)
 
 A run is made in a folder beside its record, `<sweep>/.gradlab/<run id>.partial/`, and moved
@@ -55,6 +56,7 @@ TEXT = (
     "error",
     "execution",
 )  # the rest: numbers
+TRACEBACK = "traceback.txt"
 GROUPS = ("versions", "wandb", "verify")  # the summary's nested parts
 _YAML = getattr(
     yaml, "CSafeLoader", yaml.SafeLoader

@@ -16,6 +16,7 @@ import torch
 import gradlab
 from gradlab import devices, distributed, figures, records
 from gradlab.config import display_name, identity, run_id, sweep_dir
+from gradlab.errors import full_errors
 from gradlab.loop import one_line
 from gradlab.progress import RunProgress, progress_mode, report_skipped
 from gradlab.tracking import Tracker
@@ -103,7 +104,10 @@ class Session:
         self.tracker.start()
 
     def close(self, result: dict) -> dict:
-        """Write the record (status `interrupted` unless `result` says otherwise); the summary."""
+        """Write the record (status `interrupted` unless `result` says otherwise), with the traceback
+        of a run that raised in its folder (and on stderr under --traceback); the summary."""
+        result = dict(result)
+        trace = result.pop("traceback", None)
         summary = self.summary
         summary.update(
             result,
@@ -113,16 +117,20 @@ class Session:
             wandb={"mode": self.tracker.mode, "sync": None},
         )
         if self.lead:
-            self._write()
+            if trace and full_errors():
+                print(trace, file=sys.stderr, end="", flush=True)
+            self._write(trace)
         self.progress.close(summary, self.run_dir)
         return summary
 
-    def _write(self) -> None:
+    def _write(self, trace: str | None) -> None:
         import pandas as pd
 
         written = False
         if self.opened:  # else its folder could not be started, and the run's error says why
             try:
+                if trace:
+                    records.atomic_write(self.attempt.dir / records.TRACEBACK, lambda p: p.write_text(trace))
                 self.tracker.finish(self.summary)
                 if self.conf["save_model"]:
                     weights = {

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+from patience import PATIENCE
+
 
 def test_bench_writes_every_section_it_was_asked_for(tmp_path):
     out = subprocess.run(
@@ -26,7 +28,7 @@ def test_bench_writes_every_section_it_was_asked_for(tmp_path):
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=PATIENCE,
     )
     assert out.returncode == 0, out.stderr
     report = json.loads((tmp_path / "b.json").read_text())

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_records import FAST, one_line, start, wait_for
+from patience import PATIENCE, wait_for
+from test_records import FAST, one_line, start
 
 from gradlab import checkpoint
 from gradlab.config import run_id, sweep_dir
@@ -56,8 +57,8 @@ def test_a_run_killed_at_a_random_step_continues_to_the_uninterrupted_record(tmp
     conf = compose(*args, "name=killed")
     run_dir, ckpt = sweep_dir(conf) / run_id(conf), checkpoint.file(conf)
     proc = start(["train", *args, f"results_root={tmp_path}", "name=killed", "progress=none"], tmp_path)
-    wait_for(ckpt.exists, 300)  # its first checkpoint: step 10
-    wait_for(lambda: torch_load(ckpt)["step"] >= random.choice([10, 20, 30]), 300)
+    wait_for(ckpt.exists)  # its first checkpoint: step 10
+    wait_for(lambda: torch_load(ckpt)["step"] >= random.choice([10, 20, 30]))
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     taken = torch_load(ckpt)["step"]
@@ -82,7 +83,7 @@ def test_sigterm_and_ctrl_c_record_the_run_interrupted_and_keep_its_checkpoint(t
     sweep = tmp_path / "results" / "int"
     wait_for(lambda: any(sweep.glob(".gradlab/*.ckpt")))
     os.killpg(proc.pid, sig)
-    _, err = proc.communicate(timeout=300)
+    _, err = proc.communicate(timeout=PATIENCE)
     assert proc.returncode == code, err
     assert one_line(err).startswith(said)
     (summary,) = sweep.glob("*/summary.json")
@@ -154,9 +155,9 @@ def test_a_preempted_slurm_job_is_requeued_and_continues_from_its_checkpoint(tmp
         ["sweep", *args, "launcher=slurm_local", "checkpoint_every=20", "name=pre", "progress=none"], tmp_path
     )
     sweep = tmp_path / "results" / "pre"
-    wait_for(lambda: any(sweep.glob(".gradlab/*.ckpt")), 300)
+    wait_for(lambda: any(sweep.glob(".gradlab/*.ckpt")))
     os.kill(submitit_task(sweep), signal.SIGUSR2)
-    _, err = proc.communicate(timeout=600)
+    _, err = proc.communicate(timeout=PATIENCE)
     assert proc.returncode == 0, err
     (run_dir,) = [p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")]
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from gradlab.cli import app
+from patience import PATIENCE
 from typer.testing import CliRunner
 
 GRADLAB = [sys.executable, "-m", "gradlab"]
@@ -18,7 +19,7 @@ TINY = ["steps=12", "eval_every=5", "log_every=4", "layer_norms_every=6"]  # a f
 
 def run_cli(args, cwd, check=True):
     """The real entry point in a subprocess, as a user would run it."""
-    out = subprocess.run([*GRADLAB, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    out = subprocess.run([*GRADLAB, *args], cwd=cwd, capture_output=True, text=True, timeout=PATIENCE)
     if check:
         assert out.returncode == 0, out.stderr
     return out
@@ -40,7 +41,7 @@ def test_help_never_imports_torch(args):
         f"r = CliRunner().invoke(app, {args!r}); assert r.exit_code == 0, r.output; "
         "assert 'torch' not in sys.modules, 'torch imported'; print(r.output)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=PATIENCE)
     assert out.returncode == 0, out.stderr
     assert "Usage" in out.stdout
 

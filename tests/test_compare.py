@@ -16,6 +16,7 @@ import pytest
 import yaml
 from gradlab.cli import app
 from matplotlib.image import imread
+from patience import PATIENCE
 from scipy import stats
 from typer.testing import CliRunner
 from wandb_records import read_run, wandb_files
@@ -492,7 +493,7 @@ def test_real_sweep_compared_and_plotted_end_to_end(tmp_path):
             cwd=tmp_path,
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=PATIENCE,
         )
         assert out.returncode == 0, out.stderr
         return out

@@ -23,6 +23,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import torch
+from patience import PATIENCE
 
 from gradlab.components import options
 from gradlab.config import run_id, sweep_dir
@@ -223,7 +224,7 @@ def test_bf16_lstm_on_a_gpu_is_one_line_and_writes_nothing(tmp_path):
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=PATIENCE,
     )
     assert out.returncode == 2 and out.stderr.count("\n") == 1
     assert out.stderr.startswith("error: precision=bf16: torch's autocast runs cuDNN's LSTM in float16")
@@ -305,7 +306,7 @@ def test_planning_a_sweep_opens_no_cuda_context(tmp_path):
         f"plan(['model=lstm', 'device=cuda', 'seed=0,1', 'results_root={tmp_path}'], multirun=True); "
         "print(torch.cuda.is_initialized())"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=PATIENCE)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
 
@@ -363,7 +364,7 @@ def test_slurm_local_runs_see_the_gpu(tmp_path):
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=PATIENCE,
     )
     assert out.returncode == 0, out.stderr
     summaries = [json.loads(p.read_text()) for p in (tmp_path / "results" / "slurm").glob("*/summary.json")]
@@ -376,7 +377,7 @@ def test_one_gpu_named_for_every_rank_is_refused(tmp_path):
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=PATIENCE,
     )
     assert out.returncode == 2 and out.stderr.startswith(
         "error: device=cuda:0: names one GPU for all 2 processes"

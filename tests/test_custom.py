@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from patience import PATIENCE
 from torch import nn
 
 from gradlab import launch
@@ -35,7 +36,7 @@ def gradlab(args, cwd: Path, code: int = 0) -> subprocess.CompletedProcess:
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=PATIENCE,
     )
     assert out.returncode == code, out.stdout + out.stderr
     return out
@@ -426,7 +427,7 @@ def commands(text: str) -> list[str]:
 def shell(command: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
     out = subprocess.run(
-        ["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+        ["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=PATIENCE
     )
     assert out.returncode == 0, f"{command}\n{out.stdout}\n{out.stderr}"
     return out

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+from patience import PATIENCE
 
 from gradlab import devices, distributed, parallel
 from gradlab.errors import ConfigError
@@ -18,7 +19,7 @@ from gradlab.errors import ConfigError
 
 def gradlab(args, cwd) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "gradlab", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "gradlab", *args], cwd=cwd, capture_output=True, text=True, timeout=PATIENCE
     )
 
 

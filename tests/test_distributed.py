@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from patience import PATIENCE
 from wandb_records import wandb_files
 
 from gradlab import records
@@ -26,7 +27,7 @@ def relative_error(a: dict, b: dict) -> float:
 
 def gradlab(args, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "gradlab", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "gradlab", *args], cwd=cwd, capture_output=True, text=True, timeout=PATIENCE
     )
 
 

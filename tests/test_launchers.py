@@ -10,12 +10,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from patience import PATIENCE, wait_for
 from wandb_records import read_run, wandb_files
 
 from gradlab.parallel import claim_slot
@@ -59,7 +59,7 @@ def gradlab(args, cwd: Path, check: bool = True, code: int = 0) -> subprocess.Co
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=PATIENCE,
     )
     if check:
         assert out.returncode == code, out.stderr
@@ -146,15 +146,11 @@ def test_killed_worker_stops_the_sweep_in_one_line_and_resume_finishes_it(tmp_pa
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.time() + 120
-    while (
-        not list(sweep.glob(".gradlab/*.partial/config.yaml")) and time.time() < deadline
-    ):  # a run has started
-        time.sleep(0.2)
+    wait_for(lambda: any(sweep.glob(".gradlab/*.partial/config.yaml")))  # a run has started
     workers = [p for p in _children(proc.pid) if b"LokyProcess" in Path(f"/proc/{p}/cmdline").read_bytes()]
     assert workers, "no joblib worker found"
     os.kill(workers[0], signal.SIGKILL)
-    _, err = proc.communicate(timeout=300)
+    _, err = proc.communicate(timeout=PATIENCE)
     assert proc.returncode == 1
     assert err.strip().splitlines() == [err.strip()] and "Traceback" not in err
     assert err.startswith("error: the joblib launcher stopped") and "running the same command again" in err
@@ -204,7 +200,9 @@ def test_each_worker_holds_its_own_slot_until_it_exits(tmp_path):
         "print(claim_slot(sys.argv[1], 3), flush=True); time.sleep(float(sys.argv[2]))"
     )
     first = [
-        subprocess.Popen([sys.executable, "-c", hold, str(tmp_path), "30"], stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", hold, str(tmp_path), str(PATIENCE)], stdout=subprocess.PIPE, text=True
+        )
         for _ in range(2)
     ]
     slots = [int(p.stdout.readline()) for p in first]

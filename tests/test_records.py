@@ -13,13 +13,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from gradlab.cli import app
+from patience import PATIENCE, wait_for
 from typer.testing import CliRunner
 
 from gradlab import records
@@ -54,13 +54,6 @@ def run(args, cwd: Path) -> SimpleNamespace:
         os.chdir(here)
     assert "Traceback" not in result.output and not isinstance(result.exception, (AssertionError, TypeError))
     return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
-
-
-def wait_for(condition, seconds: float = 120) -> None:
-    deadline = time.time() + seconds
-    while not condition():
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 def started(sweep: Path, count: int = 1):
@@ -213,16 +206,15 @@ def test_a_record_set_aside_by_a_kill_mid_replacement_comes_back(tmp_path):
 
 
 def test_ctrl_c_in_train_records_interrupted_and_exits_130(tmp_path):
-    proc = start(["train", *FAST, "steps=100000", "name=int", "progress=lines"], tmp_path)
-    wait_for(started(tmp_path / "results" / "int"))
-    time.sleep(1.5)
+    proc = start(["train", *FAST, "steps=100000", "name=int", "checkpoint_every=10"], tmp_path)
+    wait_for(lambda: any((tmp_path / "results" / "int").glob(".gradlab/*.ckpt")))  # 10 steps done
     os.killpg(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=PATIENCE)
     assert proc.returncode == 130
     assert one_line(err).startswith("interrupted: ")
     (summary,) = (tmp_path / "results" / "int").glob("*/summary.json")
     record = json.loads(summary.read_text())
-    assert record["status"] == "interrupted" and 0 < record["steps_done"] < 100000
+    assert record["status"] == "interrupted" and 10 <= record["steps_done"] < 100000
 
 
 @pytest.mark.parametrize(
@@ -236,12 +228,11 @@ def test_one_ctrl_c_stops_a_sweep(tmp_path, how, at_once):
         ["sweep", *FAST, "steps=100000", "seed=0,1,2,3", "name=stop", "progress=none", *how], tmp_path
     )
     wait_for(started(sweep, at_once))
-    time.sleep(1)
     os.killpg(proc.pid, signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=PATIENCE)
     assert proc.returncode == 130, err
     assert one_line(err).startswith("interrupted: ")
-    wait_for(lambda: not alive(proc.pid), 30)  # no worker goes on
+    wait_for(lambda: not alive(proc.pid))  # no worker goes on
     statuses = [json.loads(p.read_text())["status"] for p in sweep.glob("*/summary.json")]
     assert "completed" not in statuses and len(statuses) <= at_once
     if "launcher=local" not in how:  # the runs in progress, recorded; the next ones never started
@@ -264,7 +255,7 @@ def test_ctrl_c_stops_reproduce(tmp_path):
     )
     wait_for(lambda: any((tmp_path / "r").rglob(".gradlab/*.partial/config.yaml")))
     os.killpg(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=PATIENCE)
     assert proc.returncode == 130 and one_line(err).startswith("interrupted: ")
 
 
@@ -287,7 +278,7 @@ def test_killing_a_local_sweep_stops_its_workers(tmp_path):
     wait_for(started(sweep, 2))
     os.kill(proc.pid, signal.SIGKILL)  # the sweep's own process only, not its workers
     proc.wait()
-    wait_for(lambda: not alive(proc.pid), 60)  # every worker has ended
+    wait_for(lambda: not alive(proc.pid))  # every worker has ended
     statuses = [json.loads(p.read_text())["status"] for p in sweep.glob("*/summary.json")]
     assert statuses == ["interrupted"] * len(statuses) and len(statuses) <= 2  # no further run was started
 
@@ -372,6 +363,18 @@ class Strings(Dataset):
 
     def __getitem__(self, i):
         return "abc", "x"
+
+class BrokenFrom(Dataset):
+    def __init__(self, item=None):
+        self.item = item
+
+    def __len__(self):
+        return 100
+
+    def __getitem__(self, i):
+        if self.item is not None and i >= self.item:
+            raise ValueError(f"item {i} is broken")
+        return torch.ones(4), i % 2
 """
 DATASET = ["model=mlp", "task=dataset", "task.classes=2"]
 
@@ -435,6 +438,43 @@ def test_hydra_full_error_shows_the_traceback_of_the_users_code(tmp_path, monkey
     assert result.exit_code == 2
     assert "Traceback" in result.stderr and 'raise RuntimeError("my model is broken")' in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: model=raises (usercode.Raises)")
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_a_held_out_set_that_cannot_be_read_is_one_line(tmp_path, monkeypatch, command):
+    """Read whole when the first run starts: a sample that raises then stops the command as bad
+    input, naming the dataset."""
+    (tmp_path / "usercode.py").write_text(USER_CODE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    broken = "usercode.BrokenFrom"
+    args = [*DATASET, f"task.train._target_={broken}", f"task.eval._target_={broken}", "+task.eval.item=1"]
+    out = run([command, "wandb=off", *args], tmp_path)
+    assert out.returncode == 2
+    assert (
+        one_line(out.stderr) == f"error: task.eval={broken}: could not be read (ValueError: item 1 is broken)"
+    )
+    assert not list((tmp_path / "results").rglob("summary.json"))
+
+
+@pytest.mark.parametrize("flag", [[], ["--traceback"]], ids=["one line", "--traceback"])
+def test_a_run_that_fails_keeps_its_traceback_in_its_folder(tmp_path, monkeypatch, flag):
+    """The run is recorded failed with its error in one line; the whole traceback, down to the
+    user's own code, is in the run's folder, and on stderr only under --traceback."""
+    (tmp_path / "usercode.py").write_text(USER_CODE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    broken = "usercode.BrokenFrom"
+    args = ["train", *DATASET, f"task.train._target_={broken}", f"task.eval._target_={broken}", "wandb=off"]
+    args += ["+task.train.item=1"]  # a training sample, read in the run's first step
+    result = CliRunner().invoke(app, [*flag, *args, "name=later", "progress=none"])
+    assert result.exit_code == 1
+    (summary,) = (tmp_path / "results" / "later").glob("*/summary.json")
+    record, run_dir = json.loads(summary.read_text()), summary.parent
+    assert record["status"] == "failed" and record["error"].startswith("ValueError: item ")
+    trace = (run_dir / "traceback.txt").read_text()
+    assert trace.startswith("Traceback") and 'raise ValueError(f"item {i} is broken")' in trace
+    assert trace.strip().splitlines()[-1] == record["error"]
+    assert (trace in result.stderr) == bool(flag) and ("Traceback" in result.stderr) == bool(flag)
 
 
 def test_compare_refuses_a_target_that_is_not_a_number_and_grouping_by_a_figure(tmp_path):

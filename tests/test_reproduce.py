@@ -10,6 +10,7 @@ from pathlib import Path
 from gradlab.cli import app
 from gradlab.experiments import STUDIES
 from gradlab.experiments.study import OUTCOMES
+from patience import PATIENCE
 from typer.testing import CliRunner
 
 
@@ -19,7 +20,7 @@ def reproduce(args, cwd):
         cwd=cwd,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=PATIENCE,
     )
     assert out.returncode == 0, out.stderr
     return out

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from patience import PATIENCE
 
 from gradlab.search import TrialFailed, objective_value
 from gradlab.suggest import grid
@@ -26,7 +27,7 @@ def gradlab(cwd: Path, *args, check: bool = True) -> subprocess.CompletedProcess
         cwd=cwd,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=PATIENCE,
     )
     if check:
         assert out.returncode == 0, out.stderr

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 from gradlab.cli import app
+from patience import PATIENCE
 from typer.testing import CliRunner
 from wandb_records import read_run, wandb_files
 
@@ -41,7 +42,7 @@ def gradlab(args, cwd, env, check=True):
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=PATIENCE,
     )
     if check:
         assert out.returncode == 0, out.stderr
@@ -130,7 +131,14 @@ def test_bad_mode_fails_at_setup(tmp_path, monkeypatch):
 def test_unreachable_server_falls_back_to_offline(tmp_path, no_credentials):
     env = {**no_credentials, "WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"}
     out = gradlab(
-        ["train", "model=mlp", "steps=8", "log_every=4", "wandb=online", "logger.wandb.init_timeout=2"],
+        [
+            "train",
+            "model=mlp",
+            "steps=8",
+            "log_every=4",
+            "wandb=online",
+            "logger.wandb.init_timeout=2",
+        ],
         tmp_path,
         env,
     )

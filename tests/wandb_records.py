@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
+from google.protobuf.message import DecodeError
+from patience import PATIENCE
 from wandb.proto import wandb_internal_pb2 as pb
 
 BLOCK, HEADER, CHUNK = 32768, 7, 7
@@ -54,13 +57,38 @@ def wandb_files(run_dir: Path) -> list[Path]:
     return sorted(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))
 
 
-def read_run(path: Path) -> dict:
-    """run record, metric definitions, history points, final summary and exit code of one W&B run."""
-    run, metrics, history, summary, exit_code = None, [], [], {}, None
-    for payload in _payloads(Path(path).read_bytes()):
+def read_run(path: Path, timeout: float = PATIENCE) -> dict:
+    """run record, metric definitions, history points, final summary and exit code of one finished
+    W&B run.
+
+    `run.finish()` returns once wandb's service has the exit record, and the service writes the file
+    in 32 KiB blocks, the last of them when it closes the run's stream, after `finish` has returned.
+    In the process that logged the run the file is complete only then: wait for its exit record."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            records = _parse(Path(path).read_bytes())
+        except DecodeError:  # a block being written
+            records = []
+        if any(kind == "exit" for kind, _ in records):
+            return _run(records)
+        assert time.monotonic() < deadline, f"{path}: wandb wrote no exit record in {timeout:.0f} s"
+        time.sleep(0.05)
+
+
+def _parse(data: bytes) -> list:
+    records = []
+    for payload in _payloads(data):
         record = pb.Record()
         record.ParseFromString(payload)
         kind = record.WhichOneof("record_type")
+        records.append((kind, record))
+    return records
+
+
+def _run(records: list) -> dict:
+    run, metrics, history, summary, exit_code = None, [], [], {}, None
+    for kind, record in records:
         if kind == "run":
             run = record.run
         elif kind == "metric":

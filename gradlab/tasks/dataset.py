@@ -101,7 +101,11 @@ class DatasetTask(Task):
         self.device = torch.device(device)
         held_out = self.dataset("eval")
         chunks = [range(i, min(i + EVAL_BATCH, len(held_out))) for i in range(0, len(held_out), EVAL_BATCH)]
-        self.eval = [self._batch(held_out, list(chunk)) for chunk in chunks]
+        try:
+            self.eval = [self._batch(held_out, list(chunk)) for chunk in chunks]
+        except Exception as e:  # the user's dataset, before any run: one line naming it
+            message = f"{type(e).__name__}: {e}".splitlines()[0]
+            raise bad("task.eval", self.configs["eval"]["_target_"], f"could not be read ({message})") from e
 
     def _batch(self, dataset, indices: list) -> tuple:
         x, y = default_collate([tuple(dataset[i]) for i in indices])
