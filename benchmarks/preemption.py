@@ -3,7 +3,7 @@ same sweep run once without a kill: every record must be equal (history and per-
 summary), but for timings. The runs checkpoint (checkpoint_every), so each kill costs at most
 the steps since a run's last checkpoint.
 
-    python benchmarks/preemption.py --kills 10 [--seed 0] [--steps 300] [--folder DIR]
+    python benchmarks/preemption.py --kills 10 [--seed 0] [--steps 300] [--seeds 0,1,2] [--folder DIR]
 
 Prints one line per kill (when, which runs had finished, the steps each checkpoint held) and
 the verdict; exits 1 if a record differs. tests/test_checkpoint.py runs it with two kills.
@@ -25,13 +25,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-# an adaptive clip mode (its norm history is state) under gradient accumulation, three seeds (+ steps=N)
+# an adaptive clip mode (its norm history is state) under gradient accumulation (+ steps=N, seed=...)
 SWEEP = [
     "model=lstm",
     "task=adding",
     "clip=autoclip",
     "accum_steps=2",
-    "seed=0,1,2",
     "checkpoint_every=10",
     "log_every=5",
     "layer_norms_every=30",
@@ -52,7 +51,7 @@ NOT_COMPARED = (
 )
 
 
-def sweep(folder: Path, name: str, steps: int) -> subprocess.Popen:
+def sweep(folder: Path, name: str, steps: int, seeds: str) -> subprocess.Popen:
     return subprocess.Popen(
         [
             sys.executable,
@@ -61,6 +60,7 @@ def sweep(folder: Path, name: str, steps: int) -> subprocess.Popen:
             "sweep",
             *SWEEP,
             f"steps={steps}",
+            f"seed={seeds}",
             f"results_root={folder}",
             f"name={name}",
         ],
@@ -103,9 +103,9 @@ def training(proc: subprocess.Popen, folder: Path) -> float:
     return time.perf_counter()
 
 
-def main(kills: int, seed: int, folder: Path, steps: int = 300) -> int:
+def main(kills: int, seed: int, folder: Path, steps: int = 300, seeds: str = "0,1,2") -> int:
     rng = random.Random(seed)
-    clean = sweep(folder, "clean", steps)
+    clean = sweep(folder, "clean", steps, seeds)
     start = training(clean, folder / "clean")
     _, err = clean.communicate()
     if clean.returncode:
@@ -116,7 +116,7 @@ def main(kills: int, seed: int, folder: Path, steps: int = 300) -> int:
     work = folder / "killed" / ".gradlab"
     kill = 0
     while kill < kills:  # each attempt is killed at a random moment of its training
-        proc = sweep(folder, "killed", steps)
+        proc = sweep(folder, "killed", steps, seeds)
         at = rng.uniform(0, 0.15 * length)
         try:
             proc.wait(timeout=at + training(proc, folder / "killed") - time.perf_counter())
@@ -132,7 +132,7 @@ def main(kills: int, seed: int, folder: Path, steps: int = 300) -> int:
             f"kill {kill} after {at:.1f} s of training: {done} run(s) recorded, checkpoints at steps {held}",
             flush=True,
         )
-    last = sweep(folder, "killed", steps)
+    last = sweep(folder, "killed", steps, seeds)
     _, err = last.communicate()
     if last.returncode:
         print(f"the resumed sweep failed: {err.strip()}")
@@ -150,7 +150,8 @@ if __name__ == "__main__":
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=300, help="steps of each of the sweep's runs")
+    parser.add_argument("--seeds", default="0,1,2", help="the sweep's run seeds")
     parser.add_argument("--folder", type=Path, default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        sys.exit(main(args.kills, args.seed, args.folder or Path(tmp), args.steps))
+        sys.exit(main(args.kills, args.seed, args.folder or Path(tmp), args.steps, args.seeds))

@@ -47,22 +47,22 @@ def assert_same_record(resumed, uninterrupted) -> None:
 
 
 def test_a_sweep_killed_twice_ends_with_the_uninterrupted_records(tmp_path, capsys):
-    assert preemption.main(kills=2, seed=1, folder=tmp_path, steps=80) == 0
+    assert preemption.main(kills=2, seed=1, folder=tmp_path, steps=40, seeds="0,1") == 0
     out = capsys.readouterr().out
-    assert "equal: all 3 records" in out and "kill 2 after" in out
+    assert "equal: all 2 records" in out and "kill 2 after" in out
 
 
 def test_a_run_killed_at_a_random_step_continues_to_the_uninterrupted_record(tmp_path, compose):
-    args = [*STATEFUL, "steps=80", "checkpoint_every=10", "log_every=5", "layer_norms_every=15"]
+    args = [*STATEFUL, "steps=60", "checkpoint_every=10", "log_every=5", "layer_norms_every=15"]
     conf = compose(*args, "name=killed")
     run_dir, ckpt = sweep_dir(conf) / run_id(conf), checkpoint.file(conf)
     proc = start(["train", *args, f"results_root={tmp_path}", "name=killed", "progress=none"], tmp_path)
     wait_for(ckpt.exists)  # its first checkpoint: step 10
-    wait_for(lambda: torch_load(ckpt)["step"] >= random.choice([10, 20, 30]))
+    wait_for(lambda: torch_load(ckpt)["step"] >= random.choice([10, 20]))
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     taken = torch_load(ckpt)["step"]
-    assert not run_dir.exists() and 10 <= taken < 80  # killed mid-run, its checkpoint left
+    assert not run_dir.exists() and 10 <= taken < 60  # killed mid-run, its checkpoint left
 
     summary = train(conf)  # the same command again
     assert summary["status"] == "completed" and summary["resumed_from_step"] == taken
