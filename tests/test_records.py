@@ -239,6 +239,23 @@ def test_one_ctrl_c_stops_a_sweep(tmp_path, how, at_once):
         assert statuses == ["interrupted"] * at_once
 
 
+@pytest.mark.parametrize("send", [os.killpg, os.kill], ids=["to its group", "to the sweep's process"])
+def test_sigterm_stops_a_local_sweep_as_ctrl_c_does(tmp_path, send):
+    """A scheduler's SIGTERM reaches every process of the job; `kill PID`, the sweep's alone (its
+    workers then stop as their parent is gone)."""
+    sweep = tmp_path / "results" / "stop"
+    args = ["sweep", *FAST, "steps=100000", "seed=0,1,2,3", "name=stop", "progress=none"]
+    proc = start([*args, "launcher=local", "workers=2"], tmp_path)
+    wait_for(started(sweep, 2))
+    send(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=PATIENCE)
+    assert proc.returncode == 143, err
+    assert one_line(err).startswith("terminated (SIGTERM): ")
+    wait_for(lambda: not alive(proc.pid))  # no worker goes on
+    statuses = [json.loads(p.read_text())["status"] for p in sweep.glob("*/summary.json")]
+    assert "completed" not in statuses and len(statuses) <= 2
+
+
 def test_ctrl_c_stops_reproduce(tmp_path):
     proc = start(
         [
