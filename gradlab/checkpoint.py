@@ -9,7 +9,8 @@ checkpoint of its own configuration there continues from it, re-logs the rows so
 the intervals they were logged in, and ends with the record an uninterrupted run would have
 written (but for its timings). The file goes once the run has ended other than interrupted.
 
-One run alone (engine Single, one process) checkpoints; vectorized.why_alone says so.
+A run trained alone (engine Single) checkpoints, on one process or as the ranks of a data-parallel
+run (rank 0 writes, every rank reads); vectorized.why_alone keeps checkpointed runs out of groups.
 """
 
 from __future__ import annotations

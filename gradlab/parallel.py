@@ -104,16 +104,18 @@ _watching, _orphaned = threading.Event(), threading.Event()
 
 
 def watch_sweep() -> None:
-    """In a worker process of a sweep: once the sweep's process is gone (killed), interrupt the
-    run in progress (it is recorded as interrupted) and let no further run start. Started once
-    per process; nothing outside such a worker."""
+    """In a worker process of a sweep, or a rank of a data-parallel run (started by torchrun, whose
+    ranks live in sessions of their own): once the process that started it is gone (killed),
+    interrupt the run in progress (it is recorded as interrupted, its checkpoint kept) and let no
+    further run start. Started once per process; nothing outside such a process."""
+    parent = os.getppid()
     sweep = os.environ.get(SWEEP_PID)
-    if not sweep or int(sweep) != os.getppid() or _watching.is_set():
+    if _watching.is_set() or not ("TORCHELASTIC_RUN_ID" in os.environ or sweep and int(sweep) == parent):
         return
     _watching.set()
 
     def watch():
-        while os.getppid() == int(sweep):
+        while os.getppid() == parent:
             time.sleep(0.5)
         _orphaned.set()
         import _thread

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from patience import PATIENCE
+from patience import PATIENCE, wait_for
 from wandb_records import wandb_files
 
 from gradlab import records
@@ -97,3 +99,39 @@ def test_each_rank_trains_on_its_own_slice_of_every_micro_batch():
         assert torch.equal(torch.cat([parts[0][i][0], parts[1][i][0]]), x)
         assert torch.equal(torch.cat([parts[0][i][1], parts[1][i][1]]), y)
     assert shard(micro, World(0, 1, 0, 1)) is micro
+
+
+def test_a_killed_data_parallel_run_continues_from_its_checkpoint_to_the_uninterrupted_record(tmp_path):
+    """SIGKILL to `gradlab train devices=2` and its torchrun: the ranks (in sessions of their own)
+    see their launcher gone and record the run interrupted, keeping the checkpoint rank 0 wrote;
+    the same command continues from it to the record of a run never killed."""
+    args = ["train", "model=mlp", "task=regression", "steps=300", "log_every=5", "devices=2", "wandb=off"]
+    args += ["progress=none", f"results_root={tmp_path}"]
+    sweep = tmp_path / "killed" / ".gradlab"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gradlab", *args, "checkpoint_every=10", "name=killed"],
+        start_new_session=True,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(lambda: any(torch_step(f) >= 50 for f in sweep.glob("*.ckpt")))
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    wait_for(lambda: any((tmp_path / "killed").glob("*/summary.json")))  # the ranks record it
+    (record,) = (tmp_path / "killed").glob("*/summary.json")
+    assert records.read(record.parent)["status"] == "interrupted" and any(sweep.glob("*.ckpt"))
+
+    for extra in (["checkpoint_every=10", "name=killed"], ["name=plain"]):
+        out = gradlab([*args, *extra], tmp_path)
+        assert out.returncode == 0, out.stderr
+    killed, plain = (next((tmp_path / name).glob("*/history.csv")).parent for name in ("killed", "plain"))
+    assert records.read(killed)["resumed_from_step"] >= 50
+    timings = ["time_s", "steps_per_s", "samples_per_s"]
+    history = [pd.read_csv(d / "history.csv").drop(columns=timings) for d in (killed, plain)]
+    pd.testing.assert_frame_equal(*history, check_exact=True)
+
+
+def torch_step(path: Path) -> int:
+    try:
+        return torch.load(path, weights_only=True)["step"]
+    except Exception:  # replaced while read
+        return 0
