@@ -296,13 +296,14 @@ def search_plan(overrides: list[str]) -> Plan:
 
 def sweep(overrides: list[str], dry_run: bool = False) -> Swept:
     """Run (or, dry, list) the sweep: the folders of its runs, and how they ended."""
-    from gradlab import parallel, search
+    from gradlab import parallel, records, search
     from gradlab.config import run_id, sweep_dir
     from gradlab.session import earlier_result
 
     searching = search.searching(overrides)
     p = search_plan(overrides) if searching else plan(overrides, multirun=True)
     folder = sweep_dir(p.confs[0])
+    made = records.missing_from(folder)
     runs = list(dict.fromkeys(sweep_dir(conf) / run_id(conf) for conf in p.confs))
     done_before = (
         set(search.trial_runs(folder))
@@ -339,7 +340,10 @@ def sweep(overrides: list[str], dry_run: bool = False) -> Swept:
             e,
         ) from None
     except ConfigError:  # bad input that only a run's building finds (a user's dataset, read then)
-        _report(p, done_before, searching)
+        if made:
+            records.discard_unused(folder, made)
+        if folder.exists():  # runs made before it are kept: say how they ended
+            _report(p, done_before, searching)
         raise
     except Exception as e:
         _report(p, done_before, searching)
@@ -410,6 +414,7 @@ def train(overrides: list[str], dry_run: bool = False) -> dict | None:
     from gradlab.train import train as run
 
     run_dir = sweep_dir(conf) / run_id(conf)
+    made = records.missing_from(run_dir.parent)
     if conf["devices"] > 1 and distributed.world().size == 1:  # start the run's processes; rank 0 reports
         distributed.check(conf, conf["devices"])
         distributed.spawn(conf["devices"], p.overrides)
@@ -425,6 +430,10 @@ def train(overrides: list[str], dry_run: bool = False) -> dict | None:
             "finished one, which is kept; running the same command again makes it",
             e,
         ) from None
+    except ConfigError:  # bad input that only the run's building finds (a user's dataset, read then)
+        if made:
+            records.discard_unused(run_dir.parent, made)
+        raise
     hint = summary.get("wandb", {}).get("sync")
     if (
         hint

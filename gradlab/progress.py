@@ -1,7 +1,8 @@
 """What a run and a sweep show while they work.
 
 progress=auto: a live bar on a terminal, plain periodic lines otherwise (CI logs);
-progress=bar|lines force one; progress=none (`--quiet`) prints nothing.
+progress=bar|lines force one; progress=none (`--quiet`) prints nothing but a failed run's one line
+(on stderr, as every failure is).
 """
 
 from __future__ import annotations
@@ -66,8 +67,11 @@ class RunProgress:
     def close(self, summary: dict, run_dir) -> None:
         if self.mode == "bar":
             self.bar.stop()
-        if self.mode != "none":
-            print(f"{self.name}: {describe(summary)} -> {run_dir}", flush=True)
+        line = f"{self.name}: {describe(summary)} -> {run_dir}"
+        if summary["status"] == "failed":  # an error, not progress: said on stderr even with --quiet
+            print(line, file=sys.stderr, flush=True)
+        elif self.mode != "none":
+            print(line, flush=True)
 
 
 def describe(summary: dict) -> str:

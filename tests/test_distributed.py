@@ -104,9 +104,10 @@ def test_each_rank_trains_on_its_own_slice_of_every_micro_batch():
 def test_a_killed_data_parallel_run_continues_from_its_checkpoint_to_the_uninterrupted_record(tmp_path):
     """SIGKILL to `gradlab train devices=2` and its torchrun: the ranks (in sessions of their own)
     see their launcher gone and record the run interrupted, keeping the checkpoint rank 0 wrote;
-    the same command continues from it to the record of a run never killed."""
-    args = ["train", "model=mlp", "task=regression", "steps=300", "log_every=5", "devices=2", "wandb=off"]
-    args += ["progress=none", f"results_root={tmp_path}"]
+    the same command continues from it to the record of a run never killed, dropout masks included."""
+    small = ["model.d_model=16", "model.n_heads=2", "model.d_ff=32", "model.n_layers=1", "task.seq_len=16"]
+    args = ["train", "model=transformer", "model.dropout=0.1", *small, "task.eval_size=20", "steps=300"]
+    args += ["log_every=5", "devices=2", "wandb=off", "progress=none", f"results_root={tmp_path}"]
     sweep = tmp_path / "killed" / ".gradlab"
     proc = subprocess.Popen(
         [sys.executable, "-m", "gradlab", *args, "checkpoint_every=10", "name=killed"],

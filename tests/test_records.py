@@ -470,7 +470,7 @@ def test_a_held_out_set_that_cannot_be_read_is_one_line(tmp_path, monkeypatch, c
     assert (
         one_line(out.stderr) == f"error: task.eval={broken}: could not be read (ValueError: item 1 is broken)"
     )
-    assert not list((tmp_path / "results").rglob("summary.json"))
+    assert not (tmp_path / "results").exists()  # nothing written: no folder, no lock
 
 
 @pytest.mark.parametrize("flag", [[], ["--traceback"]], ids=["one line", "--traceback"])
@@ -491,6 +491,8 @@ def test_a_run_that_fails_keeps_its_traceback_in_its_folder(tmp_path, monkeypatc
     trace = (run_dir / "traceback.txt").read_text()
     assert trace.startswith("Traceback") and 'raise ValueError(f"item {i} is broken")' in trace
     assert trace.strip().splitlines()[-1] == record["error"]
+    said = f": failed: {record['error']} -> results/later/{run_dir.name}"
+    assert said in result.stderr  # even with progress=none
     assert (trace in result.stderr) == bool(flag) and ("Traceback" in result.stderr) == bool(flag)
 
 
