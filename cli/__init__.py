@@ -25,7 +25,14 @@ DryRun = Annotated[
     bool,
     typer.Option("--dry-run", help="Print the runs that would be made, and which are done; train nothing."),
 ]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing while training (progress=none).")]
+Quiet = Annotated[
+    bool,
+    typer.Option(
+        "--quiet",
+        "-q",
+        help="Print nothing while training (progress=none); a failed run still says why, on stderr.",
+    ),
+]
 Force = Annotated[
     bool, typer.Option("--force", help="Re-run runs that already finished instead of skipping them.")
 ]
