@@ -19,7 +19,8 @@ Sections (each a table on stdout and a key of the JSON file):
          compiled model), and on a GPU with compile=cudagraphs; the seconds the first compiled
          step takes, and how the model ran (a run's `execution`).
 
-Timings alternate between the things compared and report medians over the repeats.
+Timings alternate between the things compared, in an order rotated each round, and report
+medians over the repeats.
 """
 
 from __future__ import annotations
@@ -38,14 +39,17 @@ MODELS = ("mlp", "rnn", "gru", "lstm", "transformer")
 
 
 def alternate(timers: dict, repeats: int, warm: bool = True) -> dict:
-    """Each timer once as warm-up (unless not `warm`), then in turn `repeats` times; name -> median
-    seconds."""
+    """Each timer once as warm-up (unless not `warm`), then in turn `repeats` times, the order
+    rotated by one each round (so no timer always follows the same one: a timer that leaves the
+    allocator or the caches in a state the next one pays for weighs on each in turn); name ->
+    median seconds."""
     for t in timers.values() if warm else ():
         t()
     times = {name: [] for name in timers}
-    for _ in range(repeats):
-        for name, t in timers.items():
-            times[name].append(t())
+    names = list(timers)
+    for turn in range(repeats):
+        for name in names[turn % len(names) :] + names[: turn % len(names)]:
+            times[name].append(timers[name]())
     return {name: statistics.median(values) for name, values in times.items()}
 
 
