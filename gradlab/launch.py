@@ -11,6 +11,7 @@ import difflib
 import os
 import shutil
 import sys
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
@@ -294,16 +295,30 @@ def search_plan(overrides: list[str]) -> Plan:
     return p._replace(overrides=search.prepared(overrides, higher))
 
 
+@contextmanager
+def nothing_left_on_bad_input(folder: Path):
+    """Bad input that only a run's building finds (a user's dataset, read then) leaves nothing
+    this command made: `folder` and the folders above it it made, unless they hold a record."""
+    from gradlab import records
+
+    made = next((p for p in (*reversed(folder.parents), folder) if not p.exists()), None)
+    try:
+        yield
+    except ConfigError:
+        if made:
+            records.discard_unused(folder, made)
+        raise
+
+
 def sweep(overrides: list[str], dry_run: bool = False) -> Swept:
     """Run (or, dry, list) the sweep: the folders of its runs, and how they ended."""
-    from gradlab import parallel, records, search
+    from gradlab import parallel, search
     from gradlab.config import run_id, sweep_dir
     from gradlab.session import earlier_result
 
     searching = search.searching(overrides)
     p = search_plan(overrides) if searching else plan(overrides, multirun=True)
     folder = sweep_dir(p.confs[0])
-    made = records.missing_from(folder)
     runs = list(dict.fromkeys(sweep_dir(conf) / run_id(conf) for conf in p.confs))
     done_before = (
         set(search.trial_runs(folder))
@@ -317,21 +332,22 @@ def sweep(overrides: list[str], dry_run: bool = False) -> Swept:
         print(search.describe(p)) if searching else print_plan(p, settings)
         return Swept(runs, {})
     try:
-        if p.launcher == "basic" and not searching:
-            from gradlab.vectorized import run_groups
+        with nothing_left_on_bad_input(folder):
+            if p.launcher == "basic" and not searching:
+                from gradlab.vectorized import run_groups
 
-            run_groups(p.confs)
-        else:
-            from gradlab.app import main
+                run_groups(p.confs)
+            else:
+                from gradlab.app import main
 
-            if searching:
-                search.quiet_sampler()
-            sys.argv = ["gradlab", "--multirun", *p.overrides, *settings]
-            with parallel.environment(
-                HYDRA_FULL_ERROR="1",  # a launcher's failure is raised here, not printed as a traceback
-                **{parallel.SWEEP_PID: str(os.getpid())},  # its workers stop when this process is gone
-            ):
-                main()
+                if searching:
+                    search.quiet_sampler()
+                sys.argv = ["gradlab", "--multirun", *p.overrides, *settings]
+                with parallel.environment(
+                    HYDRA_FULL_ERROR="1",  # a launcher's failure is raised here, not printed as a traceback
+                    **{parallel.SWEEP_PID: str(os.getpid())},  # its workers stop when this process is gone
+                ):
+                    main()
     except KeyboardInterrupt as e:
         _report(p, done_before, searching)
         raise Interrupted(
@@ -339,9 +355,7 @@ def sweep(overrides: list[str], dry_run: bool = False) -> Swept:
             "interrupted; running the same command again makes the rest",
             e,
         ) from None
-    except ConfigError:  # bad input that only a run's building finds (a user's dataset, read then)
-        if made:
-            records.discard_unused(folder, made)
+    except ConfigError:
         if folder.exists():  # runs made before it are kept: say how they ended
             _report(p, done_before, searching)
         raise
@@ -414,7 +428,6 @@ def train(overrides: list[str], dry_run: bool = False) -> dict | None:
     from gradlab.train import train as run
 
     run_dir = sweep_dir(conf) / run_id(conf)
-    made = records.missing_from(run_dir.parent)
     if conf["devices"] > 1 and distributed.world().size == 1:  # start the run's processes; rank 0 reports
         distributed.check(conf, conf["devices"])
         distributed.spawn(conf["devices"], p.overrides)
@@ -423,17 +436,14 @@ def train(overrides: list[str], dry_run: bool = False) -> dict | None:
         except records.Unreadable:
             return {"status": "failed"}
     try:
-        summary = run(conf)
+        with nothing_left_on_bad_input(run_dir.parent):
+            summary = run(conf)
     except KeyboardInterrupt as e:
         raise Interrupted(
             f"{stopped(e)}: the run is recorded as interrupted unless {run_dir} already held a "
             "finished one, which is kept; running the same command again makes it",
             e,
         ) from None
-    except ConfigError:  # bad input that only the run's building finds (a user's dataset, read then)
-        if made:
-            records.discard_unused(run_dir.parent, made)
-        raise
     hint = summary.get("wandb", {}).get("sync")
     if (
         hint

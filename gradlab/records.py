@@ -35,7 +35,7 @@ import os
 import shutil
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import yaml
@@ -223,26 +223,21 @@ def in_progress(run_dir: Path) -> bool:
     return False
 
 
-def missing_from(folder: Path) -> Path | None:
-    """The outermost folder on the way to `folder` that does not exist yet, None if it exists."""
-    missing = [p for p in (folder, *folder.parents) if not p.exists()]
-    return missing[-1] if missing else None
-
-
 def discard_unused(folder: Path, made: Path) -> None:
     """Remove a sweep folder that holds nothing but locks no live process holds, and the empty
     folders above it up to `made`: what a command that bad input stopped while its first run was
-    built leaves behind (its caller made `made`, by this command)."""
+    built leaves behind (its caller made `made`, by this command). A folder never made is fine."""
     work = folder / WORK
-    if any(p != work for p in folder.iterdir()) or any(
-        p.suffix != ".lock" or in_progress(folder / p.stem) for p in work.iterdir()
+    if any(p != work for p in folder.glob("*")) or any(
+        p.suffix != ".lock" or in_progress(folder / p.stem) for p in work.glob("*")
     ):
         return
     shutil.rmtree(folder, ignore_errors=True)
     for parent in folder.parents:
-        if not parent.is_relative_to(made) or any(parent.iterdir()):
+        if not parent.is_relative_to(made):
             break
-        parent.rmdir()
+        with suppress(OSError):  # removed only if empty (and there)
+            parent.rmdir()
 
 
 def _recover(run_dir: Path) -> None:

@@ -726,3 +726,21 @@ def test_plot_on_a_full_disk_leaves_no_empty_png(tmp_path, small_disk):
         f"error: --out {small_disk / 'plots'}: cannot write"
     )
     assert not [p for p in (small_disk / "plots").rglob("*") if p.is_file()]
+
+
+def test_what_bad_input_left_is_discarded_but_never_a_record(tmp_path):
+    """Only folders the command made, holding nothing but free locks, go; one never made is fine."""
+    from gradlab import records
+
+    made = tmp_path / "results"
+    records.discard_unused(made / "never", made)  # nothing was made: nothing to do, no error
+    sweep = made / "sweep"
+    with records.claimed(sweep / "run"):
+        records.discard_unused(sweep, made)  # its lock is held: in progress, kept
+    assert (sweep / records.WORK / "run.lock").exists()
+    (sweep / "other").mkdir()
+    records.discard_unused(sweep, made)  # a run's folder beside the locks: kept
+    assert (sweep / "other").exists()
+    (sweep / "other").rmdir()
+    records.discard_unused(sweep, made)
+    assert not made.exists() and tmp_path.exists()
