@@ -42,42 +42,61 @@ def lr_factor(optim_cfg: dict, steps: int):
     return factor
 
 
-# what a vectorized group's StackedOptimizer does for a member, by the torch class it stands for:
-# the class's options it takes (all but lr equal across the group's members; maximize off)
-STACKABLE = {
-    torch.optim.SGD: ("momentum", "dampening", "nesterov", "weight_decay"),
-    torch.optim.Adam: ("betas", "eps", "weight_decay", "amsgrad", "decoupled_weight_decay"),
-    torch.optim.AdamW: ("betas", "eps", "weight_decay", "amsgrad"),
-    torch.optim.RMSprop: ("alpha", "eps", "weight_decay", "momentum", "centered"),
-}
+# torch optimizers whose update is elementwise given the lr (every state tensor has its parameter's
+# shape, or is one number all elements share): stepping K members' parameters stacked along a first
+# axis steps each member as its own optimizer would
+STACKABLE = (
+    torch.optim.SGD,
+    torch.optim.Adam,
+    torch.optim.AdamW,
+    torch.optim.RMSprop,
+    torch.optim.Adagrad,
+    torch.optim.Adamax,
+    torch.optim.NAdam,
+    torch.optim.RAdam,
+)
 
 
 def why_not_stacked(optim_cfg: dict) -> str | None:
     """Why a run's optimizer cannot be a member of a StackedOptimizer, if it cannot."""
     kind = components.locate("optim", optim_cfg)
-    if kind not in STACKABLE:
+    if not issubclass(kind, STACKABLE):
         return f"optim {kind.__name__} (batched: {', '.join(c.__name__ for c in STACKABLE)})"
-    knobs = components.knobs("optim", optim_cfg)
-    other = sorted(
-        set(knobs) - set(STACKABLE[kind]) - {"foreach", "fused", "capturable", "differentiable", "maximize"}
-    )
-    if other or knobs.get("maximize"):
-        return f"optim option {', '.join(other) or 'maximize'} (not batched)"
     return None
 
 
 class StackedOptimizer:
-    """The update of torch's SGD, Adam, AdamW or RMSprop (its single-tensor formulas, in torch's order)
-    for K members whose parameters are stacked along a first axis, each member with its own lr;
-    the other options are the members' optimizers' own (equal across members). Every operation
-    covers all parameters at once (torch._foreach_*). Set `lrs` (the members' current lrs, on the
-    host) before each step. Its param_groups and zero_grad are the parts of torch's Optimizer that
-    gradlab.step uses."""
+    """K members' parameters, stacked along a first axis, stepped by torch's own optimizer (the
+    members' class and options, equal across them): its update is elementwise (STACKABLE), so each
+    member is stepped as its own optimizer would step it. Members with one lr share one of its param
+    groups (a slice of the stack, `runs`): a sweep of clip thresholds is one group, a sweep of K lrs
+    K groups. Set `lrs` (the members' current lrs) before each step; members of one slice share a
+    schedule, so their lrs stay equal. Its param_groups (the whole stacks) and zero_grad are the parts
+    of torch's Optimizer that gradlab.step uses."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, params: list):
-        self.kind = type(optimizer).__name__.lower()
-        self.options = {k: optimizer.param_groups[0][k] for k in STACKABLE[type(optimizer)]}
-        self.params, self.steps, self.state, self.lrs = params, 0, {}, None
+    def __init__(self, optimizer: torch.optim.Optimizer, params: list, lrs: list):
+        self.kind, self.options = type(optimizer), {**optimizer.defaults}
+        self.lrs = lrs
+        self._build(params, lrs, None)
+
+    def _build(self, params: list, base_lrs: list, state: list | None) -> None:
+        """torch's optimizer over `params`, one param group per slice of members with one base lr;
+        `state`: per parameter, the whole stack's state to start from."""
+        self.params, self.base_lrs = params, base_lrs
+        self.runs = _runs(base_lrs)
+        groups = []
+        for a, b in self.runs:
+            views = [p.detach()[a:b] for p in params]
+            for view, p in zip(views, params):
+                view.grad = p.grad[a:b]  # the stack's gradient: what backward and the clip modes fill in
+            groups.append({**self.options, "params": views, "lr": base_lrs[a]})  # the members' options
+        self.inner = self.kind(groups)
+        for group, (a, b) in zip(self.inner.param_groups, self.runs):
+            for view, whole in zip(group["params"], state or []):
+                if whole:
+                    self.inner.state[view] = {
+                        k: v[a:b] if _per_member(v) else _copy(v) for k, v in whole.items()
+                    }
 
     @property
     def param_groups(self) -> list:
@@ -85,94 +104,42 @@ class StackedOptimizer:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Zero the gradients in place, whatever `set_to_none`: they live as long as the group's
-        parameters (the clip strategies' Slabs are views of them)."""
+        parameters (the optimizer's slices and the clip strategies' Slabs are views of them)."""
         torch._foreach_zero_([p.grad for p in self.params])
 
-    @torch.no_grad()
     def step(self) -> None:
-        self.steps += 1
-        params = [p for p in self.params if p.grad is not None]
-        getattr(self, self.kind)(
-            params, [p.grad for p in params], self.options, torch.tensor(self.lrs, dtype=torch.float64)
-        )
+        for group, (a, _) in zip(self.inner.param_groups, self.runs):
+            group["lr"] = self.lrs[a]
+        self.inner.step()
 
-    def _state(self, name: str, params: list, first=torch.zeros_like) -> list:
-        if name not in self.state:
-            self.state[name] = [first(p) for p in params]
-        return self.state[name]
-
-    @staticmethod
-    def _per_member(values: torch.Tensor, like: list) -> list:
-        """Per-member scalars (in float64, as torch computes them on the host) shaped for each tensor."""
-        from gradlab.clip import per_member
-
-        on = values.to(like[0].dtype).to(like[0].device, non_blocking=True)
-        return [per_member(on, t) for t in like]
-
-    def sgd(self, params, grads, o, lr) -> None:
-        if o["weight_decay"]:
-            grads = torch._foreach_add(grads, params, alpha=o["weight_decay"])
-        if o["momentum"]:
-            fresh = "momentum_buffer" not in self.state
-            bufs = self._state("momentum_buffer", grads, torch.clone)
-            if not fresh:
-                torch._foreach_mul_(bufs, o["momentum"])
-                torch._foreach_add_(bufs, grads, alpha=1 - o["dampening"])
-            grads = torch._foreach_add(grads, bufs, alpha=o["momentum"]) if o["nesterov"] else bufs
-        torch._foreach_addcmul_(params, grads, self._per_member(lr, params), value=-1)
-
-    def adam(self, params, grads, o, lr, decoupled=None) -> None:
-        decoupled = o.get("decoupled_weight_decay") if decoupled is None else decoupled
-        (beta1, beta2), wd, t = o["betas"], o["weight_decay"], self.steps
-        exp_avg, exp_avg_sq = self._state("exp_avg", params), self._state("exp_avg_sq", params)
-        if wd and decoupled:
-            torch._foreach_mul_(params, self._per_member(1 - lr * wd, params))
-        elif wd:
-            grads = torch._foreach_add(grads, params, alpha=wd)
-        torch._foreach_lerp_(exp_avg, grads, 1 - beta1)
-        torch._foreach_mul_(exp_avg_sq, beta2)
-        torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1 - beta2)
-        second = exp_avg_sq
-        if o["amsgrad"]:
-            second = self._state("max_exp_avg_sq", params)
-            torch._foreach_maximum_(second, exp_avg_sq)
-        denom = torch._foreach_sqrt(second)
-        torch._foreach_div_(denom, math.sqrt(1 - beta2**t))
-        torch._foreach_add_(denom, o["eps"])
-        update = torch._foreach_mul(
-            exp_avg, self._per_member(-lr / (1 - beta1**t), params)
-        )  # addcdiv's order
-        torch._foreach_div_(update, denom)
-        torch._foreach_add_(params, update)
-
-    def adamw(self, params, grads, o, lr) -> None:
-        self.adam(params, grads, o, lr, decoupled=True)
-
-    def rmsprop(self, params, grads, o, lr) -> None:
-        alpha, square_avg = o["alpha"], self._state("square_avg", params)
-        if o["weight_decay"]:
-            grads = torch._foreach_add(grads, params, alpha=o["weight_decay"])
-        torch._foreach_mul_(square_avg, alpha)
-        torch._foreach_addcmul_(square_avg, grads, grads, value=1 - alpha)
-        if o["centered"]:
-            grad_avg = self._state("grad_avg", params)
-            torch._foreach_lerp_(grad_avg, grads, 1 - alpha)
-            avg = torch._foreach_addcmul(square_avg, grad_avg, grad_avg, value=-1)
-            torch._foreach_sqrt_(avg)
-        else:
-            avg = torch._foreach_sqrt(square_avg)
-        torch._foreach_add_(avg, o["eps"])
-        if o["momentum"] > 0:
-            buf = self._state("momentum_buffer", params)
-            torch._foreach_mul_(buf, o["momentum"])
-            torch._foreach_addcdiv_(buf, grads, avg)
-            torch._foreach_addcmul_(params, buf, self._per_member(lr, params), value=-1)
-        else:
-            update = torch._foreach_mul(grads, self._per_member(-lr, params))
-            torch._foreach_div_(update, avg)
-            torch._foreach_add_(params, update)
+    def _state(self) -> list:
+        """Per parameter, the whole stack's state: per-member tensors joined along the member
+        axis, numbers all members share (`step`) once."""
+        joined = []
+        for i in range(len(self.params)):
+            slices = [self.inner.state.get(group["params"][i], {}) for group in self.inner.param_groups]
+            joined.append(
+                {k: torch.cat([s[k] for s in slices]) if _per_member(v) else v for k, v in slices[0].items()}
+            )
+        return joined
 
     def select(self, keep: torch.Tensor, params: list) -> None:
         """Keep the members `keep` (indices): `params` are the kept stacked parameters."""
-        self.params = params
-        self.state = {name: [v[keep] for v in values] for name, values in self.state.items()}
+        state = [{k: v[keep] if _per_member(v) else v for k, v in s.items()} for s in self._state()]
+        self._build(params, [self.base_lrs[i] for i in keep.tolist()], state)
+
+
+def _runs(values: list) -> list:
+    """(start, stop) of each run of equal neighbours in `values`."""
+    stops = [i for i in range(1, len(values)) if values[i] != values[i - 1]] + [len(values)]
+    return list(zip([0, *stops[:-1]], stops))
+
+
+def _per_member(value) -> bool:
+    """A state entry of the stack with a value per member (a tensor of its parameter's shape), not
+    one all members share (a step count)."""
+    return isinstance(value, torch.Tensor) and value.dim() > 0
+
+
+def _copy(value):
+    return value.clone() if isinstance(value, torch.Tensor) else value

@@ -10,8 +10,8 @@ K models run as one batched model (a model's own `forward_stacked`, else torch.f
 functional_call), and one backward of the sum of the members' losses gives every member the
 gradient of its own loss; each parameter's per-member norms are one reduction; each clip mode
 clips all its members at once (gradlab.clip.stack: per-member knobs and adaptive state as
-tensors); one optimizer step (gradlab.optim.StackedOptimizer) updates all members with their
-own lrs; one pass evaluates them all. A member that diverges, fails or reaches its target is
+tensors); one step of torch's own optimizer (gradlab.optim.StackedOptimizer: one param group per lr)
+updates all members; one pass evaluates them all. A member that diverges, fails or reaches its target is
 recorded and leaves the group; the others go on. What only a run alone can use is `why_alone`.
 
 Runs differ in seed, clip mode and knobs, and learning rate; anything else that differs
@@ -217,8 +217,10 @@ def train_group(confs: list[dict]) -> list[dict]:
             else:
                 run = build(conf)
                 members[i] = Member(conf, run, Session(conf, run, SOLO))
-        # each clip mode's members in one range of the member axis
-        train_members(sorted(members.values(), key=lambda m: clip_key(m.conf["clip"])), Stacked)
+        # each clip mode's members in one range of the member axis, by lr (one optimizer param group per lr)
+        train_members(
+            sorted(members.values(), key=lambda m: (clip_key(m.conf["clip"]), m.conf["lr"])), Stacked
+        )
     return [summaries[i] if i in summaries else members[i].summary for i in range(len(confs))]
 
 
@@ -273,7 +275,7 @@ class Stacked:
                 for n in self.names
             ]
         )
-        self.optimizer = StackedOptimizer(first.run.optimizer, self.params)
+        self.optimizer = StackedOptimizer(first.run.optimizer, self.params, [m.conf["lr"] for m in members])
         self.parts = StepParts(
             member_losses(self.spec),
             self.optimizer,

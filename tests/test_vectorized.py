@@ -216,9 +216,24 @@ def test_a_stacked_strategy_clips_each_member_as_its_own_would(mode, knobs):
 
 
 @pytest.mark.parametrize(
-    "optim", ["sgd", "sgd_nesterov", "adam", "adam_amsgrad", "adamw", "rmsprop", "rmsprop_centered"]
+    "optim",
+    [
+        "sgd",
+        "sgd_nesterov",
+        "adam",
+        "adam_amsgrad",
+        "adamw",
+        "rmsprop",
+        "rmsprop_centered",
+        "adagrad",
+        "adamax",
+        "nadam",
+        "radam",
+    ],
 )
-def test_the_stacked_optimizer_steps_each_member_as_torch_does(optim):
+@pytest.mark.parametrize("lrs", [[1e-3, 3e-2, 0.1], [0.05, 0.05, 1e-3]], ids=["3 lrs", "2 lrs"])
+def test_the_stacked_optimizer_steps_each_member_as_its_own_optimizer(optim, lrs):
+    """Each member, and each that stays when another leaves, is stepped as its own torch optimizer."""
     from gradlab.optim import StackedOptimizer
 
     options = {
@@ -229,27 +244,42 @@ def test_the_stacked_optimizer_steps_each_member_as_torch_does(optim):
         "adamw": (torch.optim.AdamW, {"weight_decay": 0.1, "betas": (0.9, 0.95)}),
         "rmsprop": (torch.optim.RMSprop, {"momentum": 0.5, "weight_decay": 0.01, "alpha": 0.9}),
         "rmsprop_centered": (torch.optim.RMSprop, {"centered": True}),
+        "adagrad": (torch.optim.Adagrad, {"lr_decay": 0.01}),
+        "adamax": (torch.optim.Adamax, {"weight_decay": 0.01}),
+        "nadam": (torch.optim.NAdam, {"momentum_decay": 0.004}),
+        "radam": (torch.optim.RAdam, {"decoupled_weight_decay": True, "weight_decay": 0.01}),
     }
     kind, opts = options[optim]
-    lrs, shapes = [1e-3, 3e-2, 0.1], [(4, 5), (4,), (3, 4)]
+    shapes = [(4, 5), (4,), (3, 4)]
     weights = member_grads(3, shapes, seed=2)
     stacked_params = [w.clone().requires_grad_() for w in weights]
+    for p in stacked_params:
+        p.grad = torch.zeros_like(p)  # lives as long as the parameter, as a group's does
     members = [[torch.nn.Parameter(w[k].clone()) for w in weights] for k in range(3)]
     torch_optims = [kind(params, lr=lr, **opts) for params, lr in zip(members, lrs)]
-    stacked = StackedOptimizer(torch_optims[0], stacked_params)
-    for step in range(5):
+    stacked = StackedOptimizer(torch_optims[0], stacked_params, lrs)
+    assert len(stacked.runs) == len(set(lrs))  # members with one lr share a param group
+    staying = [0, 1, 2]
+    for step in range(8):
+        if step == 4:  # member 1 leaves
+            staying = [0, 2]
+            stacked_params = [p.detach()[staying].clone().requires_grad_() for p in stacked_params]
+            for p in stacked_params:
+                p.grad = torch.zeros_like(p)
+            stacked.select(torch.tensor(staying), stacked_params)
         grads = member_grads(3, shapes, seed=20 + step)
         for p, g in zip(stacked_params, grads):
-            p.grad = g.clone()
-        stacked.lrs = [lr * (0.5 if step >= 3 else 1.0) for lr in lrs]  # a schedule moves the lrs
+            p.grad.copy_(g[staying])
+        stacked.lrs = [lrs[k] * (0.5 if step >= 3 else 1.0) for k in staying]  # a schedule moves the lrs
         stacked.step()
-        for k, (params, opt) in enumerate(zip(members, torch_optims)):
-            opt.param_groups[0]["lr"] = stacked.lrs[k]
+        for i, k in enumerate(staying):
+            params, opt = members[k], torch_optims[k]
+            opt.param_groups[0]["lr"] = stacked.lrs[i]
             for p, g in zip(params, grads):
                 p.grad = g[k].clone()
             opt.step()
             for s, p in zip(stacked_params, params):
-                torch.testing.assert_close(s.detach()[k], p.detach(), rtol=1e-6, atol=1e-7)
+                torch.testing.assert_close(s.detach()[i], p.detach(), rtol=1e-6, atol=1e-7)
 
 
 def test_a_diverging_member_is_frozen_and_the_others_finish(compose):
