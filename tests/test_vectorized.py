@@ -282,6 +282,16 @@ def test_the_stacked_optimizer_steps_each_member_as_its_own_optimizer(optim, lrs
                 torch.testing.assert_close(s.detach()[i], p.detach(), rtol=1e-6, atol=1e-7)
 
 
+def test_an_optimizer_whose_update_is_not_elementwise_trains_alone(compose):
+    from gradlab.optim import why_not_stacked
+    from gradlab.vectorized import why_alone
+
+    factored = {"_target_": "torch.optim.Adafactor"}  # its second moment is factored by rows and columns
+    assert why_not_stacked(factored).startswith("optim Adafactor (batched: SGD, Adam")
+    assert why_not_stacked({"_target_": "torch.optim.NAdam"}) is None
+    assert why_alone(compose("model=mlp", "optim=sgd")) is None
+
+
 def test_a_diverging_member_is_frozen_and_the_others_finish(compose):
     confs = [
         compose("model=mlp", *SMALL["mlp"], *COMMON, "clip=none", "optim=sgd", f"lr={lr}", "seed=0")
