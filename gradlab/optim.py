@@ -69,7 +69,7 @@ class StackedOptimizer:
     """K members' parameters, stacked along a first axis, stepped by torch's own optimizer (the
     members' class and options, equal across them): its update is elementwise (STACKABLE), so each
     member is stepped as its own optimizer would step it. Members with one lr share one of its param
-    groups (a slice of the stack, `runs`): a sweep of clip thresholds is one group, a sweep of K lrs
+    groups (a slice of the stack, `slices`): a sweep of clip thresholds is one group, a sweep of K lrs
     K groups. Set `lrs` (the members' current lrs) before each step; members of one slice share a
     schedule, so their lrs stay equal. Its param_groups (the whole stacks) and zero_grad are the parts
     of torch's Optimizer that gradlab.step uses."""
@@ -83,19 +83,19 @@ class StackedOptimizer:
         """torch's optimizer over `params`, one param group per slice of members with one base lr;
         `state`: per parameter, the whole stack's state to start from."""
         self.params, self.base_lrs = params, base_lrs
-        self.runs = _runs(base_lrs)
+        self.slices = _equal_slices(base_lrs)
         groups = []
-        for a, b in self.runs:
+        for a, b in self.slices:
             views = [p.detach()[a:b] for p in params]
             for view, p in zip(views, params):
                 view.grad = p.grad[a:b]  # the stack's gradient: what backward and the clip modes fill in
             groups.append({**self.options, "params": views, "lr": base_lrs[a]})  # the members' options
         self.inner = self.kind(groups)
-        for group, (a, b) in zip(self.inner.param_groups, self.runs):
+        for group, (a, b) in zip(self.inner.param_groups, self.slices):
             for view, whole in zip(group["params"], state or []):
                 if whole:
                     self.inner.state[view] = {
-                        k: v[a:b] if _per_member(v) else _copy(v) for k, v in whole.items()
+                        k: v[a:b] if _member_axis(v) else _copy(v) for k, v in whole.items()
                     }
 
     @property
@@ -108,7 +108,7 @@ class StackedOptimizer:
         torch._foreach_zero_([p.grad for p in self.params])
 
     def step(self) -> None:
-        for group, (a, _) in zip(self.inner.param_groups, self.runs):
+        for group, (a, _) in zip(self.inner.param_groups, self.slices):
             group["lr"] = self.lrs[a]
         self.inner.step()
 
@@ -117,25 +117,28 @@ class StackedOptimizer:
         axis, numbers all members share (`step`) once."""
         joined = []
         for i in range(len(self.params)):
-            slices = [self.inner.state.get(group["params"][i], {}) for group in self.inner.param_groups]
+            per_slice = [self.inner.state.get(group["params"][i], {}) for group in self.inner.param_groups]
             joined.append(
-                {k: torch.cat([s[k] for s in slices]) if _per_member(v) else v for k, v in slices[0].items()}
+                {
+                    k: torch.cat([s[k] for s in per_slice]) if _member_axis(v) else v
+                    for k, v in per_slice[0].items()
+                }
             )
         return joined
 
     def select(self, keep: torch.Tensor, params: list) -> None:
         """Keep the members `keep` (indices): `params` are the kept stacked parameters."""
-        state = [{k: v[keep] if _per_member(v) else v for k, v in s.items()} for s in self._state()]
+        state = [{k: v[keep] if _member_axis(v) else v for k, v in s.items()} for s in self._state()]
         self._build(params, [self.base_lrs[i] for i in keep.tolist()], state)
 
 
-def _runs(values: list) -> list:
+def _equal_slices(values: list) -> list:
     """(start, stop) of each run of equal neighbours in `values`."""
     stops = [i for i in range(1, len(values)) if values[i] != values[i - 1]] + [len(values)]
     return list(zip([0, *stops[:-1]], stops))
 
 
-def _per_member(value) -> bool:
+def _member_axis(value) -> bool:
     """A state entry of the stack with a value per member (a tensor of its parameter's shape), not
     one all members share (a step count)."""
     return isinstance(value, torch.Tensor) and value.dim() > 0

@@ -258,7 +258,7 @@ def test_the_stacked_optimizer_steps_each_member_as_its_own_optimizer(optim, lrs
     members = [[torch.nn.Parameter(w[k].clone()) for w in weights] for k in range(3)]
     torch_optims = [kind(params, lr=lr, **opts) for params, lr in zip(members, lrs)]
     stacked = StackedOptimizer(torch_optims[0], stacked_params, lrs)
-    assert len(stacked.runs) == len(set(lrs))  # members with one lr share a param group
+    assert len(stacked.slices) == len(set(lrs))  # members with one lr share a param group
     staying = [0, 1, 2]
     for step in range(8):
         if step == 4:  # member 1 leaves
