@@ -20,7 +20,7 @@ Sections (each a table on stdout and a key of the JSON file):
          step takes, and how the model ran (a run's `execution`).
 
 Timings alternate between the things compared, in an order rotated each round, and report
-medians over the repeats.
+medians over the repeats; a ratio is the median of the rounds' ratios (paired by round).
 """
 
 from __future__ import annotations
@@ -38,19 +38,30 @@ COUNTS, LENGTHS = (1, 4, 16, 64), (25, 50, 100)
 MODELS = ("mlp", "rnn", "gru", "lstm", "transformer")
 
 
-def alternate(timers: dict, repeats: int, warm: bool = True) -> dict:
+class Timings(dict):
+    """name -> the seconds of each round (rounds in order), from `alternate`."""
+
+    def median(self, name: str) -> float:
+        return statistics.median(self[name])
+
+    def ratio(self, over: str, under: str) -> float:
+        """The median over rounds of over's time / under's time in that round: paired by round, so a
+        drift of the machine's speed between rounds cancels."""
+        return statistics.median(a / b for a, b in zip(self[over], self[under]))
+
+
+def alternate(timers: dict, repeats: int, warm: bool = True) -> Timings:
     """Each timer once as warm-up (unless not `warm`), then in turn `repeats` times, the order
     rotated by one each round (so no timer always follows the same one: a timer that leaves the
-    allocator or the caches in a state the next one pays for weighs on each in turn); name ->
-    median seconds."""
+    allocator or the caches in a state the next one pays for weighs on each in turn)."""
     for t in timers.values() if warm else ():
         t()
-    times = {name: [] for name in timers}
+    times = Timings({name: [] for name in timers})
     names = list(timers)
     for turn in range(repeats):
         for name in names[turn % len(names) :] + names[: turn % len(names)]:
             times[name].append(timers[name]())
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
 
 
 def _conf(*overrides: str) -> dict:
@@ -128,14 +139,14 @@ def loops(model: str, steps: int, *overrides: str) -> tuple:
 def loop(model: str, steps: int, repeats: int, *overrides: str) -> dict:
     """gradlab's loop vs the plain loop on one run's model, data and optimizer."""
     gradlab_loop, plain_loop = loops(model, steps, *overrides)
-    median = alternate({"gradlab": gradlab_loop, "plain": plain_loop}, repeats)
+    times = alternate({"gradlab": gradlab_loop, "plain": plain_loop}, repeats)
     return {
         "model": model,
         "steps": steps,
         "overrides": list(overrides),
-        "gradlab_steps_per_s": steps / median["gradlab"],
-        "plain_steps_per_s": steps / median["plain"],
-        "ratio": median["plain"] / median["gradlab"],
+        "gradlab_steps_per_s": steps / times.median("gradlab"),
+        "plain_steps_per_s": steps / times.median("plain"),
+        "ratio": times.ratio("plain", "gradlab"),
     }
 
 
@@ -183,12 +194,13 @@ def clip_costs(model: str, steps: int, repeats: int) -> dict:
 
         return timed
 
-    median = alternate({mode: timer(mode) for mode in options("clip")}, repeats)
+    times = alternate({mode: timer(mode) for mode in options("clip")}, repeats)
     return {
         "model": model,
         "steps": steps,
         "modes": {
-            mode: {"ms_per_step": t * 1e3, "vs_none": t / median["none"]} for mode, t in median.items()
+            mode: {"ms_per_step": times.median(mode) * 1e3, "vs_none": times.ratio(mode, "none")}
+            for mode in times
         },
     }
 
@@ -283,17 +295,17 @@ def scaling(
 
             return timed
 
-        median = alternate({engine: timer(engine) for engine in engines}, repeats, warm)
+        times = alternate({engine: timer(engine) for engine in engines}, repeats, warm)
     row = {
         "model": model,
         "runs": count,
         "steps": steps,
         "overrides": list(overrides),
         "repeats": repeats,
-        **{f"{engine}_s": median[engine] for engine in engines},
-        "speedup": median["sequential"] / median["vectorized"],
+        **{f"{engine}_s": times.median(engine) for engine in engines},
+        "speedup": times.ratio("sequential", "vectorized"),
     }
-    return {**row, "auto_speedup": median["sequential"] / median["auto"]} if "auto" in engines else row
+    return {**row, "auto_speedup": times.ratio("sequential", "auto")} if "auto" in engines else row
 
 
 def _first_step(model: str, mode: str = "compile=true") -> float:

@@ -63,14 +63,16 @@ def test_bench_rejects_an_unknown_section_in_one_line(tmp_path):
 
 
 def test_timings_alternate_in_an_order_rotated_each_round():
-    """No timer always follows the same one; each reports the median of its own timings."""
+    """No timer always follows the same one; each reports the median of its own timings, and a ratio
+    is the median of the rounds' ratios."""
     calls = []
 
     def timer(name: str, seconds: list):
         return lambda: calls.append(name) or seconds[len([c for c in calls if c == name]) - 1]
 
-    medians = alternate(
+    times = alternate(
         {"a": timer("a", [1, 5, 3]), "b": timer("b", [2, 2, 9]), "c": timer("c", [4, 4, 4])}, 3, warm=False
     )
     assert "".join(calls) == "abcbcacab"
-    assert medians == {"a": 3, "b": 2, "c": 4}
+    assert [times.median(name) for name in "abc"] == [3, 2, 4]
+    assert times.ratio("a", "b") == 1 / 2  # rounds 1/2, 5/2, 3/9: not the ratio of medians, 3/2

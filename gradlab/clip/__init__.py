@@ -1,4 +1,5 @@
-"""Clipping strategies: one small class per `clip=` mode, each in its own module, listed in MODES.
+"""Clipping strategies: one small class per `clip=` mode, each in its own module: the module's name is
+the mode's, its `STRATEGY` the class (MODES lists them).
 
 Every strategy is called once per optimizer step, after the gradients are complete
 (all micro-batches, unscaled), with the pre-clip measurement the step already made:
@@ -39,14 +40,16 @@ Outside gradlab's own loop, `make` gives any mode as a `Clipper` that measures t
     clipper = gradlab.clip.make("zclip", z=2.5)
     result = clipper(model.parameters())   # after backward: clips in place; norms on the device
 
-Adding a strategy: its module here, its line in MODES, its tests (and its README row).
+Adding a strategy: its module here (with its `STRATEGY`), its tests and its README row.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import importlib
 import inspect
+import pkgutil
 import typing
 from typing import NamedTuple
 
@@ -54,17 +57,6 @@ import torch
 
 from gradlab import components
 from gradlab.errors import ConfigError
-
-# clip=<mode> -> its class
-MODES = {
-    "none": "gradlab.clip.none.NoClip",
-    "value": "gradlab.clip.value.ClipByValue",
-    "norm": "gradlab.clip.norm.ClipByNorm",
-    "norm_per_layer": "gradlab.clip.norm_per_layer.ClipNormPerLayer",
-    "autoclip": "gradlab.clip.autoclip.AutoClip",
-    "agc": "gradlab.clip.agc.AdaptiveGradClip",
-    "zclip": "gradlab.clip.zclip.ZClip",
-}
 
 
 class Knob(NamedTuple):
@@ -358,3 +350,15 @@ def chain(*clippers: Clipper) -> Clipper:
             f"norm_type: the clippers of a chain measure the same norm, got {sorted(norm_types)}"
         )
     return Clipper(Chain([c.strategy for c in clippers]), norm_types.pop())
+
+
+def _modes() -> dict[str, str]:
+    """clip=<mode> -> its class path, one mode per module of this package (`none` first)."""
+    names = sorted((m.name for m in pkgutil.iter_modules(__path__)), key=lambda name: (name != "none", name))
+    return {
+        name: f"{__name__}.{name}.{importlib.import_module(f'{__name__}.{name}').STRATEGY.__name__}"
+        for name in names
+    }
+
+
+MODES = _modes()

@@ -151,3 +151,6 @@ def unit_norms(tensors, counts, members: tuple = ()) -> torch.Tensor:
         [torch.linalg.vector_norm(t.reshape(*members, n, -1), dim=-1) for t, n in zip(tensors, counts)],
         dim=-1,
     )
+
+
+STRATEGY = AdaptiveGradClip  # clip=agc

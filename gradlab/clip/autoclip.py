@@ -156,3 +156,6 @@ class AutoClip(TensorState):
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self._calls = int(self.state["count"].max())  # the one read of the state, at load time only
+
+
+STRATEGY = AutoClip  # clip=autoclip

@@ -13,3 +13,6 @@ class NoClip:
 
     def __call__(self, params, total_norm: torch.Tensor) -> ClipResult:
         return unchanged(total_norm)
+
+
+STRATEGY = NoClip  # clip=none

@@ -52,3 +52,6 @@ class ClipByNorm:
 
     def __call__(self, params, total_norm: torch.Tensor) -> ClipResult:
         return rescale_(params, total_norm, self.max_norm)
+
+
+STRATEGY = ClipByNorm  # clip=norm

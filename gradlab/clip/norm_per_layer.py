@@ -50,3 +50,6 @@ class ClipNormPerLayer:
         scale_(grads, coefs.unbind(-1))
         self.last_fired = coefs < 1
         return ClipResult(total_norm_of(grads, self.norm_type, stacked), self.last_fired.any(-1))
+
+
+STRATEGY = ClipNormPerLayer  # clip=norm_per_layer

@@ -39,3 +39,6 @@ class ClipByValue:
         else:
             torch.nn.utils.clip_grad_value_(params, self.clip_value, foreach=True)
         return ClipResult(total_norm_of(grads, self.norm_type, stacked), largest > self.clip_value)
+
+
+STRATEGY = ClipByValue  # clip=value

@@ -94,3 +94,6 @@ class ZClip(TensorState):
         var.copy_(torch.where(finite, torch.where(warm, warm_var, ema_var), var))
         count += finite
         return result
+
+
+STRATEGY = ZClip  # clip=zclip
