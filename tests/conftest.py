@@ -16,6 +16,12 @@ from gradlab.launch import compose_all
 
 GPU = torch.cuda.is_available()  # read before any test hides the GPU
 
+# Under pytest-xdist (a worker per core), each worker and every process a test starts computes on one
+# thread: a second intra-op thread would spin on the core that another process is using.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+
 
 def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

@@ -106,7 +106,7 @@ def test_a_killed_data_parallel_run_continues_from_its_checkpoint_to_the_uninter
     see their launcher gone and record the run interrupted, keeping the checkpoint rank 0 wrote;
     the same command continues from it to the record of a run never killed, dropout masks included."""
     small = ["model.d_model=16", "model.n_heads=2", "model.d_ff=32", "model.n_layers=1", "task.seq_len=16"]
-    args = ["train", "model=transformer", "model.dropout=0.1", *small, "task.eval_size=20", "steps=300"]
+    args = ["train", "model=transformer", "model.dropout=0.1", *small, "task.eval_size=20", "steps=200"]
     args += ["log_every=5", "devices=2", "wandb=off", "progress=none", f"results_root={tmp_path}"]
     sweep = tmp_path / "killed" / ".gradlab"
     proc = subprocess.Popen(

@@ -130,7 +130,7 @@ def test_killed_worker_stops_the_sweep_in_one_line_and_resume_finishes_it(tmp_pa
         "sweep",
         "model=mlp",
         "task=regression",
-        "steps=4000",
+        "steps=2000",
         "seed=0,1,2",
         "launcher=local",
         "workers=2",

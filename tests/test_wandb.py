@@ -179,7 +179,7 @@ def test_disk_full_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path, no_cred
         pytest.skip("cannot mount a small tmpfs here")
     try:
         out = gradlab(
-            ["sweep", "model=mlp", "steps=2000", "seed=0,1", f"results_root={disk}", "wandb=offline"],
+            ["sweep", "model=mlp", "steps=600", "seed=0,1", f"results_root={disk}", "wandb=offline"],
             tmp_path,
             no_credentials,
             check=False,
