@@ -11,17 +11,21 @@ import pandas as pd
 import pytest
 from gradlab.cli import app
 from patience import PATIENCE
+from test_records import run
 from typer.testing import CliRunner
 
 GRADLAB = [sys.executable, "-m", "gradlab"]
 TINY = ["steps=12", "eval_every=5", "log_every=4", "layer_norms_every=6"]  # a few seconds per run
 
 
-def run_cli(args, cwd, check=True):
-    """The real entry point in a subprocess, as a user would run it."""
-    out = subprocess.run([*GRADLAB, *args], cwd=cwd, capture_output=True, text=True, timeout=PATIENCE)
-    if check:
-        assert out.returncode == 0, out.stderr
+def run_cli(args, cwd, process: bool = False):
+    """`gradlab ARGS` from the folder cwd, in this process, or with `process` as a user runs it: the
+    real entry point in a process of its own."""
+    if process:
+        out = subprocess.run([*GRADLAB, *args], cwd=cwd, capture_output=True, text=True, timeout=PATIENCE)
+    else:
+        out = run(args, cwd)
+    assert out.returncode == 0, out.stderr
     return out
 
 
@@ -159,7 +163,7 @@ def test_sweep_dry_run_expands_the_grid_without_training(tmp_path, monkeypatch):
 
 def test_readme_main_job_end_to_end(tmp_path):
     """`gradlab sweep model=lstm clip=norm max_norm=1,5` (tiny budget): records, resume, force."""
-    out = run_cli(["sweep", "model=lstm", "clip=norm", "max_norm=1,5", *TINY], tmp_path)
+    out = run_cli(["sweep", "model=lstm", "clip=norm", "max_norm=1,5", *TINY], tmp_path, process=True)
     sweeps = list((tmp_path / "results").iterdir())
     assert len(sweeps) == 1
     sweep = sweeps[0]
@@ -273,7 +277,7 @@ def test_same_sweep_name_finds_earlier_runs_and_reruns_killed_ones(tmp_path):
 
 
 def test_python_dash_m_runs_the_cli(tmp_path):
-    out = run_cli(["--help"], tmp_path)
+    out = run_cli(["--help"], tmp_path, process=True)
     assert "sweep" in out.stdout and "train" in out.stdout
 
 

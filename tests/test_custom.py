@@ -10,11 +10,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 import torch
 from patience import PATIENCE
+from test_records import run
 from torch import nn
 
 from gradlab import launch
@@ -27,17 +29,25 @@ EXAMPLES = ROOT / "examples"
 SHORT = ["steps=30", "eval_every=10", "log_every=5", "wandb=off"]
 
 
-def gradlab(args, cwd: Path, code: int = 0) -> subprocess.CompletedProcess:
-    """The real entry point in a subprocess, with the example package importable."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(EXAMPLES), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run(
-        [sys.executable, "-m", "gradlab", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=PATIENCE,
-    )
+def gradlab(args, cwd: Path, code: int = 0, process: bool = False) -> SimpleNamespace:
+    """`gradlab ARGS` from the folder cwd with the example package importable: in this process, or
+    with `process` in a real one (for what needs its own: the parallel launchers' workers)."""
+    if process:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(EXAMPLES), os.environ.get("PYTHONPATH", "")])}
+        out = subprocess.run(
+            [sys.executable, "-m", "gradlab", *args],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=PATIENCE,
+        )
+    else:
+        sys.path.insert(0, str(EXAMPLES))
+        try:
+            out = run(args, cwd)
+        finally:
+            sys.path.remove(str(EXAMPLES))
     assert out.returncode == code, out.stdout + out.stderr
     return out
 
@@ -157,6 +167,7 @@ def test_example_runs_under_the_parallel_launchers(tmp_path, launcher):
             *SHORT,
         ],
         tmp_path,
+        process=True,
     )
     made = records(tmp_path / "results" / "par")
     assert len(made) == 2 and all(s["status"] == "completed" for s in made.values())
