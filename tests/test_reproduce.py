@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from gradlab.cli import app
 from gradlab.experiments import STUDIES
 from gradlab.experiments.study import OUTCOMES
-from patience import PATIENCE
+from test_records import run
 from typer.testing import CliRunner
 
 
 def reproduce(args, cwd):
-    out = subprocess.run(
-        [sys.executable, "-m", "gradlab", "reproduce", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=PATIENCE,
-    )
+    """`gradlab reproduce ARGS` from the folder cwd, in this process."""
+    out = run(["reproduce", *args], cwd)
     assert out.returncode == 0, out.stderr
     return out
 

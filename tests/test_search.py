@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import math
 import shlex
-import subprocess
-import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 import yaml
-from patience import PATIENCE
+from test_records import run
 
 from gradlab.search import TrialFailed, objective_value
 from gradlab.suggest import grid
@@ -21,14 +20,9 @@ from gradlab.suggest import grid
 FAST = ["wandb=off", "eval_every=10", "layer_norms_every=0"]
 
 
-def gradlab(cwd: Path, *args, check: bool = True) -> subprocess.CompletedProcess:
-    out = subprocess.run(
-        [sys.executable, "-m", "gradlab", *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=PATIENCE,
-    )
+def gradlab(cwd: Path, *args, check: bool = True) -> SimpleNamespace:
+    """`gradlab ARGS` from the folder cwd, in this process."""
+    out = run(list(args), cwd)
     if check:
         assert out.returncode == 0, out.stderr
     return out
