@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +14,8 @@ import pytest
 import yaml
 from gradlab.cli import app
 from matplotlib.image import imread
-from patience import PATIENCE
 from scipy import stats
+from test_records import run as cli
 from typer.testing import CliRunner
 from wandb_records import read_run, wandb_files
 
@@ -488,13 +486,7 @@ def test_wandb_report_run_in_the_sweeps_group(hand):
 
 def test_real_sweep_compared_and_plotted_end_to_end(tmp_path):
     def gradlab(*args):
-        out = subprocess.run(
-            [sys.executable, "-m", "gradlab", *args],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=PATIENCE,
-        )
+        out = cli(list(args), tmp_path)
         assert out.returncode == 0, out.stderr
         return out
 

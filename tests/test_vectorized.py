@@ -10,12 +10,10 @@ own (one clip call, one optimizer step, given the same gradients) agree to rtol 
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pandas as pd
 import pytest
 import torch
+from test_records import run as cli
 
 from gradlab import devices
 from gradlab.config import run_id, sweep_dir
@@ -334,11 +332,8 @@ def test_runs_that_cannot_share_a_batch_are_split_into_groups(compose):
 
 
 def test_dry_run_shows_the_groups(tmp_path):
-    out = subprocess.run(
+    out = cli(
         [
-            sys.executable,
-            "-m",
-            "gradlab",
             "sweep",
             "model=lstm",
             "seed=0,1,2",
@@ -346,9 +341,7 @@ def test_dry_run_shows_the_groups(tmp_path):
             "engine=vectorized",
             "--dry-run",
         ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
+        tmp_path,
     )
     assert out.returncode == 0, out.stderr
     assert "engine: vectorized, 2 group(s)" in out.stdout
@@ -368,12 +361,7 @@ def test_vectorized_sweep_records_every_run_as_alone(tmp_path):
         "name=v",
     ]
     for engine in ("sequential", "vectorized"):
-        out = subprocess.run(
-            [sys.executable, "-m", "gradlab", *args, f"engine={engine}", f"results_root={engine}"],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-        )
+        out = cli([*args, f"engine={engine}", f"results_root={engine}"], tmp_path)
         assert out.returncode == 0, out.stderr
         assert "sweep finished: 4 runs (4 completed)" in out.stdout
     runs = sorted(p.parent.name for p in (tmp_path / "sequential" / "v").glob("*/summary.json"))
@@ -387,20 +375,15 @@ def test_vectorized_sweep_records_every_run_as_alone(tmp_path):
 
 
 def test_vectorized_needs_the_basic_launcher(tmp_path):
-    out = subprocess.run(
+    out = cli(
         [
-            sys.executable,
-            "-m",
-            "gradlab",
             "sweep",
             "model=mlp",
             "seed=0,1",
             "engine=vectorized",
             "launcher=local",
         ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
+        tmp_path,
     )
     assert out.returncode == 2 and out.stderr.startswith("error: engine=vectorized: ")
     assert not (tmp_path / "results").exists()
@@ -467,12 +450,7 @@ def test_auto_leaves_what_was_not_measured_sequential_and_the_engines_can_be_for
 
 
 def test_dry_run_says_which_engine_each_group_gets_and_why(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "gradlab", "sweep", "model=rnn,lstm", "seed=0,1,2,3", "--dry-run"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
+    out = cli(["sweep", "model=rnn,lstm", "seed=0,1,2,3", "--dry-run"], tmp_path)
     assert out.returncode == 0, out.stderr
     assert "engine: auto, 2 group(s)" in out.stdout
     for model in (
@@ -487,11 +465,8 @@ def test_dry_run_says_which_engine_each_group_gets_and_why(tmp_path):
 
 
 def test_an_auto_sweep_trains_the_measured_groups_together(tmp_path):
-    out = subprocess.run(
+    out = cli(
         [
-            sys.executable,
-            "-m",
-            "gradlab",
             "sweep",
             "model=mlp",
             "model.hidden=[8]",
@@ -501,9 +476,7 @@ def test_an_auto_sweep_trains_the_measured_groups_together(tmp_path):
             "wandb=off",
             "name=auto",
         ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
+        tmp_path,
     )
     assert out.returncode == 0, out.stderr
     assert "[vectorized] 4 run(s) together: mlp on digits" in out.stdout
