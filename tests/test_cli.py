@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from gradlab.cli import app
 from patience import PATIENCE
+from test_records import process as cli_process
 from test_records import run
 from typer.testing import CliRunner
 
-GRADLAB = [sys.executable, "-m", "gradlab"]
 TINY = ["steps=12", "eval_every=5", "log_every=4", "layer_norms_every=6"]  # a few seconds per run
 
 
@@ -22,9 +22,8 @@ def run_cli(args, cwd, process: bool = False):
     """`gradlab ARGS` from the folder cwd, in this process, or with `process` as a user runs it: the
     real entry point in a process of its own."""
     if process:
-        out = subprocess.run([*GRADLAB, *args], cwd=cwd, capture_output=True, text=True, timeout=PATIENCE)
-    else:
-        out = run(args, cwd)
+        return cli_process(args, cwd)
+    out = run(args, cwd)
     assert out.returncode == 0, out.stderr
     return out
 

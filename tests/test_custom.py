@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import torch
 from patience import PATIENCE
+from test_records import process as cli_process
 from test_records import run
 from torch import nn
 
@@ -31,23 +32,16 @@ SHORT = ["steps=30", "eval_every=10", "log_every=5", "wandb=off"]
 
 def gradlab(args, cwd: Path, code: int = 0, process: bool = False) -> SimpleNamespace:
     """`gradlab ARGS` from the folder cwd with the example package importable: in this process, or
-    with `process` in a real one (for what needs its own: the parallel launchers' workers)."""
+    with `process` in a real one (for what needs its own: the parallel launchers' workers, W&B's
+    service)."""
     if process:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(EXAMPLES), os.environ.get("PYTHONPATH", "")])}
-        out = subprocess.run(
-            [sys.executable, "-m", "gradlab", *args],
-            cwd=cwd,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=PATIENCE,
-        )
-    else:
-        sys.path.insert(0, str(EXAMPLES))
-        try:
-            out = run(args, cwd)
-        finally:
-            sys.path.remove(str(EXAMPLES))
+        path = os.pathsep.join([str(EXAMPLES), os.environ.get("PYTHONPATH", "")])
+        return cli_process(args, cwd, {**os.environ, "PYTHONPATH": path}, code)
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        out = run(args, cwd)
+    finally:
+        sys.path.remove(str(EXAMPLES))
     assert out.returncode == code, out.stdout + out.stderr
     return out
 
@@ -144,6 +138,7 @@ def test_example_trains_alone_and_logs_to_wandb_offline(tmp_path):
             "-q",
         ],
         tmp_path,
+        process=True,  # what wandb writes: its service belongs to the process
     )
     (run,) = (tmp_path / "results").glob("*/resmlp-spirals-norm1-s0-*")
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import torch
 from patience import PATIENCE, wait_for
+from test_records import process
 from wandb_records import read_run, wandb_files
 
 from gradlab.parallel import claim_slot
@@ -53,17 +54,7 @@ def gradlab(args, cwd: Path, check: bool = True, code: int = 0) -> subprocess.Co
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(cwd / "fault"), os.environ.get("PYTHONPATH", "")]),
     }
-    out = subprocess.run(
-        [sys.executable, "-m", "gradlab", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=PATIENCE,
-    )
-    if check:
-        assert out.returncode == code, out.stderr
-    return out
+    return process(args, cwd, env, code if check else None)
 
 
 def records(sweep: Path) -> dict:

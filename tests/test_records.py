@@ -44,6 +44,17 @@ def start(args, cwd: Path, **kw) -> subprocess.Popen:
     )
 
 
+def process(args, cwd: Path, env: dict | None = None, code: int | None = 0) -> subprocess.CompletedProcess:
+    """`gradlab ARGS` from the folder cwd in a process of its own, as a user runs it (`env` in place of
+    this process's environment); its exit code checked unless `code` is None."""
+    out = subprocess.run(
+        [*GRADLAB, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=PATIENCE
+    )
+    if code is not None:
+        assert out.returncode == code, out.stdout + out.stderr
+    return out
+
+
 def run(args, cwd: Path) -> SimpleNamespace:
     """`gradlab ARGS` from the folder cwd, in this process: for everything that sends no signal."""
     here = os.getcwd()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
+from test_records import process
 from test_records import run as cli
 
 from gradlab import devices
@@ -361,8 +362,7 @@ def test_vectorized_sweep_records_every_run_as_alone(tmp_path):
         "name=v",
     ]
     for engine in ("sequential", "vectorized"):
-        out = cli([*args, f"engine={engine}", f"results_root={engine}"], tmp_path)
-        assert out.returncode == 0, out.stderr
+        out = process([*args, f"engine={engine}", f"results_root={engine}"], tmp_path)
         assert "sweep finished: 4 runs (4 completed)" in out.stdout
     runs = sorted(p.parent.name for p in (tmp_path / "sequential" / "v").glob("*/summary.json"))
     assert runs == sorted(p.parent.name for p in (tmp_path / "vectorized" / "v").glob("*/summary.json"))

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 from gradlab.cli import app
-from patience import PATIENCE
+from test_records import process
 from typer.testing import CliRunner
 from wandb_records import read_run, wandb_files
 
@@ -36,17 +35,7 @@ def no_credentials():
 
 
 def gradlab(args, cwd, env, check=True):
-    out = subprocess.run(
-        [sys.executable, "-m", "gradlab", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=PATIENCE,
-    )
-    if check:
-        assert out.returncode == 0, out.stderr
-    return out
+    return process(args, cwd, env, 0 if check else None)
 
 
 def run_dirs(root: Path) -> list[Path]:
