@@ -25,9 +25,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-# an adaptive clip mode (its norm history is state) under gradient accumulation (+ steps=N, seed=...)
+# an adaptive clip mode (its norm history is state) under gradient accumulation (+ steps=N, seed=...);
+# a small LSTM: what is compared is the records across kills, not the model
 SWEEP = [
     "model=lstm",
+    "model.hidden_size=32",
     "task=adding",
     "clip=autoclip",
     "accum_steps=2",
