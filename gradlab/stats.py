@@ -31,12 +31,17 @@ class Difference(NamedTuple):
         )
 
 
+def _pairs(a: pd.Series, b: pd.Series) -> pd.Series:
+    """b - a over the seeds both have (by index), non-finite pairs dropped."""
+    d = (b - a).dropna()
+    return d[np.isfinite(d)]
+
+
 def difference(a: pd.Series, b: pd.Series) -> Difference:
     """Paired t interval of mean(b - a) over the seeds in both (by index); non-finite pairs are dropped."""
     from scipy import stats
 
-    d = (b - a).dropna()
-    d = d[np.isfinite(d)]
+    d = _pairs(a, b)
     n = len(d)
     if n < 2:
         return Difference(n, float(d.mean()) if n else math.nan, -math.inf, math.inf, math.nan, math.nan)
@@ -62,11 +67,6 @@ def wilson(k: int, n: int) -> str:
     """`[low, high]`: the Wilson 95% interval of a success rate k/n."""
     low, high = wilson_interval(k, n)
     return "[n/a]" if math.isnan(low) else f"[{low:.2f}, {high:.2f}]"
-
-
-def _pairs(a: pd.Series, b: pd.Series) -> pd.Series:
-    d = (b - a).dropna()
-    return d[np.isfinite(d)]
 
 
 class Equivalence(NamedTuple):
