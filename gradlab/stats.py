@@ -211,14 +211,17 @@ class Sequential(NamedTuple):
     def bounds(self) -> tuple:
         return _boundaries(tuple(n / self.cap for n in self.looks()), 1 - LEVEL, self.spending)
 
+    def bound(self, n: int) -> float:
+        """The z boundary of the look at n seeds."""
+        return self.bounds()[self.looks().index(n)]
+
     def _decide(self, differences: np.ndarray, margin: float | None) -> tuple:
         """Each row's (mean, low, high, decision) at the look at its n seeds (its columns)."""
         from scipy import stats
 
         n = differences.shape[-1]
-        bound = self.bounds()[self.looks().index(n)]
         mean = differences.mean(-1)
-        half = stats.t.isf(stats.norm.sf(bound), n - 1) * differences.std(-1, ddof=1) / math.sqrt(n)
+        half = stats.t.isf(stats.norm.sf(self.bound(n)), n - 1) * differences.std(-1, ddof=1) / math.sqrt(n)
         low, high = mean - half, mean + half
         different = (low > 0) | (high < 0)
         equivalent = ~different & (-margin < low) & (high < margin) if margin is not None else False
@@ -231,8 +234,7 @@ class Sequential(NamedTuple):
         if len(d) not in self.looks():
             raise ValueError(f"{len(d)} seeds: this design looks at {self.looks()}")
         mean, low, high, decision = self._decide(d.to_numpy(float), margin)
-        bound = self.bounds()[self.looks().index(len(d))]
-        return Look(len(d), float(mean), float(low), float(high), bound, str(decision))
+        return Look(len(d), float(mean), float(low), float(high), self.bound(len(d)), str(decision))
 
     def simulate(
         self, effect: float, sd: float, margin: float | None = None, reps: int = 20000, seed: int = 0

@@ -21,11 +21,7 @@ TINY = ["steps=12", "eval_every=5", "log_every=4", "layer_norms_every=6"]  # a f
 def run_cli(args, cwd, process: bool = False):
     """`gradlab ARGS` from the folder cwd, in this process, or with `process` as a user runs it: the
     real entry point in a process of its own."""
-    if process:
-        return cli_process(args, cwd)
-    out = run(args, cwd)
-    assert out.returncode == 0, out.stderr
-    return out
+    return cli_process(args, cwd) if process else run(args, cwd, code=0)
 
 
 def summaries(sweep: Path) -> dict:

@@ -39,11 +39,9 @@ def gradlab(args, cwd: Path, code: int = 0, process: bool = False) -> SimpleName
         return cli_process(args, cwd, {**os.environ, "PYTHONPATH": path}, code)
     sys.path.insert(0, str(EXAMPLES))
     try:
-        out = run(args, cwd)
+        return run(args, cwd, code)
     finally:
         sys.path.remove(str(EXAMPLES))
-    assert out.returncode == code, out.stdout + out.stderr
-    return out
 
 
 def records(sweep: Path) -> dict:

@@ -55,8 +55,9 @@ def process(args, cwd: Path, env: dict | None = None, code: int | None = 0) -> s
     return out
 
 
-def run(args, cwd: Path) -> SimpleNamespace:
-    """`gradlab ARGS` from the folder cwd, in this process: for everything that sends no signal."""
+def run(args, cwd: Path, code: int | None = None) -> SimpleNamespace:
+    """`gradlab ARGS` from the folder cwd, in this process: for everything that sends no signal; its
+    exit code checked when `code` is given."""
     here = os.getcwd()
     os.chdir(cwd)
     try:
@@ -64,6 +65,8 @@ def run(args, cwd: Path) -> SimpleNamespace:
     finally:
         os.chdir(here)
     assert "Traceback" not in result.output and not isinstance(result.exception, (AssertionError, TypeError))
+    if code is not None:
+        assert result.exit_code == code, result.stdout + result.stderr
     return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
 
 

@@ -22,10 +22,7 @@ FAST = ["wandb=off", "eval_every=10", "layer_norms_every=0"]
 
 def gradlab(cwd: Path, *args, check: bool = True) -> SimpleNamespace:
     """`gradlab ARGS` from the folder cwd, in this process."""
-    out = run(list(args), cwd)
-    if check:
-        assert out.returncode == 0, out.stderr
-    return out
+    return run(args, cwd, 0 if check else None)
 
 
 def test_grid_spans_the_percentiles_and_pascanus_multiples():
