@@ -442,11 +442,13 @@ def device_report() -> dict:
 
 def speedups(report: dict, command: str) -> dict:
     """The scale section's speedups as an entry of gradlab/measured.json, for engine=auto on
-    this kind of device: {kind: {device, torch, date, command, speedups: {model: {N: x}}}}."""
-    table = {}
+    this kind of device: {kind: {device, torch, date, command, steps, speedups: {model: {N: x}}}},
+    `steps` the length of the runs measured (a group of shorter runs is not sped up as much)."""
+    table, lengths = {}, set()
     for r in report["scale"]:
         if not r["overrides"] and r["runs"] > 1:  # a model at its default size; N = 1 decides nothing
             table.setdefault(r["model"], {})[str(r["runs"])] = round(r["speedup"], 2)
+            lengths.add(r["steps"])
     return {
         report["kind"]: {
             "device": report["device"],
@@ -454,6 +456,7 @@ def speedups(report: dict, command: str) -> dict:
             "date": report["date"],
             "threads": report["threads"],
             "command": command,
+            "steps": max(lengths, default=0),
             "speedups": table,
         }
     }

@@ -125,17 +125,23 @@ def auto_choice(group: list[dict]) -> tuple[int, str]:
     from gradlab.config import resolve_device
 
     device = resolve_device(group[0]["device"])
-    return choose(len(group), group[0]["model"], devices.kind(device))
+    return choose(len(group), group[0]["model"], devices.kind(device), group[0]["steps"])
 
 
-def choose(runs: int, model_cfg: dict, where: str) -> tuple[int, str]:
-    """engine=auto on the device `where` ("cpu", or a GPU's name): `runs` of a built-in model train
-    together only if gradlab bench measured that many or fewer faster together there, and in
-    parts no larger than measured faster (MEASURED); a device, or a model, without figures
-    stays sequential, so the default never costs time."""
+def choose(runs: int, model_cfg: dict, where: str, steps: int) -> tuple[int, str]:
+    """engine=auto on the device `where` ("cpu", or a GPU's name): `runs` of a built-in model, each
+    `steps` long, train together only if gradlab bench measured that many or fewer faster
+    together there, with runs no longer than these, and in parts no larger than measured faster
+    (MEASURED); a device, a model or a run length without figures stays sequential, so the
+    default never costs time (a group pays a fixed cost that short runs do not earn back)."""
     figures = measured().get(where)
     if figures is None:
         return 1, f"auto: nothing measured on {where}, so sequential (gradlab bench --only scale measures it)"
+    if steps < figures["steps"]:
+        return 1, (
+            f"auto: runs of {steps} steps, shorter than the {figures['steps']}-step runs measured "
+            f"on {where}, so sequential"
+        )
     shipped = model_cfg.get("_target_") in shipped_targets()  # a user's class is never measured
     model = (model_cfg.get("cell") or model_cfg.get("name")) if shipped else None
     speedups = {int(n): s for n, s in figures["speedups"].get(model, {}).items()}

@@ -44,6 +44,8 @@ def test_bench_writes_every_section_it_was_asked_for(tmp_path):
     assert set(modes) == {"none", "value", "norm", "norm_per_layer", "autoclip", "agc", "zclip"}
     assert modes["none"]["vs_none"] == 1.0
     assert [r["runs"] for r in report["scale"]] == [1, 4]
+    (entry,) = report["engine_auto"].values()  # measured.json's entry: runs of 8 // 4 steps, N = 4 only
+    assert entry["steps"] == 2 and list(entry["speedups"]["mlp"]) == ["4"]
     assert "loop: steps/s" in out.stdout and "results -> b.json" in out.stdout
 
 

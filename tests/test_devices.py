@@ -135,6 +135,7 @@ FIGURES = {
     "cpu": {
         "date": "2026-01-01",
         "torch": "2.0",
+        "steps": 40,
         "speedups": {
             "mlp": {"2": 1.5, "4": 1.8, "16": 2.9, "64": 2.85},
             "rnn": {"4": 1.2, "16": 1.6, "64": 0.92},
@@ -163,17 +164,29 @@ def test_auto_follows_the_figures_measured_on_the_device(monkeypatch, runs, mode
     from gradlab import vectorized
 
     monkeypatch.setattr(vectorized, "measured", lambda: FIGURES)
-    size, why = vectorized.choose(runs, model, "cpu")
+    size, why = vectorized.choose(runs, model, "cpu", 40)
     assert size == most and said in why
-    size, why = vectorized.choose(runs, MLP, "NVIDIA H200")
+    size, why = vectorized.choose(runs, MLP, "NVIDIA H200", 40)
     assert size == 1 and why.startswith("auto: nothing measured on NVIDIA H200, so sequential")
+
+
+def test_auto_keeps_runs_shorter_than_those_measured_one_at_a_time(monkeypatch):
+    from gradlab import vectorized
+
+    monkeypatch.setattr(vectorized, "measured", lambda: FIGURES)
+    assert vectorized.choose(16, MLP, "cpu", 40)[0] == 64
+    size, why = vectorized.choose(16, MLP, "cpu", 39)
+    assert (
+        size == 1
+        and why == "auto: runs of 39 steps, shorter than the 40-step runs measured on cpu, so sequential"
+    )
 
 
 def test_the_shipped_figures_say_when_and_with_what_they_were_measured():
     from gradlab.vectorized import faster_counts, measured
 
     for device, figures in measured().items():
-        assert {"device", "torch", "date", "command", "speedups"} <= set(figures), device
+        assert {"device", "torch", "date", "command", "steps", "speedups"} <= set(figures), device
         for speedups in figures["speedups"].values():
             fewest, most = faster_counts({int(n): s for n, s in speedups.items()})
             assert fewest is None or speedups[str(fewest)] > 1 and speedups[str(most)] > 1

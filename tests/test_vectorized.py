@@ -19,7 +19,7 @@ from test_records import run as cli
 from gradlab import devices
 from gradlab.config import run_id, sweep_dir
 from gradlab.train import train
-from gradlab.vectorized import choose, groups, train_group
+from gradlab.vectorized import choose, groups, measured, train_group
 
 SMALL = {
     "mlp": ["model.hidden=[16,16]"],
@@ -458,7 +458,7 @@ def test_dry_run_says_which_engine_each_group_gets_and_why(tmp_path):
         "lstm",
     ):  # each group's engine and the figure that decided it (gradlab/measured.json)
         size, why = choose(
-            4, {"_target_": "gradlab.models.rnn.RecurrentNet", "name": model, "cell": model}, "cpu"
+            4, {"_target_": "gradlab.models.rnn.RecurrentNet", "name": model, "cell": model}, "cpu", 1500
         )
         how = "together" if size > 1 else "one at a time"
         assert f"4 run(s) {how}: {model} on adding, batch 64, adam, 1500 steps ({why})" in out.stdout
@@ -471,8 +471,8 @@ def test_an_auto_sweep_trains_the_measured_groups_together(tmp_path):
             "model=mlp",
             "model.hidden=[8]",
             "seed=0,1,2,3",
-            "steps=6",
-            "eval_every=3",
+            f"steps={measured()['cpu']['steps']}",  # as long as the runs measured
+            "eval_every=20",
             "wandb=off",
             "name=auto",
         ],
