@@ -62,10 +62,13 @@ def crowding(workers: int, use_gpu: bool) -> str | None:
 
 
 def share_cores(processes: int) -> None:
-    """Give this process its share of the cores as torch threads."""
+    """Give this process its share of the cores as torch threads, at most OMP_NUM_THREADS where
+    that is set (a cluster's cap, or a user's)."""
     import torch
 
-    torch.set_num_threads(max(1, cores() // processes))
+    share = max(1, cores() // processes)
+    cap = os.environ.get("OMP_NUM_THREADS", "")
+    torch.set_num_threads(min(share, int(cap)) if cap.isdigit() and int(cap) > 0 else share)
 
 
 def claim_slot(sweep, workers: int) -> int:

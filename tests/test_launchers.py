@@ -204,3 +204,25 @@ def test_each_worker_holds_its_own_slot_until_it_exits(tmp_path):
     late = subprocess.run([sys.executable, "-c", hold, str(tmp_path), "0"], capture_output=True, text=True)
     assert int(late.stdout) == slots[0]  # a dead worker's slot is free again
     first[1].kill()
+
+
+@pytest.mark.parametrize(
+    "omp,processes,threads",
+    [(None, 1, 8), (None, 3, 2), (None, 16, 1), ("1", 1, 1), ("4", 1, 4), ("12", 2, 4), ("", 2, 4)],
+)
+def test_a_run_takes_its_share_of_the_cores_and_no_more_than_omp_num_threads(
+    monkeypatch, omp, processes, threads
+):
+    from gradlab import parallel
+
+    monkeypatch.setattr(parallel, "cores", lambda: 8)
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    before = torch.get_num_threads()
+    try:
+        parallel.share_cores(processes)
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
