@@ -146,12 +146,26 @@ def sweep(
     quiet: Quiet = False,
     force: Force = False,
     config_dir: ConfigDir = (),
+    batch: Annotated[int, typer.Option("--batch", help="seed=auto: seeds per batch (>= 3).")] = 5,
+    cap: Annotated[int, typer.Option("--cap", help="seed=auto: the most seeds per setting.")] = 20,
+    effect: Annotated[
+        float | None,
+        typer.Option("--effect", help="seed=auto: the smallest difference of the metric that matters."),
+    ] = None,
+    metric: Annotated[str, typer.Option("--metric", help="seed=auto: the metric compared.")] = "eval_loss",
 ):
-    """A grid of runs (Hydra multirun): gradlab sweep model=lstm clip=norm max_norm=1,5"""
-    from gradlab import launch
+    """A grid of runs (Hydra multirun): gradlab sweep model=lstm clip=norm max_norm=1,5
 
+    With seed=auto, seeds come in batches until each setting is told apart from the best one (or
+    shown equivalent within --effect), or --cap seeds: gradlab sweep model=lstm max_norm=1,5 seed=auto"""
+    from gradlab import auto_seeds, launch
+
+    overrides = [*ctx.args, *_flags(quiet, force, config_dir)]
     with user_errors():
-        counts = launch.sweep([*ctx.args, *_flags(quiet, force, config_dir)], dry_run=dry_run).counts
+        if auto_seeds.AUTO in overrides:
+            counts = auto_seeds.sweep(overrides, batch, cap, effect, metric, dry_run)
+        else:
+            counts = launch.sweep(overrides, dry_run=dry_run).counts
     if counts.get("failed") or counts.get("unfinished"):
         raise typer.Exit(1)
 
@@ -362,6 +376,9 @@ def reproduce(
     publish: Annotated[
         bool, typer.Option("--publish", help="Also copy each report into results/reference/.")
     ] = False,
+    protocol: Annotated[
+        bool, typer.Option("--protocol", help="Print the study's protocol at this scale and run nothing.")
+    ] = False,
     quiet: Quiet = False,
 ):
     """Run a published threshold recommendation as a study and report whether it holds.
@@ -384,6 +401,9 @@ def reproduce(
         if scale not in SCALES:
             raise ConfigError(f"--scale {scale}: choose from {', '.join(SCALES)}")
         modules = [study_module(key) for key in (STUDIES if name == "all" else [name])]
+        if protocol:
+            typer.echo("\n\n".join(module.protocol(scale).text() for module in modules))
+            return
         for module in modules:
             report = run_study(module, scale, Path(results_root), [*ctx.args, *_flags(quiet, False)])
             typer.echo(f"{module.NAME}: report -> {report}")

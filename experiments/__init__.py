@@ -7,19 +7,19 @@ from __future__ import annotations
 import importlib
 from importlib import resources
 
-# study name (gradlab reproduce NAME) -> module in experiments/
-STUDIES = {
-    "pascanu-threshold-rule": "pascanu_threshold_rule",
-    "lstm-adding": "lstm_adding",
-    "mlp-digits": "mlp_digits",
-    "seed-004": "seed_004",
-    "lstm-copy": "lstm_copy",
-    "transformer-lm": "transformer_lm",
-    "accumulation": "accumulation",
-    "fp16-unscale": "fp16_unscale",
-    "zhang-lr-clip": "zhang_lr_clip",
-    "adaptive-vs-fixed": "adaptive_vs_fixed",
-}
+SHARED = ("study", "protocol")  # the modules every study uses; each other module is one study
+
+
+def _studies() -> dict[str, str]:
+    """study name (gradlab reproduce NAME) -> its module in experiments/, the same name with
+    underscores (lstm-adding: experiments/lstm_adding.py and conf/experiment/lstm_adding.yaml)."""
+    import pkgutil
+
+    modules = [m.name for m in pkgutil.iter_modules(__path__) if m.name not in SHARED]
+    return {m.replace("_", "-"): m for m in sorted(modules)}
+
+
+STUDIES = _studies()
 
 
 def study_module(name: str):

@@ -1,20 +1,32 @@
-"""What every reproduced study shares: running its sweeps, tabulating them, judging them, writing its report.
+"""What every reproduced study shares: running its protocol, judging it, writing its report.
 
-A study is a module in experiments/ with NAME, CLAIM, SOURCE, DEPARTURES (where it departs
-from the paper and its code), SCALES (smoke | quick | full -> its sizes) and
-`run(lab, size) -> Verdict`. Its sweeps go through the normal sweep machinery
-(`gradlab sweep`), so re-running a study reuses finished runs.
+A study is a module in experiments/ named after it (lstm-adding: experiments/lstm_adding.py, run
+with conf/experiment/lstm_adding.yaml) with SCALES (smoke | quick | full -> its sizes) and
+`protocol(scale) -> Protocol` (experiments/protocol.py): the claim, the arms, the comparisons,
+the negative control and the seeds, fixed before any run. A study that must measure something
+before it can name its arms (an average gradient norm, a tuned threshold) also has
+`pilot(lab, protocol) -> dict`, run on the protocol's pilot seeds only; the values it returns
+fill the arms' overrides ("max_norm={threshold}"). Its report has `table(protocol, values)`
+(the options of its comparison table and a note), and may add `notes(runs, protocol, values)`
+(lines beside the verdict) and `derive(runs)` (figures computed from a run's record, e.g. a
+correlation along its history, as columns).
 
-A verdict is computed from the runs, never written by hand, and is one of four outcomes:
-- holds: the negative control failed the claim's criterion, as it must, and every
-  comparison the claim makes came out for it, with its interval clear of no difference;
-- contradicted: a comparison came out against the claim, its interval clear of it;
-- indistinguishable: the data cannot tell at this size (each such line says how many seeds
-  could);
-- not stressed: the negative control (an arm that must fail the claim's criterion, e.g.
-  no clipping at the stress learning rate) did not fail, so the design cannot test the
-  claim, whatever the other arms did.
-Arms share seeds (the same initialisation and data stream), so they are compared as pairs.
+The runs go through the normal sweep machinery (`gradlab sweep`), so re-running a study reuses
+finished runs. The evaluation seeds come in batches; after each batch every comparison is looked
+at (a repeated 95% interval of the paired difference, gradlab/stats.py `Sequential`), and the study
+stops when each is decided or at the cap. A verdict is computed from the runs, never written by
+hand. Each comparison ends:
+- holds: it came out as the claim says (superiority: b better than a, the interval clear of 0;
+  equivalence: the interval inside the margin; difference: the interval clear of 0);
+- contradicted: it came out against the claim (superiority: b worse; equivalence: a difference;
+  difference: the interval inside the margin);
+- equivalent: (superiority only) the interval lies inside +-the smallest effect of interest: any
+  gain is smaller than what the claim needs;
+- indistinguishable: undecided at the cap (the line says how many seeds the effect of interest
+  would need).
+The study's outcome is "not stressed" when the negative control did not come out as it must
+(the design cannot test the claim, whatever the arms did); otherwise the worst of its comparisons,
+in the order contradicted, equivalent, indistinguishable, holds.
 """
 
 from __future__ import annotations
@@ -22,17 +34,21 @@ from __future__ import annotations
 import math
 import platform
 import shlex
+import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
 
 import pandas as pd
+from gradlab.experiments.protocol import DIFFERENCE, EQUIVALENCE, SUPERIORITY, Comparison, Protocol
 
-from gradlab.compare import Comparison, compare, load_runs, readable, to_markdown, write
-from gradlab.stats import Difference, difference, wilson  # noqa: F401 (the studies import them from here)
+from gradlab.compare import Comparison as Table
+from gradlab.compare import compare, load_runs, readable, to_markdown, write
+from gradlab.stats import Look, Sequential, wilson
 
 SCALES = ("smoke", "quick", "full")
+HERE = Path(__file__).parent
 
 
 class Lab:
@@ -42,33 +58,41 @@ class Lab:
         self.study, self.scale, self.extra = study, scale, list(extra)
         self.dir = Path(root) / study.NAME / scale
         self.commands: list[str] = []
-        self.sections: list[tuple[str, str, Comparison]] = []  # (label, note, comparison)
+        self.sections: list[tuple[str, str, Table]] = []  # (label, note, comparison table)
         self.made = self.reused = 0  # runs trained by this call of the study, and runs found finished
-        self.run_seconds = 0.0  # the runs' own wall time, however long ago they were made
+        self.run_seconds = 0.0  # the runs' own wall time (a group's shared among its members)
+        self.timed: set[str] = set()  # the runs counted in run_seconds
         self.seeds: dict[str, set] = {}  # sweep label -> the seeds of its runs
 
-    def sweep(self, label: str, *arms: list[str]) -> pd.DataFrame:
-        """Run each arm (a list of overrides, comma lists allowed) into one sweep folder; return its
-        runs (only these: runs of other settings that the folder may hold are left out)."""
+    def sweep(self, label: str, arms: dict[str, list[str]]) -> pd.DataFrame:
+        """Run each arm (name -> overrides, comma lists allowed) into one sweep folder; its runs
+        (only these), each row with its arm's name in the column `arm`."""
         from gradlab import launch
 
-        runs = []
-        for arm in arms:
+        frames = []
+        for name, arm in arms.items():
             overrides = [*arm, *self.extra, f"name={label}", f"results_root={self.dir}"]
-            self.commands.append("gradlab sweep " + " ".join(shlex.quote(o) for o in overrides))
+            command = "gradlab sweep " + " ".join(shlex.quote(o) for o in overrides)
+            if command not in self.commands:
+                self.commands.append(command)
             swept = launch.sweep(overrides)
-            runs += swept.runs
             self.reused += swept.counts.get("skipped", 0)
             self.made += sum(swept.counts.values()) - swept.counts.get("skipped", 0)
-        loaded = load_runs(list(dict.fromkeys(runs)))
-        self.seeds.setdefault(label, set()).update(loaded["seed"])
-        self.run_seconds += float(loaded["wall_time_s"].sum())
-        return loaded
+            frames.append(load_runs(list(dict.fromkeys(swept.runs))).assign(arm=name))
+        runs = pd.concat(frames, ignore_index=True)
+        runs.attrs["config_keys"] = set().union(*(f.attrs["config_keys"] for f in frames))  # concat drops it
+        self.seeds.setdefault(label, set()).update(runs["seed"])
+        new = runs[~runs["path"].isin(self.timed)].drop_duplicates("path")
+        together = new["trained_together"].fillna(1) if "trained_together" in new else 1
+        self.run_seconds += float((new["wall_time_s"] / together).sum())
+        self.timed |= set(new["path"])
+        return self.study.derive(runs) if hasattr(self.study, "derive") else runs
 
-    def table(self, label: str, runs: pd.DataFrame, note: str = "", **options) -> Comparison:
+    def table(self, label: str, runs: pd.DataFrame, note: str = "", **options) -> Table:
         """Compare `runs` (options as for gradlab compare), keep the table and plots for the report."""
         from gradlab.plots import plot
 
+        runs = runs.drop(columns="arm").drop_duplicates("path")
         comparison = compare(runs, **options)
         out = self.dir / label
         write(comparison, readable(comparison), out, ["md", "csv"])
@@ -77,12 +101,246 @@ class Lab:
         return comparison
 
 
+# --- figures: one value per run, picked per arm and seed
+
+
+def steps_to_target(runs: pd.DataFrame) -> pd.Series:
+    """The step at which the run reached its target (stop_at_target), its budget if it never did
+    (ran out of steps, or diverged): censored, lower is better."""
+    reached = runs["target_step"] if "target_step" in runs else pd.Series(math.nan, index=runs.index)
+    return reached.fillna(runs["steps"]).astype(float)
+
+
+def solved(runs: pd.DataFrame) -> pd.Series:
+    """1 if the run reached its target, else 0."""
+    return (
+        runs["target_step"].notna() if "target_step" in runs else pd.Series(False, index=runs.index)
+    ).astype(float)
+
+
+def final_loss(runs: pd.DataFrame) -> pd.Series:
+    """The final held-out loss; a run that did not complete (diverged) counts as twice the worst
+    completed one of the study."""
+    worst = 2 * runs.loc[runs["status"] == "completed", "eval_loss_final"].max()
+    return runs["eval_loss_final"].where(runs["status"] == "completed", worst)
+
+
+FIGURES = {"steps_to_target": steps_to_target, "solved": solved, "final_loss": final_loss}  # else a column
+
+
+def per_seed(runs: pd.DataFrame, figure: str, arm: str | float) -> pd.Series:
+    """An arm's figure by seed (a number instead of an arm: that number at every seed)."""
+    if not isinstance(arm, str):
+        return pd.Series(float(arm), index=sorted(runs["seed"].unique()))
+    chosen = runs[runs["arm"] == arm]
+    if chosen["seed"].duplicated().any():
+        raise ValueError(f"arm {arm} holds several runs per seed")
+    values = FIGURES[figure](chosen) if figure in FIGURES else chosen[figure]
+    return pd.Series(values.to_numpy(float), index=chosen["seed"].to_numpy()).sort_index()
+
+
+# --- verdicts
+
+HOLDS, CONTRADICTED, EQUIVALENT, INDISTINGUISHABLE, NOT_STRESSED = OUTCOMES = (
+    "holds",
+    "contradicted",
+    "equivalent",
+    "indistinguishable",
+    "not stressed",
+)
+WORST_FIRST = (CONTRADICTED, EQUIVALENT, INDISTINGUISHABLE, HOLDS)
+TESTS = (
+    "Comparisons pair arms by seed (same initialisation and data stream). Seeds come in batches; "
+    "after each batch, each comparison's mean paired difference gets a repeated 95% interval "
+    "(paired t at the level an alpha-spending boundary sets for that look, so that all looks "
+    "together keep 95%): different when it excludes 0, equivalent when it lies inside +-the "
+    "smallest effect of interest; a comparison, once decided, stays decided."
+)
+
+
+def outcome(c: Comparison, look: Look) -> str:
+    """What a comparison's decisive look says of its claim (see the module's docstring)."""
+    gain = -look.mean if c.lower_is_better else look.mean  # b's gain over a
+    if look.decision == "different":  # an equivalence claim is contradicted by any difference
+        return HOLDS if c.kind == DIFFERENCE or c.kind == SUPERIORITY and gain > 0 else CONTRADICTED
+    if look.decision == "equivalent":
+        return {EQUIVALENCE: HOLDS, SUPERIORITY: EQUIVALENT, DIFFERENCE: CONTRADICTED}[c.kind]
+    return INDISTINGUISHABLE
+
+
+def seeds_to_tell(c: Comparison, sd: float, n: int) -> str:
+    """How many seeds a paired t interval needs to tell the effect of interest (80% power)."""
+    if not (sd > 0 and math.isfinite(sd)):
+        return "the arms differ by the same amount on every seed: more seeds would not change it"
+    need = math.ceil(((1.96 + 0.84) * sd / c.effect) ** 2) + 1
+    return f"about {max(need, n + 1)} seeds would tell an effect of {c.effect:g} (sd {sd:.3g})"
+
+
+class Judged(NamedTuple):
+    comparison: Comparison
+    look: Look  # the decisive look, or the last one
+    outcome: str
+    sd: float  # of the paired differences at that look
+
+    def line(self) -> str:
+        c, text = self.comparison, str(self.look)
+        if self.outcome == INDISTINGUISHABLE:
+            text += f"; {seeds_to_tell(c, self.sd, self.look.n)}"
+        return f"{c.name}: **{self.outcome}**. {text}"
+
+
+def overall(control: str, outcomes: list[str]) -> str:
+    """The study's outcome: not stressed unless the control held; else its worst comparison."""
+    if control != HOLDS:
+        return NOT_STRESSED
+    return next(o for o in WORST_FIRST if o in outcomes or o == HOLDS)
+
+
+class Verdict:
+    """A study's verdict as its looks decide it: the control, the comparisons, notes, the stop."""
+
+    def __init__(self, protocol: Protocol):
+        self.protocol = protocol
+        self.looks: list[tuple[int, list[Look]]] = []  # (seeds, each test's look)
+        self.judged: dict[Comparison, Judged] = {}
+        self.power: list[str] = []
+        self.notes: list[str] = []
+        self.stop = ""
+
+    def tests(self) -> list[Comparison]:
+        return [self.protocol.control.comparison, *self.protocol.comparisons]
+
+    def look(self, design: Sequential, runs: pd.DataFrame, n: int) -> bool:
+        """Look at n seeds; whether every test is decided."""
+        looks = []
+        for c in self.tests():
+            a, b = per_seed(runs, c.figure, c.a), per_seed(runs, c.figure, c.b)
+            look = design.look(a, b, c.effect)
+            looks.append(look)
+            if c not in self.judged or self.judged[c].look.decision == "continue":
+                sd = float((b - a).dropna().std(ddof=1))
+                self.judged[c] = Judged(c, look, outcome(c, look), sd)
+        self.looks.append((n, looks))
+        return all(j.look.decision != "continue" for j in self.judged.values())
+
+    @property
+    def control(self) -> Judged:
+        return self.judged[self.protocol.control.comparison]
+
+    @property
+    def outcome(self) -> str:
+        return overall(self.control.outcome, [self.judged[c].outcome for c in self.protocol.comparisons])
+
+    def lines(self) -> list[str]:
+        control = self.control
+        said = (
+            "came out as it must."
+            if control.outcome == HOLDS
+            else "did **not** come out as it must, so this design does not stress the claim."
+        )
+        return [
+            f"Negative control: {self.protocol.control.failed}: {said} {control.line()}",
+            *[self.judged[c].line() for c in self.protocol.comparisons],
+            *self.notes,
+        ]
+
+
+def judge(lab: Lab, protocol: Protocol, verdict: Verdict, values: dict) -> pd.DataFrame:
+    """Run the protocol's evaluation seeds batch by batch until every comparison is decided or the
+    cap is reached; the runs of the last look."""
+    design = protocol.seeds.design()
+    for n in design.looks():
+        runs = lab.sweep(MAIN, arms(protocol, protocol.seeds.evaluation(n), values))
+        if verdict.look(design, runs, n):
+            break
+    undecided = sum(j.look.decision == "undecided" for j in verdict.judged.values())
+    verdict.stop = (
+        f"every comparison decided at {n} seeds per arm"
+        if not undecided
+        else f"the cap of {n} seeds per arm reached with {undecided} comparison(s) undecided"
+    )
+    return runs
+
+
+MAIN, PILOT = "main", "pilot"  # the sweeps of a study: its evaluation seeds, its pilot seeds
+
+
+def arms(protocol: Protocol, seeds: list[int], values: dict) -> dict[str, list[str]]:
+    """Each arm's overrides for these seeds, a pilot's `values` filled in."""
+    seed = "seed=" + ",".join(map(str, seeds))
+    return {
+        a.name: [o.format(**values) for o in (*protocol.shared, *a.overrides)] + [seed] for a in protocol.arms
+    }
+
+
+def power(lab: Lab, protocol: Protocol, verdict: Verdict, values: dict) -> pd.DataFrame:
+    """Before the evaluation runs: the arms on the pilot seeds, and for each comparison the chance
+    that the design decides it within the cap, from the effect of interest and the pilot's spread
+    of the paired differences (simulated: `Sequential.simulate`); the pilot's runs."""
+    design = protocol.seeds.design()
+    runs = lab.sweep(PILOT, arms(protocol, list(protocol.seeds.pilot), values))
+    for c in verdict.tests():
+        d = (per_seed(runs, c.figure, c.b) - per_seed(runs, c.figure, c.a)).dropna()
+        sd = float(d.std(ddof=1)) if len(d) > 1 else math.nan
+        if not sd > 0:
+            verdict.power.append(
+                f"{c.name}: the pilot's paired differences have no spread ({len(d)} seeds, mean "
+                f"{d.mean():+.3g}), so no chance is computed"
+            )
+            continue
+        found = design.simulate(c.effect, sd, c.effect)["different"]
+        none = design.simulate(0.0, sd, c.effect)["equivalent"]
+        verdict.power.append(
+            f"{c.name}: pilot sd {sd:.3g} ({len(d)} seeds); a true effect of {c.effect:g} is found "
+            f"(different) within {design.cap} seeds with chance {found:.2f}; no effect is shown "
+            f"equivalent with chance {none:.2f}"
+        )
+    return runs
+
+
 def run_study(study, scale: str, root: Path, extra: list[str] = ()) -> Path:
-    """Run a study at a scale (extra overrides go to every sweep) and write its report.md; its path."""
+    """Run a study at a scale (extra overrides go to every sweep) and write its report.md; its path.
+
+    Its pilot (the study's own, for values its arms need; then the arms themselves) runs on the
+    protocol's pilot seeds; then the evaluation seeds, batch by batch (`judge`)."""
+    protocol = study.protocol(scale)
+    protocol.check()
     lab = Lab(study, scale, root, extra)
     start = time.perf_counter()
-    verdict = study.run(lab, study.SCALES[scale])
+    values = study.pilot(lab, protocol) if hasattr(study, "pilot") else {}
+    verdict = Verdict(protocol)
+    power(lab, protocol, verdict, values)
+    runs = judge(lab, protocol, verdict, values)
+    lab.table(MAIN, runs, **study.table(protocol, values))
+    if hasattr(study, "notes"):
+        verdict.notes += study.notes(runs, protocol, values)
     return write_report(study, lab, verdict, time.perf_counter() - start)
+
+
+def defined(study) -> str:
+    """The commit that last changed the study's module (its protocol), and when; or why unknown."""
+    path = HERE / f"{study.__name__.rsplit('.', 1)[1]}.py"
+    try:
+        out = subprocess.run(
+            ["git", "log", "-1", "--format=%h %cI", "--", path.name],
+            cwd=HERE,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", path.name],
+            cwd=HERE,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown (git is not available)"
+    if out.returncode or not out.stdout.strip():
+        return "unknown (not in a git checkout)"
+    commit, when = out.stdout.split()
+    return f"commit {commit} ({when})" + (", with uncommitted changes" if dirty else "")
 
 
 def write_report(study, lab: Lab, verdict: Verdict, wall_s: float) -> Path:
@@ -90,29 +348,41 @@ def write_report(study, lab: Lab, verdict: Verdict, wall_s: float) -> Path:
 
     import gradlab
 
-    seeds = "; ".join(
-        f"{label}: {len(s)} ({', '.join(map(str, sorted(s)))})" for label, s in lab.seeds.items()
-    )
+    protocol = verdict.protocol
+    seeds = "; ".join(f"{label}: {len(s)} ({_ranges(s)})" for label, s in lab.seeds.items())
     lines = [
         f"# {study.NAME} ({lab.scale} scale)",
         "",
-        f"**Claim.** {study.CLAIM}",
+        f"**Claim.** {protocol.claim}",
         "",
-        f"**Source.** {study.SOURCE}",
+        f"**Source.** {protocol.source}",
+        "",
+        f"**Protocol.** {protocol.digest()}, defined by {defined(study)}; "
+        f"`gradlab reproduce {study.NAME} --scale {lab.scale} --protocol` prints it.",
         "",
         f"## Verdict: {verdict.outcome}",
         "",
-        "Computed from the runs below, by rules fixed before they ran (experiments/study.py and the "
-        "study's module): holds, contradicted, indistinguishable, or not stressed.",
+        f"Computed from the runs below by the protocol's rules. Stopped: {verdict.stop}.",
         "",
-    ]
-    lines += [f"- {line}" for line in verdict.lines]
-    lines += [
+        *[f"- {line}" for line in verdict.lines()],
+        "",
+        "**Power, before the evaluation runs** (from the pilot seeds):",
+        "",
+        *[f"- {line}" for line in verdict.power],
+        "",
+        "**Looks.**",
+        "",
+        "| seeds | " + " | ".join(c.name for c in verdict.tests()) + " |",
+        "|---" * (1 + len(verdict.tests())) + "|",
+        *[f"| {n} | " + " | ".join(_cell(look) for look in looks) + " |" for n, looks in verdict.looks],
         "",
         f"**Statistics.** {TESTS} Seeds per arm, by sweep: {seeds}.",
         "",
-        f"**Departures from the paper.** {study.DEPARTURES}",
+        "**Departures from the source.**",
         "",
+        *[f"- {d}" for d in protocol.departures],
+        "",
+        *([f"**Notes.** {' '.join(protocol.notes)}", ""] if protocol.notes else []),
     ]
     command = " ".join(["gradlab reproduce", study.NAME, "--scale", lab.scale, *map(shlex.quote, lab.extra)])
     runs = (
@@ -134,7 +404,7 @@ def write_report(study, lab: Lab, verdict: Verdict, wall_s: float) -> Path:
         f"{', ' + torch.cuda.get_device_name() if torch.cuda.is_available() else ''}); "
         f"gradlab {gradlab.__version__}, torch {torch.__version__}, python {platform.python_version()}; "
         f"wall time {wall_s / 60:.1f} min, {runs}; the runs' own wall times add up to "
-        f"{lab.run_seconds / 60:.1f} min.",
+        f"{lab.run_seconds / 60:.1f} min (a group's time shared among its members).",
         "",
     ]
     for label, note, comparison in lab.sections:
@@ -145,6 +415,21 @@ def write_report(study, lab: Lab, verdict: Verdict, wall_s: float) -> Path:
     path = lab.dir / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _cell(look: Look) -> str:
+    return f"{look.mean:+.3g} [{look.low:+.3g}, {look.high:+.3g}] {look.decision}"
+
+
+def _ranges(seeds: set) -> str:
+    """1000-1009, 1012 for {1000..1009, 1012}."""
+    ordered, parts = sorted(seeds), []
+    for s in ordered:
+        if parts and s == parts[-1][1] + 1:
+            parts[-1][1] = s
+        else:
+            parts.append([s, s])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in parts)
 
 
 REFERENCE = Path("results/reference")
@@ -167,215 +452,15 @@ def publish_report(report: Path) -> Path:
     return target
 
 
-# --- verdicts: four outcomes, from paired seeds
-
-HOLDS, CONTRADICTED, INDISTINGUISHABLE, NOT_STRESSED = OUTCOMES = (
-    "holds",
-    "contradicted",
-    "indistinguishable",
-    "not stressed",
-)
-RARE = 0.01  # an arm that clipped on fewer steps than this is the same run as none
-TESTS = (
-    "Comparisons pair arms by seed (same initialisation and data stream). Continuous figures: "
-    "paired t interval (95%) of the mean difference over the shared seeds. Success counts: "
-    "exact McNemar test (two-sided binomial test on the discordant pairs), with Wilson 95% "
-    "intervals of each arm's success rate."
-)
-
-
-class Finding(NamedTuple):
-    outcome: str  # holds | contradicted | indistinguishable (of one comparison)
-    text: str  # the comparison with its interval or p-value
-
-
-def per_seed(runs: pd.DataFrame, figure: str, where: dict) -> pd.Series:
-    """One arm's figure by seed: the runs whose columns equal `where` ({"clip.mode": "none", "lr": 0.1})."""
-    chosen = runs
-    for key, value in where.items():
-        chosen = chosen[chosen[key] == value]
-    if chosen["seed"].duplicated().any():
-        raise ValueError(f"{where} is not one arm: it holds several runs per seed")
-    return chosen.set_index("seed")[figure].sort_index()
-
-
-def better(diff: Difference, lower_is_better: bool) -> Finding:
-    """Is b better than a? holds when the whole interval lies on the better side, contradicted
-    when it lies wholly on the worse side, else indistinguishable."""
-    sign = -1 if lower_is_better else 1
-    gain_low, gain_high = sorted((sign * diff.low, sign * diff.high))
-    if gain_low > 0:
-        return Finding(HOLDS, str(diff))
-    if gain_high < 0:
-        return Finding(CONTRADICTED, str(diff))
-    return Finding(INDISTINGUISHABLE, f"{diff}; {seeds_to_tell(diff)}")
-
-
-def seeds_to_tell(diff: Difference, margin: float = 0.0) -> str:
-    """How many seeds a paired t interval would need to tell a difference the size seen (80% power)."""
-    effect = abs(diff.mean) if not margin else margin
-    if not (diff.sd and effect) or not math.isfinite(diff.sd):
-        return "more seeds would not tell: the arms differ by nothing measurable"
-    n = math.ceil(((1.96 + 0.84) * diff.sd / effect) ** 2) + 1
-    return f"about {max(n, diff.n + 1)} seeds would tell a difference of {effect:.3g}"
-
-
-class Counts(NamedTuple):
-    """Paired successes of two arms over their shared seeds."""
-
-    n: int
-    a: int  # successes of a
-    b: int  # successes of b
-    b_only: int  # seeds where b succeeded and a did not
-    a_only: int
-    p: float  # exact McNemar: two-sided binomial test on the discordant pairs
-
-    def __str__(self) -> str:
-        return (
-            f"{self.b}/{self.n} {wilson(self.b, self.n)} vs {self.a}/{self.n} {wilson(self.a, self.n)} "
-            f"(McNemar exact p={self.p:.2g})"
-        )
-
-
-def counts(a: pd.Series, b: pd.Series) -> Counts:
-    """Paired success counts (boolean series by seed) of b against a."""
+def seeds_solved(runs: pd.DataFrame, a: str, b: str) -> str:
+    """Seeds that reached the target, b against a, with Wilson intervals and the exact McNemar test."""
     from scipy import stats
 
-    both = pd.concat([a.rename("a"), b.rename("b")], axis=1, join="inner").astype(bool)
-    b_only = int((both["b"] & ~both["a"]).sum())
-    a_only = int((both["a"] & ~both["b"]).sum())
-    discordant = a_only + b_only
-    p = float(stats.binomtest(b_only, discordant, 0.5).pvalue) if discordant else 1.0
-    return Counts(len(both), int(both["a"].sum()), int(both["b"].sum()), b_only, a_only, p)
-
-
-def overall(control_failed: bool, findings: list[Finding]) -> str:
-    """The study's outcome: not stressed when the negative control did not fail; else contradicted
-    if any finding is, holds if every one does, and otherwise indistinguishable."""
-    if not control_failed:
-        return NOT_STRESSED
-    outcomes = {f.outcome for f in findings}
-    if CONTRADICTED in outcomes:
-        return CONTRADICTED
-    return HOLDS if outcomes == {HOLDS} else INDISTINGUISHABLE
-
-
-class Verdict:
-    """A study's verdict as it is computed: its negative controls, its comparisons, its notes."""
-
-    def __init__(self):
-        self.controls: list[bool] = []
-        self.findings: list[Finding] = []
-        self.lines: list[str] = []
-
-    def control(self, failed: bool, text: str) -> None:
-        """A negative control: an arm that must fail the claim's criterion (`text`: which, and how it did)."""
-        self.controls.append(bool(failed))
-        self.lines.append(
-            f"Negative control: {text}: "
-            + (
-                "failed, as it must."
-                if failed
-                else "did **not** fail, so this design does not stress the claim."
-            )
-        )
-
-    def compare(self, what: str, finding: Finding) -> None:
-        self.findings.append(finding)
-        self.lines.append(f"{what}: **{finding.outcome}**. {finding.text}")
-
-    def note(self, text: str) -> None:
-        self.lines.append(text)
-
-    @property
-    def outcome(self) -> str:
-        if not self.controls:
-            raise ValueError("a study's verdict needs a negative control")
-        return overall(all(self.controls), self.findings)
-
-
-def steps_to_target(runs: pd.DataFrame, where: dict, budget: int) -> pd.Series:
-    """Per seed, the step at which the arm's run reached its target (stop_at_target); `budget`
-    for a run that never did (ran out of steps, or diverged): a censored figure, lower is better."""
-    reached = runs["target_step"] if "target_step" in runs else pd.Series(math.nan, index=runs.index)
-    return per_seed(runs.assign(to_target=reached.fillna(budget)), "to_target", where)
-
-
-def solved(runs: pd.DataFrame, where: dict) -> pd.Series:
-    """Per seed, did the arm's run reach its target."""
-    reached = runs["target_step"].notna() if "target_step" in runs else pd.Series(False, index=runs.index)
-    return per_seed(runs.assign(solved=reached), "solved", where)
-
-
-def fired(runs: pd.DataFrame, where: dict) -> float:
-    """The arm's mean share of steps that clipped."""
-    return float(per_seed(runs, "clip_fraction", where).mean())
-
-
-def against_control(
-    verdict: Verdict, runs: pd.DataFrame, name: str, arm: dict, control: dict, budget: int
-) -> None:
-    """The claim "arm reaches the target, where the control does not": steps to the target
-    (censored at the budget), paired t, as the comparison; seeds solved, exact McNemar, beside it.
-    An arm that clipped on under 1% of steps is the same run as none: its comparison never holds."""
-    share = fired(runs, arm)
-    c = counts(solved(runs, control), solved(runs, arm))
-    finding = better(
-        difference(steps_to_target(runs, control, budget), steps_to_target(runs, arm, budget)),
-        lower_is_better=True,
+    sa, sb = per_seed(runs, "solved", a), per_seed(runs, "solved", b)
+    both = pd.concat([sa.rename("a"), sb.rename("b")], axis=1, join="inner").astype(bool)
+    b_only, a_only = int((both["b"] & ~both["a"]).sum()), int((both["a"] & ~both["b"]).sum())
+    p = float(stats.binomtest(b_only, b_only + a_only, 0.5).pvalue) if b_only + a_only else 1.0
+    n, ka, kb = len(both), int(both["a"].sum()), int(both["b"].sum())
+    return (
+        f"seeds solved {b} {kb}/{n} {wilson(kb, n)}, {a} {ka}/{n} {wilson(ka, n)} (McNemar exact p={p:.2g})"
     )
-    if not (c.a or c.b):
-        finding = finding._replace(
-            text=f"neither arm reached the target within {budget} steps: a longer budget, "
-            "not more seeds, could tell"
-        )
-    finding = finding._replace(text=f"{finding.text}; seeds solved {c}; clipped on {share:.1%} of steps")
-    if share < RARE:  # whatever its numbers say, it is not support for the claim
-        finding = finding._replace(
-            outcome=INDISTINGUISHABLE if finding.outcome == HOLDS else finding.outcome,
-            text=f"{finding.text}; rarely fired ({share:.2%} of steps): the same run as none",
-        )
-    verdict.compare(f"{name} against the control, steps to the target (censored at {budget})", finding)
-
-
-def control_fails(runs: pd.DataFrame, control: dict, name: str) -> tuple[bool, str]:
-    """A control "fails" when it reaches the target in at most half of its seeds."""
-    ok = solved(runs, control)
-    return int(ok.sum()) * 2 <= len(ok), f"{name} reaches the target in {int(ok.sum())}/{len(ok)} seeds"
-
-
-def same(diff: Difference, margin: float) -> Finding:
-    """Are the two arms the same run, up to `margin`? holds when the whole interval lies within
-    ±margin, contradicted when it lies wholly outside, else indistinguishable."""
-    if -margin < diff.low and diff.high < margin:
-        return Finding(HOLDS, f"{diff}, within ±{margin:.3g}")
-    if diff.low > margin or diff.high < -margin:
-        return Finding(CONTRADICTED, f"{diff}, outside ±{margin:.3g}")
-    return Finding(INDISTINGUISHABLE, f"{diff}, margin ±{margin:.3g}; {seeds_to_tell(diff, margin)}")
-
-
-def within(values: pd.Series, low: float, high: float, what: str) -> Finding:
-    """Does the mean of a per-seed figure lie in [low, high]? By its t interval: holds inside,
-    contradicted wholly outside, else indistinguishable."""
-    d = difference(pd.Series(0.0, index=values.index), values)
-    text = (
-        f"{what} {d.mean:.4g} [{d.low:.4g}, {d.high:.4g}] (t interval, {d.n} seeds), "
-        f"allowed [{low:g}, {high:g}]"
-    )
-    if low <= d.low and d.high <= high:
-        return Finding(HOLDS, text)
-    if d.high < low or d.low > high:
-        return Finding(CONTRADICTED, text)
-    return Finding(INDISTINGUISHABLE, text)
-
-
-def differs(diff: Difference, margin: float) -> Finding:
-    """The claim "these arms are not the same run": `same` with holds and contradicted swapped."""
-    f = same(diff, margin)
-    return f._replace(outcome={HOLDS: CONTRADICTED, CONTRADICTED: HOLDS}.get(f.outcome, f.outcome))
-
-
-def seed_noise(values: pd.Series) -> float:
-    """Half the seed-to-seed standard deviation of an arm's figure: the margin within which two
-    arms count as the same run (declared here, before any study ran)."""
-    return 0.5 * float(values.std(ddof=1)) if len(values) > 1 else 0.0

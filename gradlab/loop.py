@@ -258,8 +258,10 @@ def train_members(members: list[Member], engine: Callable, execution: Callable =
     interruption records them as interrupted and goes on up. `execution`: how the model ran
     (train.compiling), said in each summary."""
 
+    together = len(members)  # a group's wall time is its members' together: reports share it out
+
     def end(m: Member, result: dict) -> None:
-        m.summary = m.session.close({**result, "execution": execution()})
+        m.summary = m.session.close({**result, "execution": execution(), "trained_together": together})
         if m.session.lead:  # ended other than interrupted: nothing to continue
             checkpoint.remove(m.conf)
 
@@ -294,7 +296,7 @@ def train_members(members: list[Member], engine: Callable, execution: Callable =
     finally:  # interrupted (a member never started has nothing to record)
         for m in members:
             if m.summary is None and m.session.opened:
-                m.summary = m.session.close({"execution": execution()})
+                m.summary = m.session.close({"execution": execution(), "trained_together": together})
 
 
 def reached(row: dict, metric: str, value: float) -> bool:

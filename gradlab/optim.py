@@ -42,6 +42,30 @@ def lr_factor(optim_cfg: dict, steps: int):
     return factor
 
 
+class RMSprop(torch.optim.RMSprop):
+    """torch.optim.RMSprop with the running mean of squared gradients started at `square_avg_init`
+    rather than 0. The uRNN baselines (amarshah/complex_RNN, optimizations.py `rms_prop`) start it
+    at 1e-3; from 0 the first update is lr * sqrt(1 / (1 - alpha)) * sign(g) on every coordinate,
+    whatever the gradient's size."""
+
+    def __init__(self, params, lr: float = 1e-2, square_avg_init: float = 0.0, **options):
+        super().__init__(params, lr=lr, **options)
+        self.defaults["square_avg_init"] = square_avg_init  # as an option of every param group
+        scalar = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+        for group in self.param_groups:  # the state torch makes at a first step, this start in it
+            start = group.setdefault("square_avg_init", square_avg_init)
+            if isinstance(start, bool) or not isinstance(start, (int, float)) or start < 0:
+                raise bad("optim.square_avg_init", start, "must be a number >= 0 (0: torch's RMSprop)")
+            for p in group["params"]:
+                keep = {"memory_format": torch.preserve_format}
+                self.state[p] = {
+                    "step": torch.zeros((), dtype=scalar, device=p.device if group["capturable"] else None),
+                    "square_avg": torch.full_like(p, float(start), **keep),
+                    **({"momentum_buffer": torch.zeros_like(p, **keep)} if group["momentum"] > 0 else {}),
+                    **({"grad_avg": torch.zeros_like(p, **keep)} if group["centered"] else {}),
+                }
+
+
 # torch optimizers whose update is elementwise given the lr (every state tensor has its parameter's
 # shape, or is one number all elements share): stepping K members' parameters stacked along a first
 # axis steps each member as its own optimizer would

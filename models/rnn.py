@@ -1,4 +1,5 @@
-"""`model=rnn|lstm|gru`: a recurrent network (torch's fused cuDNN/CPU kernels) with a linear head.
+"""`model=rnn|lstm|gru|lstm_urnn`: a recurrent network (torch's fused cuDNN/CPU kernels; lstm_urnn
+written out) with a linear head.
 
 Per-sample outputs read the last hidden state; per-position outputs read every state.
 `rnn` is the tanh Elman network of Pascanu et al. 2013.
@@ -11,7 +12,46 @@ from torch import nn
 
 from gradlab.errors import bad
 
-CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+
+class URNNLSTM(nn.Module):
+    """The LSTM baseline of the uRNN paper's code (amarshah/complex_RNN, models.py `LSTM`), one
+    layer: gates i, f, c, o from x_t and h_{t-1}, the output gate also from the new cell state
+    through a full matrix (a peephole, V_o); each weight matrix Glorot-uniform, the forget bias 1,
+    the other biases 0; the initial h and c are learned (started at 0). Called as torch's LSTM
+    (batch first): (states, None)."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = True):
+        super().__init__()
+        if num_layers != 1 or not batch_first:
+            raise bad(
+                "model.num_layers", num_layers, "must be 1 for cell lstm_urnn (the uRNN code's one layer)"
+            )
+        h = hidden_size
+        self.weight_ih = nn.Parameter(torch.cat([_glorot(h, input_size) for _ in range(4)]))  # i, f, c, o
+        self.weight_hh = nn.Parameter(torch.cat([_glorot(h, h) for _ in range(4)]))
+        self.weight_co = nn.Parameter(_glorot(h, h))  # V_o: the new cell state into the output gate
+        self.bias = nn.Parameter(torch.cat([torch.zeros(h), torch.ones(h), torch.zeros(2 * h)]))
+        self.h0, self.c0 = nn.Parameter(torch.zeros(h)), nn.Parameter(torch.zeros(h))
+
+    def forward(self, x: torch.Tensor):
+        inputs = nn.functional.linear(x, self.weight_ih, self.bias)  # every step's input part at once
+        h, c = self.h0.expand(x.shape[0], -1), self.c0.expand(x.shape[0], -1)
+        states = []
+        for gates_x in inputs.unbind(1):
+            i, f, g, o = (gates_x + nn.functional.linear(h, self.weight_hh)).chunk(4, -1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o + nn.functional.linear(c, self.weight_co)) * torch.tanh(c)
+            states.append(h)
+        return torch.stack(states, 1), None
+
+
+def _glorot(rows: int, columns: int) -> torch.Tensor:
+    """U(-b, b), b = sqrt(6 / (fan_in + fan_out)): the uRNN code's initialize_matrix."""
+    bound = (6.0 / (rows + columns)) ** 0.5
+    return torch.empty(rows, columns).uniform_(-bound, bound)
+
+
+CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU, "lstm_urnn": URNNLSTM}
 
 
 def _recurrence(mode: str, x, w_ih, w_hh, b_ih, b_hh):
@@ -91,7 +131,10 @@ class RecurrentNet(nn.Module):
         """The forward pass of K networks of this shape at once: `params` holds each parameter
         stacked over a leading member axis, `x` (K, batch, ...). torch's fused recurrent kernels
         have no batched (vmap) form, so the recurrence is written out with batched matmuls, in
-        the gate order and equations of torch.nn.RNN/LSTM/GRU."""
+        the gate order and equations of torch.nn.RNN/LSTM/GRU. A cell written out already
+        (lstm_urnn) is batched by vmap."""
+        if not isinstance(self.rnn, nn.RNNBase):
+            return torch.func.vmap(lambda p, xi: torch.func.functional_call(self, p, (xi,)))(params, x)
         h = torch.func.vmap(lambda xi: as_sequence(xi, self.spec))(x)
         for layer in range(self.rnn.num_layers):
             h = _recurrence(

@@ -69,7 +69,7 @@ def test_list_shows_every_group_option():
         "sgd",
         "adam",
         "adamw",
-        "seed004",
+        "seed_004",
         "max_norm",
         "accum_steps",
         "precision",
@@ -78,7 +78,7 @@ def test_list_shows_every_group_option():
 
 
 BAD_INPUT = [
-    (["model=lsmt"], "model=lsmt: choose from custom, gru, lstm, mlp, rnn, transformer"),
+    (["model=lsmt"], "model=lsmt: choose from custom, gru, lstm, lstm_urnn, mlp, rnn, transformer"),
     (["clip=nrm"], "clip=nrm: choose from"),
     (["max_nrom=1"], "max_nrom: unknown key; did you mean max_norm?"),
     (["max_norm=0"], "max_norm=0: must be a number > 0"),

@@ -124,7 +124,7 @@ RUN_IDS = {
     "model=mlp task=mnist": "mlp-mnist-norm1-s0-d70af8c6",
     "model=mlp task=cifar10": "mlp-cifar10-norm1-s0-beaec264",
     "task=digits": "lstm-digits-norm1-s0-077e6061",
-    "experiment=seed004": "mlp-regression-norm1-s0-062c6d4b",
+    "experiment=seed_004": "mlp-regression-norm1-s0-062c6d4b",
     "max_norm=5": "lstm-adding-norm5-s0-6629f243",
     "skip_spikes=true": "lstm-adding-norm1-s0-efe9d6e0",
     "model=lstm clip=norm max_norm=1": "lstm-adding-norm1-s0-2ebdc99e",  # the README's main job

@@ -227,7 +227,10 @@ def test_list_shows_the_users_options_beside_the_built_ins(tmp_path):
             "task.train.n_points: unknown key for task.train=spirals (mynets.data.Spirals); "
             "allowed: n, arms, noise, seed",
         ),
-        (["model=resmlpp"], "model=resmlpp: choose from custom, gru, lstm, mlp, resmlp, rnn, transformer"),
+        (
+            ["model=resmlpp"],
+            "model=resmlpp: choose from custom, gru, lstm, lstm_urnn, mlp, resmlp, rnn, transformer",
+        ),
     ],
 )
 def test_bad_user_components_fail_in_one_line_and_write_nothing(tmp_path, args, message):

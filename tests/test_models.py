@@ -23,6 +23,7 @@ SHRINK = {
     "rnn": {"hidden_size": 8},
     "lstm": {"hidden_size": 8, "num_layers": 2},
     "gru": {"hidden_size": 8},
+    "lstm_urnn": {"hidden_size": 8},
     "transformer": {"d_model": 8, "n_heads": 2, "n_layers": 2, "d_ff": 16},
 }
 # knobs giving small specs; the specs need no data, so the torchvision tasks take part too
@@ -34,9 +35,9 @@ TASK_KNOBS = {
     "regression": {"features": 5},
 }
 IMPOSSIBLE = {("mlp", "copy"), ("mlp", "text")} | {
-    (m, "regression") for m in ("rnn", "lstm", "gru", "transformer")
+    (m, "regression") for m in ("rnn", "lstm", "gru", "lstm_urnn", "transformer")
 }
-SEQUENCE_MODELS = ["rnn", "lstm", "gru", "transformer"]
+SEQUENCE_MODELS = ["rnn", "lstm", "gru", "lstm_urnn", "transformer"]
 TOKEN_CLASS_TASKS = ["copy", "text"]
 
 
@@ -153,3 +154,30 @@ def test_smart_tanh_is_for_the_tanh_rnn_only():
         build_model(model_cfg("lstm", init="smart_tanh"), spec("adding"))
     with pytest.raises(ConfigError, match="^model.init=xavier: "):
         build_model(model_cfg("rnn", init="xavier"), spec("adding"))
+
+
+def test_lstm_urnn_is_the_urnn_codes_lstm():
+    """amarshah/complex_RNN models.py LSTM, step by step: gates from x_t and h_{t-1}, the output
+    gate also from the new cell state (V_o); forget bias 1; learned initial h and c; Glorot weights."""
+    from gradlab.models.rnn import URNNLSTM
+
+    torch.manual_seed(0)
+    cell = URNNLSTM(3, 5)
+    with torch.no_grad():
+        cell.h0.normal_(), cell.c0.normal_()  # learned states: make them matter
+    x = torch.randn(2, 4, 3)
+    states, _ = cell(x)
+    w = dict(zip("ifco", cell.weight_ih.chunk(4))), dict(zip("ifco", cell.weight_hh.chunk(4)))
+    b = dict(zip("ifco", cell.bias.chunk(4)))
+    h, c = cell.h0.expand(2, 5), cell.c0.expand(2, 5)
+    for t in range(4):
+        gate = {k: x[:, t] @ w[0][k].T + h @ w[1][k].T + b[k] for k in "ifco"}
+        c = torch.sigmoid(gate["i"]) * torch.tanh(gate["c"]) + torch.sigmoid(gate["f"]) * c
+        h = torch.sigmoid(gate["o"] + c @ cell.weight_co.T) * torch.tanh(c)
+        torch.testing.assert_close(states[:, t], h)
+    fresh = URNNLSTM(3, 5)
+    assert fresh.bias.tolist() == [0.0] * 5 + [1.0] * 5 + [0.0] * 10
+    assert fresh.h0.abs().sum() == fresh.c0.abs().sum() == 0 and fresh.h0.requires_grad
+    assert fresh.weight_ih.abs().max() <= (6 / 8) ** 0.5 and fresh.weight_hh.abs().max() <= (6 / 10) ** 0.5
+    states.square().mean().backward()
+    assert cell.h0.grad.abs().sum() > 0 and cell.weight_co.grad.abs().sum() > 0

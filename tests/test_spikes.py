@@ -63,7 +63,7 @@ def test_bad_knobs_are_one_line(knobs, key):
 
 
 def injected_spike_run(compose, monkeypatch, *overrides):
-    """seed004's regression run whose step-30 batch has targets 1000x too large: a gradient-norm spike."""
+    """seed_004's regression run whose step-30 batch has targets 1000x too large: a gradient-norm spike."""
     from gradlab.tasks.regression import Regression
     from gradlab.train import train
 
@@ -74,7 +74,7 @@ def injected_spike_run(compose, monkeypatch, *overrides):
             yield x, (y * 1000 if step == 30 else y)
 
     monkeypatch.setattr(Regression, "batches", with_spike)
-    return train(compose("experiment=seed004", "steps=40", "wandb=off", *overrides))
+    return train(compose("experiment=seed_004", "steps=40", "wandb=off", *overrides))
 
 
 def test_a_real_spike_is_skipped_and_counted(compose, monkeypatch, tmp_path):
@@ -119,7 +119,7 @@ def test_layer_figures_are_the_update_to_weight_ratio(compose, tmp_path):
 
     summary = train(
         compose(
-            "experiment=seed004",
+            "experiment=seed_004",
             "optim=sgd",
             "lr=0.1",
             "clip=none",

@@ -607,3 +607,35 @@ def test_clip_scaled_measures_the_loss_scaled_gradients():
     _, right = mistaken(model, batches, None, CLIPS["none"], scaled(), fp16)
     _, wrong = mistaken(model, batches, "clip_scaled", CLIPS["none"], scaled(), fp16)
     assert math.isclose(wrong["grad_norm"], 2**10 * right["grad_norm"], rel_tol=1e-3)
+
+
+def test_rmsprop_urnn_is_the_urnn_codes_update_and_torchs_at_a_start_of_zero():
+    """amarshah/complex_RNN optimizations.py rms_prop: v = 0.9 v + 0.1 g^2 from v = 1e-3, then
+    p -= lr g / sqrt(v); gradlab's RMSprop with square_avg_init=0 is torch's, step for step."""
+    from gradlab.optim import RMSprop
+
+    g = torch.Generator().manual_seed(0)
+    start = torch.randn(6, generator=g)
+    grads = [torch.randn(6, generator=g) * 10.0**k for k in (-3, 0, 2, -1)]
+
+    def steps(optimizer_class, **options) -> list:
+        p = torch.nn.Parameter(start.clone())
+        optimizer = optimizer_class([p], lr=0.1, alpha=0.9, eps=0.0, **options)
+        out = []
+        for grad in grads:
+            p.grad = grad.clone()
+            optimizer.step()
+            out.append(p.detach().clone())
+        return out
+
+    p, v, reference = start.clone(), torch.full((6,), 1e-3), []
+    for grad in grads:
+        v = 0.9 * v + 0.1 * grad**2
+        p = p - 0.1 * grad / v.sqrt()
+        reference.append(p)
+    for ours, theirs in zip(steps(RMSprop, square_avg_init=1e-3), reference):
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=0)
+    for ours, torchs in zip(steps(RMSprop), steps(torch.optim.RMSprop)):
+        assert torch.equal(ours, torchs)
+    with pytest.raises(ConfigError, match="optim.square_avg_init=-1"):
+        RMSprop([torch.nn.Parameter(start.clone())], square_avg_init=-1)

@@ -26,6 +26,7 @@ SMALL = {
     "lstm": ["model.hidden_size=12", "task.length=8"],
     "gru": ["model.hidden_size=12", "task.length=8"],
     "rnn": ["model.hidden_size=12", "task.length=8"],
+    "lstm_urnn": ["model.hidden_size=12", "task.length=8"],
     "transformer": ["model.d_model=16", "model.n_heads=2", "model.d_ff=32", "task.seq_len=12"],
 }
 # members: seeds, learning rates and clip modes all differ; thresholds low enough to fire
@@ -79,6 +80,7 @@ OPTIMIZERS = {
     "adamw": ["optim=adamw", "optim.schedule=cosine", "optim.warmup_steps=2"],
     "rmsprop": ["optim=rmsprop", "optim.momentum=0.5", "optim.weight_decay=0.01"],
     "rmsprop_centered": ["optim=rmsprop", "+optim.centered=true"],
+    "rmsprop_urnn": ["optim=rmsprop_urnn", "optim.momentum=0.5"],
 }
 
 
@@ -224,6 +226,7 @@ def test_a_stacked_strategy_clips_each_member_as_its_own_would(mode, knobs):
         "adamw",
         "rmsprop",
         "rmsprop_centered",
+        "rmsprop_urnn",
         "adagrad",
         "adamax",
         "nadam",
@@ -233,7 +236,7 @@ def test_a_stacked_strategy_clips_each_member_as_its_own_would(mode, knobs):
 @pytest.mark.parametrize("lrs", [[1e-3, 3e-2, 0.1], [0.05, 0.05, 1e-3]], ids=["3 lrs", "2 lrs"])
 def test_the_stacked_optimizer_steps_each_member_as_its_own_optimizer(optim, lrs):
     """Each member, and each that stays when another leaves, is stepped as its own torch optimizer."""
-    from gradlab.optim import StackedOptimizer
+    from gradlab.optim import RMSprop, StackedOptimizer
 
     options = {
         "sgd": (torch.optim.SGD, {"momentum": 0.9, "dampening": 0.1, "weight_decay": 0.01}),
@@ -243,6 +246,7 @@ def test_the_stacked_optimizer_steps_each_member_as_its_own_optimizer(optim, lrs
         "adamw": (torch.optim.AdamW, {"weight_decay": 0.1, "betas": (0.9, 0.95)}),
         "rmsprop": (torch.optim.RMSprop, {"momentum": 0.5, "weight_decay": 0.01, "alpha": 0.9}),
         "rmsprop_centered": (torch.optim.RMSprop, {"centered": True}),
+        "rmsprop_urnn": (RMSprop, {"square_avg_init": 1e-3, "alpha": 0.9, "centered": True, "momentum": 0.5}),
         "adagrad": (torch.optim.Adagrad, {"lr_decay": 0.01}),
         "adamax": (torch.optim.Adamax, {"weight_decay": 0.01}),
         "nadam": (torch.optim.NAdam, {"momentum_decay": 0.004}),

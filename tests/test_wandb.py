@@ -141,7 +141,7 @@ def test_unreachable_server_falls_back_to_offline(tmp_path, no_credentials):
 
 def test_diverged_run_is_a_finished_wandb_run_with_its_status(tmp_path, no_credentials):
     gradlab(
-        ["train", "experiment=seed004", "optim=sgd", "lr=1e30", "clip=none", "wandb=offline"],
+        ["train", "experiment=seed_004", "optim=sgd", "lr=1e30", "clip=none", "wandb=offline"],
         tmp_path,
         no_credentials,
     )
