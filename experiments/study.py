@@ -60,6 +60,9 @@ class Lab:
         self.commands: list[str] = []
         self.sections: list[tuple[str, str, Table]] = []  # (label, note, comparison table)
         self.made = self.reused = 0  # runs trained by this call of the study, and runs found finished
+        self.began = pd.Timestamp.now(tz="UTC").floor(
+            "s"
+        )  # records say when their run started, to the second
         self.run_seconds = 0.0  # the runs' own wall time (a group's shared among its members)
         self.timed: set[str] = set()  # the runs counted in run_seconds
         self.seeds: dict[str, set] = {}  # sweep label -> the seeds of its runs
@@ -76,13 +79,13 @@ class Lab:
             if command not in self.commands:
                 self.commands.append(command)
             swept = launch.sweep(overrides)
-            self.reused += swept.counts.get("skipped", 0)
-            self.made += sum(swept.counts.values()) - swept.counts.get("skipped", 0)
             frames.append(load_runs(list(dict.fromkeys(swept.runs))).assign(arm=name))
         runs = pd.concat(frames, ignore_index=True)
         runs.attrs["config_keys"] = set().union(*(f.attrs["config_keys"] for f in frames))  # concat drops it
         self.seeds.setdefault(label, set()).update(runs["seed"])
         new = runs[~runs["path"].isin(self.timed)].drop_duplicates("path")
+        made = int((pd.to_datetime(new["started"]) >= self.began).sum())  # by this call, not found finished
+        self.made, self.reused = self.made + made, self.reused + len(new) - made
         together = new["trained_together"].fillna(1) if "trained_together" in new else 1
         self.run_seconds += float((new["wall_time_s"] / together).sum())
         self.timed |= set(new["path"])
