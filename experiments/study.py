@@ -60,9 +60,8 @@ class Lab:
         self.commands: list[str] = []
         self.sections: list[tuple[str, str, Table]] = []  # (label, note, comparison table)
         self.made = self.reused = 0  # runs trained by this call of the study, and runs found finished
-        self.began = pd.Timestamp.now(tz="UTC").floor(
-            "s"
-        )  # records say when their run started, to the second
+        # records say when their run started, to the second: those from before were found finished
+        self.began = pd.Timestamp.now(tz="UTC").floor("s")
         self.run_seconds = 0.0  # the runs' own wall time (a group's shared among its members)
         self.timed: set[str] = set()  # the runs counted in run_seconds
         self.seeds: dict[str, set] = {}  # sweep label -> the seeds of its runs
@@ -132,14 +131,15 @@ FIGURES = {"steps_to_target": steps_to_target, "solved": solved, "final_loss": f
 
 
 def per_seed(runs: pd.DataFrame, figure: str, arm: str | float) -> pd.Series:
-    """An arm's figure by seed (a number instead of an arm: that number at every seed)."""
+    """An arm's figure by seed (a number instead of an arm: that number at every seed). A derived
+    figure is computed over all of `runs` first (final_loss's worst run is the study's)."""
     if not isinstance(arm, str):
         return pd.Series(float(arm), index=sorted(runs["seed"].unique()))
-    chosen = runs[runs["arm"] == arm]
-    if chosen["seed"].duplicated().any():
+    mine = runs["arm"] == arm
+    if runs.loc[mine, "seed"].duplicated().any():
         raise ValueError(f"arm {arm} holds several runs per seed")
-    values = FIGURES[figure](chosen) if figure in FIGURES else chosen[figure]
-    return pd.Series(values.to_numpy(float), index=chosen["seed"].to_numpy()).sort_index()
+    values = (FIGURES[figure](runs) if figure in FIGURES else runs[figure])[mine]
+    return pd.Series(values.to_numpy(float), index=runs.loc[mine, "seed"].to_numpy()).sort_index()
 
 
 # --- verdicts
@@ -218,6 +218,11 @@ class Verdict:
         looks = []
         for c in self.tests():
             a, b = per_seed(runs, c.figure, c.a), per_seed(runs, c.figure, c.b)
+            if (b - a).notna().sum() != n:  # a run that did not complete has no such figure
+                raise ValueError(
+                    f"{c.name}: {n - (b - a).notna().sum()} of {n} seeds lack the figure; judge with a "
+                    "figure that counts a run that did not complete (final_loss, steps_to_target, solved)"
+                )
             look = design.look(a, b, c.effect)
             looks.append(look)
             if c not in self.judged or self.judged[c].look.decision == "continue":
