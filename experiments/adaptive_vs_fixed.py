@@ -22,7 +22,7 @@ SOURCE = (
 )
 DEPARTURES = (
     "One task for both (the papers: LLM pre-training, source separation), the adding problem under "
-    "lstm-adding's stress (RMSProp at lr 0.1, batch 20).",
+    "lstm-adding's stress (RMSProp at lr 0.01, batch 20).",
     "ZClip without the fixed cap of its code's default (zclip_max_norm=1.0), which would make it never "
     "looser than norm 1 and its comparison with norm 1 partly a comparison of norm 1 with itself.",
     "AGC (Brock et al. 2021) is left out: its claim and its lambda=0.01 are for batches of 4,096 with "

@@ -11,7 +11,7 @@ from gradlab.experiments.protocol import SUPERIORITY, Arm, Comparison, Control, 
 NAME = "lstm-adding"
 SCALES = {
     "smoke": {"length": 6, "steps": 8, "extra": ["model.hidden_size=8", "eval_every=4"], "seeds": (3, 3)},
-    "quick": {"length": 50, "steps": 3000, "extra": ["model.hidden_size=64"], "seeds": (5, 20)},
+    "quick": {"length": 50, "steps": 3000, "extra": ["model.hidden_size=64"], "seeds": (5, 15)},
     "full": {"length": 200, "steps": 20000, "extra": [], "seeds": (5, 20)},
 }
 TARGET = 0.01  # eval MSE counted as solved (predicting 1 everywhere scores 1/6)
@@ -39,7 +39,8 @@ def design(scale, scales, name, experiment, target, first, claim, source, depart
         claim=claim,
         source=source,
         shared=(
-            f"experiment={experiment}",  # RMSProp at lr 0.1, batch 20: the stress
+            f"experiment={experiment}",  # RMSProp at lr 0.01, batch 20: the stress
+            "engine=vectorized",  # an arm's seeds trained together: 1.7x faster (lstm_urnn is written out)
             f"task.length={size['length']}",
             f"steps={budget}",
             f"stop_at_target=eval_loss:{target:g}",
@@ -77,7 +78,10 @@ SOURCE = (
 )
 DEPARTURES = (
     "T=50 at quick scale (the paper: 100 to 750) and 64 units, so that the seeds fit a CPU.",
-    "RMSProp at 100x the paper's lr (0.1), the stress under test, where the paper used 1e-3.",
+    "RMSProp at 10x the paper's lr (0.01), the stress under test, where the paper used 1e-3. It was "
+    "chosen on the pilot seeds 900-902 (T=50, 3,000 steps) as the lowest lr of 0.003, 0.01, 0.03 and "
+    "0.1 at which no clipping solved none of the three (solved 2/3, 0/3, 2/3, 0/3; norm 1: 3/3, 2/3, "
+    "1/3, 0/3): unclipped failure is not monotone in the lr here.",
     "The paper's LSTM (peephole, Glorot, forget bias 1, learned initial state: model=lstm_urnn) and "
     "RMSProp started at 1e-3 (optim=rmsprop_urnn) as in its code; its eps 1e-8 (the code: none).",
     "solved = held-out MSE <= 0.01 (the paper plots MSE curves; predicting 1 scores 1/6).",
