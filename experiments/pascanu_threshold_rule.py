@@ -85,11 +85,9 @@ def protocol(scale: str) -> Protocol:
 
 def pilot(lab, protocol) -> dict:
     """The average gradient norm of unclipped runs over their whole length, on the pilot seeds."""
-    from gradlab.experiments.study import PILOT
+    from gradlab.experiments.study import on_pilot_seeds
 
-    none = protocol.arm("none")
-    seeds = "seed=" + ",".join(map(str, protocol.seeds.pilot))
-    runs = lab.sweep(PILOT, {none.name: [*protocol.shared, *none.overrides, seeds]})
+    runs = on_pilot_seeds(lab, protocol, list(protocol.arm("none").overrides))
     average = float(runs["grad_norm_mean"].mean())
     return {
         "average": average,

@@ -275,10 +275,19 @@ MAIN, PILOT = "main", "pilot"  # the sweeps of a study: its evaluation seeds, it
 
 def arms(protocol: Protocol, seeds: list[int], values: dict) -> dict[str, list[str]]:
     """Each arm's overrides for these seeds, a pilot's `values` filled in."""
-    seed = "seed=" + ",".join(map(str, seeds))
     return {
-        a.name: [o.format(**values) for o in (*protocol.shared, *a.overrides)] + [seed] for a in protocol.arms
+        a.name: [o.format(**values) for o in (*protocol.shared, *a.overrides)] + [seed_list(seeds)]
+        for a in protocol.arms
     }
+
+
+def seed_list(seeds) -> str:
+    return "seed=" + ",".join(map(str, seeds))
+
+
+def on_pilot_seeds(lab: Lab, protocol: Protocol, overrides: list[str], label: str = PILOT) -> pd.DataFrame:
+    """A study's own pilot: the shared overrides and `overrides` on the protocol's pilot seeds."""
+    return lab.sweep(label, {"pilot": [*protocol.shared, *overrides, seed_list(protocol.seeds.pilot)]})
 
 
 def power(lab: Lab, protocol: Protocol, verdict: Verdict, values: dict) -> pd.DataFrame:

@@ -89,11 +89,9 @@ def protocol(scale: str) -> Protocol:
 
 def pilot(lab, protocol) -> dict:
     """The thresholds: multiples of the median gradient norm of unclipped runs at the comfortable lr."""
-    from gradlab.experiments.study import PILOT
+    from gradlab.experiments.study import on_pilot_seeds
 
-    calm = protocol.arms[0]
-    seeds = "seed=" + ",".join(map(str, protocol.seeds.pilot))
-    runs = lab.sweep(PILOT, {calm.name: [*protocol.shared, *calm.overrides, seeds]})
+    runs = on_pilot_seeds(lab, protocol, list(protocol.arms[0].overrides))  # the comfortable lr
     median = float(runs["grad_norm_median"].median())
     return {
         "median": median,

@@ -98,11 +98,10 @@ def protocol(scale: str) -> Protocol:
 
 def pilot(lab, protocol) -> dict:
     """The unclipped lr with the lowest mean final loss over the grid, on the pilot seeds."""
-    from gradlab.experiments.study import final_loss
+    from gradlab.experiments.study import final_loss, on_pilot_seeds
 
     grid = ",".join(f"{lr:g}" for lr in SCALES[lab.scale]["grid"])
-    seeds = "seed=" + ",".join(map(str, protocol.seeds.pilot))
-    runs = lab.sweep("tune", {"none": [*protocol.shared, "clip=none", f"lr={grid}", seeds]})
+    runs = on_pilot_seeds(lab, protocol, ["clip=none", f"lr={grid}"], label="tune")
     tuned = float(runs.assign(final=final_loss(runs)).groupby("lr")["final"].mean().idxmin())
     return {"tuned": f"{tuned:g}", "grid": grid}
 
