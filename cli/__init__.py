@@ -256,9 +256,17 @@ Relative = Annotated[
 
 def _comparison(paths, by, metric, target=None, relative=False, paired=False):
     from gradlab import compare
+    from gradlab.errors import ConfigError
 
     runs = compare.load_runs(paths)
-    return runs, compare.compare(runs, by.split(",") if by else None, metric, target, relative, paired)
+    design = compare.Design.of(paths) if paired else None
+    if design is not None and metric != design.metric:
+        raise ConfigError(
+            f"--metric {metric}: these seeds followed a seed=auto design on {design.metric}; "
+            f"compare with --metric {design.metric} (or without --paired)"
+        )
+    by = by.split(",") if by else None
+    return runs, compare.compare(runs, by, metric, target, relative, paired, design)
 
 
 @app.command(rich_help_panel="Results")
@@ -272,8 +280,9 @@ def compare(
         bool,
         typer.Option(
             "--paired",
-            help="Each row against the best, seed by seed: the paired "
-            "difference with its 95% interval and p-value.",
+            help="Each row against the best, seed by seed: the paired difference with its 95% "
+            "interval and p-value (the repeated interval of the sequential design, for seed=auto "
+            "sweeps).",
         ),
     ] = False,
     fmt: Annotated[str, typer.Option("--format", help="md, csv, latex or all.")] = "all",

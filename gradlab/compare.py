@@ -166,6 +166,7 @@ def compare(
     target: float | None = None,
     relative: bool = False,
     paired: bool = False,
+    design: Design | None = None,
 ) -> Comparison:
     """Group runs, aggregate over seeds, sort by metric and mark the best group.
 
@@ -173,7 +174,7 @@ def compare(
     different tasks (losses of different kinds) are never ranked against each other: the task
     leads the grouping, and each task has its own best row. `relative`: each row's norm
     threshold over its runs' median pre-clip norm. `paired`: each row against its task's best
-    row, seed by seed.
+    row, seed by seed; under the sequential `design` its seeds followed (seed=auto), if any.
     """
     if not (runs["status"] == "completed").any():
         counts = ", ".join(f"{n} {status}" for status, n in runs["status"].value_counts().items())
@@ -241,7 +242,7 @@ def compare(
     best = ranked.groupby("task.name", sort=False).head(1).index if tasks > 1 else ranked.index[:1]
     table.insert(0, "best", ["*" if i in best else "" for i in table.index])
     if paired:
-        table = table.join(against_best(table, members, metric, best))
+        table = table.join(against_best(table, members, metric, best, design))
     return Comparison(table, metric, by, tasks, members)
 
 
@@ -264,9 +265,11 @@ def by_seed(group: pd.DataFrame, metric: str) -> pd.Series | None:
     return None if done["seed"].duplicated().any() else done.set_index("seed")[metric]
 
 
-def against_best(table: pd.DataFrame, members: list, metric: str, best) -> pd.DataFrame:
+def against_best(table: pd.DataFrame, members: list, metric: str, best, design=None) -> pd.DataFrame:
     """Each row's paired difference to the best row of its task (row - best, over the seeds both
-    completed): mean, 95% paired t interval, p-value and the number of pairs."""
+    completed): mean, 95% paired t interval, p-value and the number of pairs. Under a sequential
+    `design` the interval is the design's repeated interval at its look (no p-value), with what it
+    decides; a row whose pairs are not a look of the design is not compared."""
     from gradlab.stats import difference
 
     tasks = table["task.name"] if "task.name" in table else pd.Series("", index=table.index)
@@ -277,13 +280,57 @@ def against_best(table: pd.DataFrame, members: list, metric: str, best) -> pd.Da
         a, b = (None, None) if j is None else (by_seed(members[j], metric), by_seed(members[i], metric))
         if i == j or a is None or b is None:
             rows.append({})
-            continue
-        d = difference(a, b)
-        rows.append(dict(zip(PAIRED, (d.mean, d.low, d.high, d.p, d.n))))
-    return pd.DataFrame(rows, index=table.index, columns=PAIRED)
+        elif design is None:
+            d = difference(a, b)
+            rows.append(dict(zip(PAIRED, (d.mean, d.low, d.high, d.p, d.n))))
+        else:
+            rows.append(dict(zip(PAIRED + SEQUENTIAL, design.look(a, b))))
+    return pd.DataFrame(rows, index=table.index, columns=PAIRED + (SEQUENTIAL if design else ()))
 
 
 PAIRED = ("vs_best_mean", "vs_best_low", "vs_best_high", "vs_best_p", "vs_best_seeds")
+SEQUENTIAL = ("vs_best_decision",)  # under a sequential design: different | equivalent | continue | ...
+DESIGN = "seed_auto.json"  # in a seed=auto sweep's folder: the sequential design its seeds follow
+
+
+class Design(NamedTuple):
+    """The sequential design a seed=auto sweep follows: its batches and cap, and the smallest
+    difference of its metric that matters (None: no equivalence)."""
+
+    batch: int
+    cap: int
+    effect: float | None
+    metric: str
+
+    def look(self, a: pd.Series, b: pd.Series) -> tuple:
+        """(mean, low, high, p, n, decision) of b - a at the seeds both have: the repeated interval
+        of the look at that many seeds, or nothing compared when that is not a look."""
+        from gradlab.stats import Sequential, paired
+
+        sequential, n = Sequential(self.batch, self.cap), len(paired(a, b))
+        if n not in sequential.looks():
+            return (math.nan, math.nan, math.nan, math.nan, n, f"not compared: {n} paired seeds, not a look")
+        look = sequential.look(a, b, self.effect)
+        return (look.mean, look.low, look.high, math.nan, n, look.decision)
+
+    def write(self, folder: Path) -> None:
+        import json
+
+        (folder / DESIGN).write_text(json.dumps(self._asdict(), indent=1) + "\n")
+
+    @classmethod
+    def of(cls, paths: list) -> Design | None:
+        """The design written in the folders `paths`, if any (one: folders of different designs
+        cannot be looked at together)."""
+        import json
+
+        found = {(Path(p) / DESIGN).read_text() for p in paths if (Path(p) / DESIGN).is_file()}
+        if len(found) > 1:
+            raise ConfigError(
+                f"--paired: these folders' seeds followed different seed=auto designs ({DESIGN}); "
+                "compare one folder at a time"
+            )
+        return cls(**json.loads(found.pop())) if found else None
 
 
 def _label(value) -> str:
@@ -342,6 +389,10 @@ def paired_text(row, metric: str) -> str:
     unpaired = f"; {row['diverged']} diverged, not paired" if row["diverged"] else ""
     if math.isnan(n):
         return "-"
+    if SEQUENTIAL[0] in row:
+        decided = row[SEQUENTIAL[0]]
+        interval = f"{mean:+.3g} [{low:+.3g}, {high:+.3g}] ({n:.0f} seeds{unpaired})"
+        return decided if math.isnan(mean) else f"{interval}: {decided}"
     if n < 2:
         return f"n/a ({n:.0f} shared seeds{unpaired})"
     worse = mean > 0 if not figures.higher_is_better(metric) else mean < 0
@@ -370,7 +421,15 @@ def caption(comparison: Comparison) -> str:
             " vs best (paired): this row minus the best row of its task, seed by seed over the seeds both "
             "completed, with the 95% paired t interval and p-value; indistinguishable when the "
             "interval holds 0."
-            if PAIRED[0] in comparison.table
+            if PAIRED[0] in comparison.table and SEQUENTIAL[0] not in comparison.table
+            else ""
+        )
+        + (
+            " vs best (paired): this row minus the best row of its task, seed by seed, with the "
+            f"repeated 95% interval of the seed=auto design its seeds followed ({DESIGN}): different "
+            "when it excludes 0, equivalent when it lies within the design's effect, otherwise "
+            "continue (more seeds) or undecided (at the cap)."
+            if SEQUENTIAL[0] in comparison.table
             else ""
         )
     )

@@ -31,7 +31,7 @@ class Difference(NamedTuple):
         )
 
 
-def _pairs(a: pd.Series, b: pd.Series) -> pd.Series:
+def paired(a: pd.Series, b: pd.Series) -> pd.Series:
     """b - a over the seeds both have (by index), non-finite pairs dropped."""
     d = (b - a).dropna()
     return d[np.isfinite(d)]
@@ -41,7 +41,7 @@ def difference(a: pd.Series, b: pd.Series) -> Difference:
     """Paired t interval of mean(b - a) over the seeds in both (by index); non-finite pairs are dropped."""
     from scipy import stats
 
-    d = _pairs(a, b)
+    d = paired(a, b)
     n = len(d)
     if n < 2:
         return Difference(n, float(d.mean()) if n else math.nan, -math.inf, math.inf, math.nan, math.nan)
@@ -96,7 +96,7 @@ def equivalence(a: pd.Series, b: pd.Series, margin: float) -> Equivalence:
     """Paired two one-sided tests (Schuirmann 1987) of mean(b - a) within (-margin, margin), margin > 0."""
     from scipy import stats
 
-    d, alpha = _pairs(a, b), 1 - LEVEL
+    d, alpha = paired(a, b), 1 - LEVEL
     n = len(d)
     if n < 2:
         return Equivalence(n, float(d.mean()) if n else math.nan, -math.inf, math.inf, 1.0, margin)
@@ -230,7 +230,7 @@ class Sequential(NamedTuple):
 
     def look(self, a: pd.Series, b: pd.Series, margin: float | None = None) -> Look:
         """The decision at the seeds both a and b have (a number of seeds this design looks at)."""
-        d = _pairs(a, b)
+        d = paired(a, b)
         if len(d) not in self.looks():
             raise ValueError(f"{len(d)} seeds: this design looks at {self.looks()}")
         mean, low, high, decision = self._decide(d.to_numpy(float), margin)

@@ -31,8 +31,16 @@ def test_seeds_come_in_batches_until_every_setting_is_decided(tmp_path):
     assert [look.decision for look in looks[:-1]] == ["continue"] * (
         len(looks) - 1
     )  # it went on only while undecided
-    said = "every row decided" if looks[-1].decision == "different" else "the cap of 9 seeds reached"
-    assert f"seed=auto: {said}" in out and str(looks[-1]) in out
+    last = looks[-1]
+    said = "every row decided" if last.decision == "different" else "the cap of 9 seeds reached"
+    interval = f"{last.mean:+.3g} [{last.low:+.3g}, {last.high:+.3g}] ({last.n} seeds): {last.decision}"
+    assert f"seed=auto: {said}" in out and interval in out
+
+    shown = run(["compare", str(folder), "--paired", "--format", "md"], tmp_path, code=0).stdout
+    assert interval in shown  # compare reads the design the seeds followed, not a fixed-n t interval
+    assert "repeated 95% interval" in (folder / "comparison.md").read_text()
+    other = run(["compare", str(folder), "--paired", "--metric", "train_loss"], tmp_path, code=2).stderr
+    assert other.startswith("error: --metric train_loss: these seeds followed") and other.count("\n") == 1
 
     again = run(args, tmp_path, code=0).stdout  # the same command: every run is found finished
     assert f"seed=auto: {said}" in again and len(load_runs([folder])) == len(runs)
