@@ -41,6 +41,7 @@ def protocol(scale: str) -> Protocol:
         source=SOURCE,
         shared=(
             "experiment=adaptive_vs_fixed",  # lstm-adding's stress
+            "engine=vectorized",  # an arm's seeds trained together, as in lstm-adding
             f"task.length={size['length']}",
             f"steps={budget}",
             f"stop_at_target=eval_loss:{lstm_adding.TARGET:g}",
