@@ -14,13 +14,23 @@ from gradlab.suggest import PILOT_STEPS, SKIP
 
 app = typer.Typer(
     help="Gradient-clipping ablation studies: runs, sweeps and their records.\n\n"
-    "Overrides use Hydra's grammar: key=value, group=option, comma lists to sweep.",
+    "Overrides use Hydra's grammar: key=value, group=option, comma lists to sweep; "
+    "`gradlab list` shows the groups, their options and the keys.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
 
+
+def _version(shown: bool) -> None:
+    if shown:
+        from gradlab import __version__
+
+        typer.echo(f"gradlab {__version__}")
+        raise typer.Exit()
+
+
 OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
+KEY_VALUE = "[OPTIONS] [KEY=VALUE]..."  # the usage line of the commands that take overrides (`gradlab list`)
 DryRun = Annotated[
     bool,
     typer.Option("--dry-run", help="Print the runs that would be made, and which are done; train nothing."),
@@ -95,6 +105,10 @@ def options(
             "a failed run's is in its folder, traceback.txt, either way.",
         ),
     ] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print gradlab's version and exit."),
+    ] = False,
 ):
     """Options of every command."""
     from gradlab.errors import TRACEBACK
@@ -122,7 +136,7 @@ def _flags(quiet: bool, force: bool, config_dir: list[str] = ()) -> list[str]:
     )
 
 
-@app.command(context_settings=OVERRIDES)
+@app.command(context_settings=OVERRIDES, options_metavar=KEY_VALUE)
 def train(
     ctx: typer.Context,
     dry_run: DryRun = False,
@@ -139,7 +153,7 @@ def train(
         raise typer.Exit(1)
 
 
-@app.command(context_settings=OVERRIDES)
+@app.command(context_settings=OVERRIDES, options_metavar=KEY_VALUE)
 def sweep(
     ctx: typer.Context,
     dry_run: DryRun = False,
@@ -170,7 +184,7 @@ def sweep(
         raise typer.Exit(1)
 
 
-@app.command(context_settings=OVERRIDES)
+@app.command(context_settings=OVERRIDES, options_metavar=KEY_VALUE)
 def suggest(
     ctx: typer.Context,
     pilot_steps: Annotated[

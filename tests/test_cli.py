@@ -45,6 +45,22 @@ def test_help_never_imports_torch(args):
     assert "Usage" in out.stdout
 
 
+def test_version_completion_and_the_override_syntax_in_help(tmp_path):
+    from importlib.metadata import version
+
+    assert run_cli(["--version"], tmp_path, process=True).stdout == f"gradlab {version('gradlab')}\n"
+    script = subprocess.run(  # the installed command, as a shell completes it
+        [Path(sys.executable).parent / "gradlab", "--show-completion", "bash"],
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE,
+    ).stdout
+    assert "complete -o default -F _gradlab_completion gradlab" in script  # what --install-completion writes
+    for command in ("train", "sweep", "suggest"):
+        assert f" {command} [OPTIONS] [KEY=VALUE]..." in run_cli([command, "--help"], tmp_path).stdout
+    assert "gradlab list" in run_cli(["--help"], tmp_path).stdout
+
+
 def test_list_shows_every_group_option():
     result = CliRunner().invoke(app, ["list"])
     assert result.exit_code == 0
