@@ -51,11 +51,15 @@ def label(group: str, cfg: dict) -> str:
 
 def locate(group: str, cfg: dict):
     """The class (or factory) a config names; ConfigError naming what could not be imported."""
-    from hydra._internal.utils import _locate  # hydra.utils.get_object, without its logged traceback
+    import logging
+
+    from hydra.utils import get_object
 
     path = target(group, cfg)
+    said = logging.getLogger("hydra.utils")  # logs a failure as an error: the ConfigError below says it
+    said.disabled, was = True, said.disabled
     try:
-        return _locate(path)
+        return get_object(path)
     except Exception as e:  # ImportError inside the user's module, or a missing attribute
         cause = e.__cause__ or e
         raise ConfigError(
@@ -63,6 +67,8 @@ def locate(group: str, cfg: dict):
             f"{str(cause).splitlines()[0] if str(cause) else ''}); is its package installed "
             "or on PYTHONPATH?"
         ) from None
+    finally:
+        said.disabled = was
 
 
 def knobs(group: str, cfg: dict) -> dict:

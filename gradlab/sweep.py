@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 
 # overrides that change where or how runs are shown, not which runs there are
@@ -28,12 +29,23 @@ GROUPS = ("experiment", "model", "task", "clip", "optim", "launcher")
 
 
 def expand(overrides: list[str]) -> list[list[str]]:
-    """The jobs of a sweep, as Hydra's basic sweeper expands them (comma lists, range(), glob())."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    """The jobs of a sweep, as Hydra's basic sweeper expands them: every combination of the values
+    of its comma lists, range() and glob() (a key given twice: the last wins); an interval() is a
+    search's, and refused."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
 
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    return [job for batch in BasicSweeper.split_arguments(parsed, max_batch_size=None) for job in batch]
+    values = {}
+    for o in OverridesParser.create().parse_overrides(overrides):
+        key = o.get_key_element()
+        if o.is_sweep_override() and not o.is_discrete_sweep():
+            raise HydraException(f"a grid sweep cannot expand {o.input_line} ({o.value_type.name})")
+        values[key] = (
+            [f"{key}={v}" for v in o.sweep_string_iterator()]
+            if o.is_sweep_override()
+            else [f"{key}={o.get_value_element_as_str()}"]
+        )
+    return [list(job) for job in itertools.product(*values.values())]
 
 
 def key_of(override: str) -> str:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hydra.errors import HydraException
 
 from gradlab.config import run_id
 from gradlab.errors import ConfigError
@@ -100,6 +101,19 @@ def test_readme_sweep_expands_to_one_job_per_value(compose):
     confs = [compose(*job) for job in jobs]
     assert [c["clip"]["max_norm"] for c in confs] == [1, 5]
     assert all(c["model"]["name"] == "lstm" and c["clip"]["mode"] == "norm" for c in confs)
+
+
+def test_a_grid_expands_as_hydras_sweep_grammar_says():
+    """Every combination, in the order given; range() and quoted values; a key given twice: the last."""
+    jobs = expand(["clip=none,norm", "seed=range(0,2)", "name='a,b'", "lr=1", "lr=2,3"])
+    assert jobs == [
+        [c, f"seed={s}", "name='a,b'", f"lr={lr}"]
+        for c in ("clip=none", "clip=norm")
+        for s in (0, 1)
+        for lr in (2, 3)
+    ]
+    with pytest.raises(HydraException, match="interval"):
+        expand(["max_norm=interval(0.1,1)"])
 
 
 # run ids as they were before components named their classes (`_target_`); a built-in run keeps its id
