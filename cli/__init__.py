@@ -4,9 +4,20 @@ so `gradlab --help` stays fast."""
 from __future__ import annotations
 
 import os
+import sys
 import traceback
 from contextlib import contextmanager
 from typing import Annotated
+
+try:
+    import fcntl  # noqa: F401  (run records and sweep workers hold POSIX file locks: records.py, parallel.py)
+except ModuleNotFoundError:  # Windows
+    print(
+        "error: gradlab needs POSIX file locks (fcntl), which this platform lacks: "
+        "run it on Linux or macOS (on Windows, inside WSL)",
+        file=sys.stderr,
+    )
+    sys.exit(2)
 
 import typer
 

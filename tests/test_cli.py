@@ -61,6 +61,14 @@ def test_version_completion_and_the_override_syntax_in_help(tmp_path):
     assert "gradlab list" in run_cli(["--help"], tmp_path).stdout
 
 
+def test_a_platform_without_file_locks_is_refused_in_one_line():
+    code = "import sys; sys.modules['fcntl'] = None; import gradlab.cli"  # as on Windows: no fcntl
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=PATIENCE)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.startswith("error: gradlab needs POSIX file locks (fcntl)")
+    assert out.stderr.count("\n") == 1
+
+
 def test_list_shows_every_group_option():
     result = CliRunner().invoke(app, ["list"])
     assert result.exit_code == 0
