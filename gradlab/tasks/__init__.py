@@ -58,7 +58,7 @@ class Task:
 
 def build_task(task_cfg: dict) -> Task:
     """The task a config names by `_target_`, with its knobs. Its class is imported only when
-    chosen: some pull in torchvision or scikit-learn."""
+    chosen: some pull in torchvision."""
     task = components.build("task", task_cfg)
     if not isinstance(getattr(task, "spec", None), TaskSpec):
         raise ConfigError(
