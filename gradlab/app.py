@@ -1,11 +1,11 @@
-"""The Hydra entry point behind `gradlab train` and `gradlab sweep` (launchers and sweepers included)."""
+"""The Hydra entry point behind a sweep's parallel launchers (launcher=local, slurm): one job, one run."""
 
 import hydra
 
 
 @hydra.main(config_path="pkg://gradlab.conf", config_name="config", version_base="1.3")
-def main(cfg) -> float:
-    """One job: the runs of its trial_seeds seeds; their mean objective (what a searching sweeper reads)."""
-    from gradlab.search import trial
+def main(cfg) -> None:
+    """One job of the launcher's multirun: its run, recorded in its folder."""
+    from gradlab.train import train
 
-    return trial(cfg)
+    train(cfg)

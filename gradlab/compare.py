@@ -170,7 +170,7 @@ def compare(
 ) -> Comparison:
     """Group runs, aggregate over seeds, sort by metric and mark the best group.
 
-    Means and spreads are over completed runs; diverged and failed runs are counted. Runs of
+    Means and spreads are over completed runs; diverged, pruned and failed runs are counted. Runs of
     different tasks (losses of different kinds) are never ranked against each other: the task
     leads the grouping, and each task has its own best row. `relative`: each row's norm
     threshold over its runs' median pre-clip norm. `paired`: each row against its task's best
@@ -214,6 +214,7 @@ def compare(
             runs=len(group),
             completed=len(done),
             diverged=int((group["status"] == "diverged").sum()),
+            pruned=int((group["status"] == "pruned").sum()),  # a search's pruner stopped them
             failed=int((group["status"] == "failed").sum()),
         )
         for m in [m for m in figures.metrics() if m in runs.columns]:
@@ -356,7 +357,8 @@ def readable(comparison: Comparison, intervals: bool = True) -> pd.DataFrame:
     shown = [metric] + [
         m for m in SHOWN if m != metric and f"{m}_mean" in table and table[f"{m}_mean"].notna().any()
     ]
-    out = table[["best", *by, "runs", "completed", "diverged", "failed"]].copy()
+    counts = ["completed", "diverged", *(["pruned"] if table["pruned"].any() else []), "failed"]
+    out = table[["best", *by, "runs", *counts]].copy()
     for m in shown:
         ci = table[f"{m}_ci95"] if intervals else [math.nan] * len(table)
         out[m] = [_fmt(a, b, c) for a, b, c in zip(table[f"{m}_mean"], table[f"{m}_std"], ci)]
@@ -409,8 +411,9 @@ def caption(comparison: Comparison) -> str:
     )
     return (
         f"Sorted by {comparison.metric}; {ranked}. Figures: mean ± std over completed runs "
-        "[± half-width of the 95% t-interval when n >= 3]; diverged and failed runs are counted, "
-        "not averaged."
+        "[± half-width of the 95% t-interval when n >= 3]; diverged"
+        + (", pruned" if comparison.table["pruned"].any() else "")
+        + " and failed runs are counted, not averaged."
         + (
             " max_norm/median_norm: the threshold over the median of its runs' median pre-clip "
             "gradient norms."

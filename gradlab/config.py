@@ -29,8 +29,7 @@ NOT_IDENTITY = (
     "engine",
     "group_size",
     "compile",
-    "objective",
-    "trial_seeds",
+    "search",
     "checkpoint_every",
 )
 ENGINES = ("auto", "sequential", "vectorized")
@@ -88,8 +87,9 @@ def check_knobs(conf: dict) -> None:
     if conf["workers"] != "auto":
         _positive_int(conf, "workers")
     _positive_int(conf, "group_size")
-    _positive_int(conf, "trial_seeds")
-    check_objective(conf["objective"])
+    from gradlab.search import check_settings
+
+    check_settings(conf["search"])
     if conf["compile"] not in COMPILE:
         raise bad("compile", conf["compile"], "choose from false, true, cudagraphs")
     if conf["engine"] not in ENGINES:
@@ -100,17 +100,6 @@ def check_knobs(conf: dict) -> None:
             "stop_at_target", conf["stop_at_target"], "needs evaluations during the run: set eval_every > 0"
         )
     stop_rule(conf["stop_at_target"])
-
-
-def check_objective(name) -> None:
-    from gradlab import figures
-
-    if figures.figure_name(str(name)) not in figures.metrics():
-        raise bad(
-            "objective",
-            name,
-            f"choose a summary figure: {', '.join(figures.metrics())} (eval_loss = eval_loss_final)",
-        )
 
 
 def stop_rule(text) -> tuple | None:

@@ -193,17 +193,23 @@ def plan(overrides: list[str], multirun: bool) -> Plan:
 
     composed = compose_all(jobs)
     confs = [plain(cfg) for cfg in composed]
-    searching = composed[0].hydra.runtime.choices.get("hydra/sweeper") == "optuna"
     shapes = {}  # each distinct model, built once on the meta device
     for conf in confs:
         check(conf, shapes)
         check_writable(conf)
-        if conf["trial_seeds"] != 1 and not searching:
+        search = conf["search"]
+        if search["trials"] and not multirun:
             raise bad(
-                "trial_seeds",
-                conf["trial_seeds"],
-                "sets the seeds of a search's trials (gradlab sweep "
-                "hydra/sweeper=optuna); a grid sweeps seed=0,1,2, and one run has one seed",
+                "search.trials",
+                search["trials"],
+                "a search is made by `gradlab sweep`; `gradlab train` runs one run",
+            )
+        if search["trial_seeds"] != 1 and not search["trials"]:
+            raise bad(
+                "search.trial_seeds",
+                search["trial_seeds"],
+                "sets the seeds of a search's trials (gradlab sweep ... search.trials=N); a grid sweeps "
+                "seed=0,1,2, and one run has one seed",
             )
     return Plan(overrides, confs, composed[0].hydra.runtime.choices["hydra/launcher"])
 
@@ -286,13 +292,21 @@ class Swept(NamedTuple):
 
 def search_plan(overrides: list[str]) -> Plan:
     """A search's plan: every job it can ask for checked as a grid of its intervals' ends (so bad
-    input fails here, not in a trial), with the overrides that the sweeper is handed."""
-    from gradlab import figures, search
+    input fails here, not in a trial), with the overrides its trials are made from."""
+    from gradlab import search
 
     _check_syntax(overrides)  # before the intervals are read
-    p = plan(search.representatives(search.named(overrides)), multirun=True)
-    higher = figures.higher_is_better(figures.figure_name(p.confs[0]["objective"]))
-    return p._replace(overrides=search.prepared(overrides, higher))
+    overrides = search.named(overrides)
+    search.check_space(overrides)
+    p = plan(search.representatives(overrides), multirun=True)
+    if p.launcher != "basic":
+        chosen = [o.split("=", 1)[1] for o in overrides if key_of(o) == "launcher"]
+        raise bad(
+            "launcher",
+            chosen[-1] if chosen else p.launcher,
+            "a search trains its trials in this process, one after another; leave launcher out",
+        )
+    return p._replace(overrides=overrides)
 
 
 @contextmanager
@@ -314,6 +328,7 @@ def sweep(overrides: list[str], dry_run: bool = False) -> Swept:
     """Run (or, dry, list) the sweep: the folders of its runs, and how they ended."""
     from gradlab import parallel, search
     from gradlab.config import run_id, sweep_dir
+    from gradlab.progress import progress_mode
     from gradlab.session import earlier_result
 
     searching = search.searching(overrides)
@@ -333,15 +348,15 @@ def sweep(overrides: list[str], dry_run: bool = False) -> Swept:
         return Swept(runs, {})
     try:
         with nothing_left_on_bad_input(folder):
-            if p.launcher == "basic" and not searching:
+            if searching:
+                search.run(p, talk=progress_mode(p.confs[0]["progress"]) != "none")
+            elif p.launcher == "basic":
                 from gradlab.vectorized import run_groups
 
                 run_groups(p.confs)
             else:
                 from gradlab.app import main
 
-                if searching:
-                    search.quiet_sampler()
                 sys.argv = ["gradlab", "--multirun", *p.overrides, *settings]
                 with parallel.environment(
                     HYDRA_FULL_ERROR="1",  # a launcher's failure is raised here, not printed as a traceback
@@ -382,7 +397,7 @@ def _report(p: Plan, done_before: set, searching: bool = False) -> dict:
     folder = sweep_dir(p.confs[0])
     ran = search.trial_runs(folder) if searching else [sweep_dir(conf) / run_id(conf) for conf in p.confs]
     counts = dict.fromkeys(
-        ("completed", "diverged", "failed", "interrupted", "skipped", "elsewhere", "unfinished"), 0
+        ("completed", "diverged", "pruned", "failed", "interrupted", "skipped", "elsewhere", "unfinished"), 0
     )
     seen = set()
     for run in ran:

@@ -17,6 +17,8 @@ import math
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 
@@ -147,6 +149,21 @@ class Single:
             torch.cuda.set_rng_state(state["cuda_rng"], run.device)
 
 
+# A search's trial judges the runs it trains (gradlab.search.Judge): at each evaluation, given the
+# step and the live members' history rows, it says whether to stop them all (status pruned).
+JUDGE: ContextVar[Callable | None] = ContextVar("judge", default=None)
+
+
+@contextmanager
+def judged(judge: Callable):
+    """The loops made in the block are judged by `judge`."""
+    token = JUDGE.set(judge)
+    try:
+        yield
+    finally:
+        JUDGE.reset(token)
+
+
 class Loop:
     """The steps of a group of members under one engine; `step` returns the members that ended
     with it, and their results."""
@@ -155,6 +172,7 @@ class Loop:
         self.members, self.engine = members, engine
         self.conf = conf = members[0].conf
         self.steps, self.target = conf["steps"], stop_rule(conf["stop_at_target"])
+        self.judge = JUDGE.get()
         per_layer = [hasattr(m.run.clip, "last_fired") for m in members]
         self.any_per_layer = any(per_layer)
         self.per_layer = torch.tensor(per_layer, device=engine.device)
@@ -182,7 +200,7 @@ class Loop:
         if (
             step % conf["log_every"] == 0
             or step == self.steps
-            or (at_eval and self.target is not None)
+            or (at_eval and (self.target is not None or self.judge is not None))
             or checkpoint.due(conf, step)
         ):
             return self._flush(step, at_eval)
@@ -243,6 +261,16 @@ class Loop:
             else:
                 self.engine.write_back(i)
                 ended.append((m, result))
+        if (
+            at_eval
+            and kept
+            and self.judge
+            and self.judge(step, [self.members[i].log.history[-1] for i in kept])
+        ):
+            for i in kept:
+                self.engine.write_back(i)
+                ended.append((self.members[i], {"status": "pruned", "pruned_step": step}))
+            kept = []
         if ended and kept:
             self.engine.keep(kept)
             keep = torch.tensor(kept, device=self.fired.device)

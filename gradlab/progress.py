@@ -77,6 +77,8 @@ class RunProgress:
 def describe(summary: dict) -> str:
     """One phrase for a finished run: `completed, loss 0.012`, `diverged at step 40`, `failed: ...`."""
     status = summary["status"]
+    if status == "pruned":
+        return f"pruned at step {summary['pruned_step']}"
     if status == "diverged":
         return f"diverged at step {summary['diverged_step']}"
     if status == "failed":
@@ -101,7 +103,9 @@ class SweepProgress:
 
     def __init__(self, total: int, mode: str):
         self.total, self.quiet = total, progress_mode(mode) == "none" or total == 1  # one run says it itself
-        self.counts = {"completed": 0, "diverged": 0, "failed": 0, "interrupted": 0, "skipped": 0}
+        self.counts = dict.fromkeys(
+            ("completed", "diverged", "pruned", "failed", "interrupted", "skipped"), 0
+        )
 
     def ended(self, summaries: list) -> None:
         for summary in summaries:

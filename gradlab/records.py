@@ -41,8 +41,10 @@ from pathlib import Path
 import yaml
 
 SUMMARY = "summary.json"
-STATUSES = ("completed", "diverged", "failed", "interrupted")
-FINISHED = ("completed", "diverged")  # re-running these would give the same numbers
+STATUSES = ("completed", "diverged", "failed", "interrupted", "pruned")
+# re-running these would give the same numbers (a pruned run: a search's pruner stopped it, the
+# search's trial that asks for it again is pruned again)
+FINISHED = ("completed", "diverged", "pruned")
 TEXT = (
     "status",
     "run_id",

@@ -22,8 +22,7 @@ PRESENTATION = (
     "engine",
     "group_size",
     "compile",
-    "objective",
-    "trial_seeds",
+    "search",  # a search's settings: the same space, continued with more trials, is the same search
 )
 GROUPS = ("experiment", "model", "task", "clip", "optim", "launcher")
 
@@ -39,7 +38,7 @@ def expand(overrides: list[str]) -> list[list[str]]:
     for o in OverridesParser.create().parse_overrides(overrides):
         key = o.get_key_element()
         if o.is_sweep_override() and not o.is_discrete_sweep():
-            raise HydraException(f"a grid sweep cannot expand {o.input_line} ({o.value_type.name})")
+            raise HydraException(f"{o.input_line}: an interval is searched, not swept: add search.trials=N")
         values[key] = (
             [f"{key}={v}" for v in o.sweep_string_iterator()]
             if o.is_sweep_override()

@@ -428,4 +428,6 @@ def run_groups(confs: list[dict]) -> list[dict]:
             group = [{**conf, "progress": "lines"} for conf in group]
         summaries += [train(group[0])] if len(group) == 1 else train_group(group)
         progress.ended(summaries[-len(group) :])
+        if any(s["status"] == "pruned" for s in summaries[-len(group) :]):
+            break  # a search's pruner stopped its trial: the trial's other runs are not trained
     return summaries

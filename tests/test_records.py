@@ -437,12 +437,16 @@ DATASET = ["model=mlp", "task=dataset", "task.classes=2"]
         ),
         (["--config-dir", "mine", "model=broken"], "a config file is not valid YAML: "),
         (
-            ["hydra/sweeper=optuna", "lr=interval(0.1,0.01)"],
+            ["search.trials=3", "lr=interval(0.1,0.01)"],
             "lr=interval(0.1,0.01): an interval(low, high) needs low <= high",
         ),
         (
-            ["hydra/sweeper=optuna", "lr=interval(0.01,0.1)", "hydra.sweeper.n_trials=0"],
-            "hydra.sweeper.n_trials=0: must be an integer >= 1",
+            ["search.trials=-1", "lr=interval(0.01,0.1)"],
+            "search.trials=-1: must be an integer >= 0",
+        ),
+        (
+            ["lr=interval(0.01,0.1)"],
+            "lr=interval(0.01,0.1): an interval is searched, not swept: add search.trials=N",
         ),
     ],
 )

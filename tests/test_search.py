@@ -1,18 +1,22 @@
 """Which threshold: `gradlab suggest` (a pilot's norm distribution and the grid that spans it) and
-`gradlab sweep ... hydra/sweeper=optuna` (a search whose trials are ordinary runs), through the CLI."""
+`gradlab sweep ... search.trials=N` (an Optuna search whose trials are ordinary runs), through the CLI."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shlex
+import signal
 from pathlib import Path
 from types import SimpleNamespace
 
+import optuna
 import pandas as pd
 import pytest
 import yaml
-from test_records import run
+from patience import PATIENCE, wait_for
+from test_records import one_line, run, start, started
 
 from gradlab.search import TrialFailed, objective_value
 from gradlab.suggest import grid
@@ -76,15 +80,14 @@ def test_a_search_goes_on_past_a_failed_trial(tmp_path):
         "task=adding",
         "steps=2",
         "wandb=off",
-        "hydra/sweeper=optuna",
         "batch_size=choice(2,4000000000)",
-        "hydra.sweeper.n_trials=3",
+        "search.trials=3",
         check=False,
     )
     assert out.returncode == 1, out.stderr  # a failed run: the sweep's exit code says so
     (folder,) = (tmp_path / "results").iterdir()
     assert "search finished: 2 runs (1 completed, 1 failed)" in out.stdout
-    assert "trial failed: lstm-adding-norm1-s0: no eval_loss_final" in out.stdout
+    assert "trial 0 failed: lstm-adding-norm1-s0: no eval_loss_final" in out.stdout
     assert yaml.safe_load((folder / "optimization_results.yaml").read_text())["best_params"] == {
         "batch_size": 2
     }
@@ -126,10 +129,9 @@ def test_suggest_prints_a_grid_whose_sweep_runs(tmp_path):
 SEARCH = [
     "model=mlp",
     "clip=norm",
-    "hydra/sweeper=optuna",
     "max_norm=tag(log, interval(0.05, 5))",
-    "hydra.sweeper.n_trials=3",
-    "trial_seeds=2",
+    "search.trials=3",
+    "search.trial_seeds=2",
     "steps=20",
     *FAST,
 ]
@@ -163,23 +165,105 @@ def test_search_trials_are_runs_that_compare_reads_and_resume_skips(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["hydra/sweeper=nevergrad"], "hydra/sweeper=nevergrad: choose from basic, optuna"),
-        (["seed=0,1"], "seed=0,1: a search's trials each train trial_seeds seeds"),
-        (["objective=eval_los"], "objective=eval_los: choose a summary figure"),
-        (["trial_seeds=0"], "trial_seeds=0: must be an integer >= 1"),
+        (["hydra/sweeper=optuna"], "hydra/sweeper=optuna: gradlab searches with Optuna itself"),
+        (["seed=0,1"], "seed=0,1: a search's trials each train search.trial_seeds seeds"),
+        (["search.objective=eval_los"], "search.objective=eval_los: choose a summary figure"),
+        (["search.trial_seeds=0"], "search.trial_seeds=0: must be an integer >= 1"),
+        (["search.sampler=nsga"], "search.sampler=nsga: choose from tpe, random, gp, cmaes, qmc"),
+        (["search.storage=mysql://x"], "search.storage=mysql://x: write sqlite:///PATH.db or PATH.log"),
         (["max_norm=interval(0.05,"], "max_norm=interval(0.05,: not an override gradlab can read"),
+        (["launcher=local"], "launcher=local: a search trains its trials in this process"),
+        (["max_norm=1"], "search.trials=3: a search needs values to search"),
     ],
 )
 def test_bad_search_input_is_one_line_and_writes_nothing(tmp_path, args, message):
-    base = [a for a in SEARCH if not a.startswith("hydra/sweeper")] if "nevergrad" in args[0] else SEARCH
-    out = gradlab(tmp_path, "sweep", *base, *args, check=False)
+    out = gradlab(tmp_path, "sweep", *SEARCH, *args, check=False)
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [f"error: {out.stderr.strip()[7:]}"]
     assert message in out.stderr
     assert not (tmp_path / "results").exists()
 
 
+def test_train_refuses_a_search(tmp_path):
+    out = gradlab(tmp_path, "train", "model=mlp", "search.trials=3", check=False)
+    assert out.returncode == 2 and "search.trials=3: a search is made by `gradlab sweep`" in out.stderr
+    assert not (tmp_path / "results").exists()
+
+
 @pytest.mark.parametrize("command", [["sweep", "max_norm=1,5"], ["train"]])
 def test_trial_seeds_belong_to_searches(tmp_path, command):
-    out = gradlab(tmp_path, *command, "model=mlp", "trial_seeds=3", check=False)
-    assert out.returncode == 2 and "trial_seeds=3: sets the seeds of a search's trials" in out.stderr
+    out = gradlab(tmp_path, *command, "model=mlp", "search.trial_seeds=3", check=False)
+    assert out.returncode == 2 and "search.trial_seeds=3: sets the seeds of a search's trials" in out.stderr
     assert not (tmp_path / "results").exists()
+
+
+def trials(storage: str) -> list:
+    (summary,) = optuna.get_all_study_summaries(storage)
+    return optuna.load_study(study_name=summary.study_name, storage=storage).trials
+
+
+def test_a_search_stopped_by_ctrl_c_goes_on_where_it_stopped(tmp_path):
+    """Ctrl-C while the second trial trains; the same command again ends with all three trials,
+    none trained twice: the trial cut short is asked again with its values, the finished run kept."""
+    storage = f"sqlite:///{tmp_path}/search.db"
+    args = [
+        "sweep",
+        "model=mlp",
+        "clip=norm",
+        "max_norm=tag(log, interval(0.05, 5))",
+        "search.trials=3",
+        "search.pruner=none",
+        f"search.storage={storage}",
+        "steps=3000",
+        "layer_norms_every=0",
+        "wandb=off",
+        "name=cut",
+        "progress=none",
+    ]
+    folder = tmp_path / "results" / "cut"
+    proc = start(args, tmp_path)
+    wait_for(lambda: len(list(folder.glob("*/summary.json"))) == 1 and started(folder, 2)())
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=PATIENCE)
+    assert proc.returncode == 130 and one_line(err).startswith("interrupted: ")
+    (first,) = [
+        p for p in folder.glob("*/summary.json") if json.loads(p.read_text())["status"] == "completed"
+    ]
+    kept = first.read_bytes()
+    states = [t.state for t in trials(storage)]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING]
+
+    again = gradlab(tmp_path, *args[:-1])
+    assert "trial(s) 1 were cut short: asked again" in again.stdout
+    found = trials(storage)
+    done = [t for t in found if t.state == optuna.trial.TrialState.COMPLETE]
+    (cut,) = [t for t in found if t.state == optuna.trial.TrialState.FAIL]
+    assert len(done) == 3 and len({t.params["max_norm"] for t in done}) == 3
+    assert [t.params for t in done if t.user_attrs.get("retry_of") == cut.number] == [cut.params]
+    summaries = [json.loads(p.read_text()) for p in folder.glob("*/summary.json")]
+    assert len(summaries) == 3 and {s["status"] for s in summaries} == {"completed"}
+    assert first.read_bytes() == kept  # the finished run was not trained again
+
+
+def test_a_trial_whose_evaluations_trail_is_pruned_and_recorded_so(tmp_path):
+    """The median pruner after one trial: a trial whose eval loss at step 10 is above the median of
+    the trials before it at step 10 stops there; its run is recorded as pruned, never scored, and
+    gradlab compare counts it apart (the best trial is a completed one)."""
+    args = ["model=mlp", "lr=tag(log, interval(0.000001, 0.1))", "search.trials=4", "search.pruner_startup=1"]
+    gradlab(tmp_path, "sweep", *args, "steps=30", "eval_every=10", *FAST, "name=p")
+    folder = tmp_path / "results" / "p"
+    found = trials(f"sqlite:///{folder / 'search.db'}")
+    pruned = [t for t in found if t.state == optuna.trial.TrialState.PRUNED]
+    assert pruned and all(list(t.intermediate_values) == [10] for t in pruned)
+    for t in pruned:  # above the median of the trials that had reached step 10 before it
+        before = [u.intermediate_values[10] for u in found[: t.number] if 10 in u.intermediate_values]
+        assert t.intermediate_values[10] > sorted(before)[(len(before) - 1) // 2]
+    records = [json.loads(p.read_text()) for p in folder.glob("*/summary.json")]
+    stopped = [r for r in records if r["status"] == "pruned"]
+    assert len(stopped) == len(pruned) and all(
+        r["pruned_step"] == 10 and r["steps_done"] == 10 for r in stopped
+    )
+    best = yaml.safe_load((folder / "optimization_results.yaml").read_text())
+    assert best["best_value"] == min(t.value for t in found if t.state == optuna.trial.TrialState.COMPLETE)
+    gradlab(tmp_path, "compare", folder, "--format", "csv")
+    table = pd.read_csv(folder / "comparison.csv")
+    assert table["pruned"].sum() == len(pruned) and table["completed"].sum() == len(found) - len(pruned)
