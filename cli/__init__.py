@@ -384,15 +384,17 @@ def _report(runs, comparison, cells, out) -> None:
     from gradlab.config import plain
     from gradlab.launch import compose_all
     from gradlab.plots import plot as draw
+    from gradlab.progress import offline_hint
     from gradlab.tracking import log_report
 
     settings = plain(compose_all([[]])[0])["logger"]["wandb"]
     group = runs["sweep"].iloc[0] if runs["sweep"].nunique() == 1 else "compare"
     images = {p.stem: p for p in draw(comparison, runs, out)}
-    where = log_report(group, {"comparison": cells}, images, settings, out)
+    report = out / "report"  # beside the runs' folders: the sweep's `wandb sync` glob takes it too
+    report.mkdir(exist_ok=True)
+    where = log_report(group, {"comparison": cells}, images, settings, report)
     typer.echo(
-        f"logged the comparison to W&B (group {group})"
-        + (f"; offline files in {where}/wandb" if where else "")
+        f"logged the comparison to W&B (group {group})" + (f"; {offline_hint(where)}" if where else "")
     )
 
 

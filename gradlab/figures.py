@@ -26,6 +26,9 @@ class Figure(NamedTuple):
     on: str  # device: the step computes it | host: derived on the host, or by the loop
     wandb: dict = {}  # W&B key of each log interval's point -> how the interval summarises it (INTERVAL)
     summary: dict = {}  # summary figure -> (how the run's history reduces to it (REDUCE), lower | higher)
+    optional: bool = (
+        False  # a task may not have it (eval_acc of a regression): nan is its absence, not logged
+    )
 
 
 FIGURES = (
@@ -70,6 +73,7 @@ FIGURES = (
         "host",
         {"eval/acc": "latest"},
         {"eval_acc_final": ("final", "higher"), "eval_acc_best": ("max", "higher")},
+        optional=True,
     ),
     Figure("time_s", "host", {}, {"steps_per_s": ("rate", "higher")}),
     Figure("steps_per_s", "host", {"perf/steps_per_s": "last"}),
@@ -131,6 +135,8 @@ def interval_point(rows: list) -> dict:
     point = {"step": rows[-1]["step"]}
     for f in FIGURES:
         values = [r[f.column] for r in rows if f.column in r]
+        if f.optional:
+            values = [v for v in values if not math.isnan(v)]
         if values:
             point.update({key: INTERVAL[how](values) for key, how in f.wandb.items()})
     return point

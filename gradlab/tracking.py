@@ -1,23 +1,33 @@
 """Weights & Biases logging: one W&B run per gradlab run, comparable in the dashboard.
 
-- group = the sweep, job_type = the model, name = the run's readable name, tags = model,
-  task and clip mode, config = the resolved configuration flattened to dotted keys
-  (`clip.mode`, `max_norm`, `model.hidden_size`, ...), the same keys as config.yaml.
+- id = derived from the run's folder (its sweep and run id), so a re-run, continued or
+  `--force`d, logs to the same W&B run instead of adding one; group = the sweep, job_type =
+  the model, name = the run's readable name, tags = model, task and clip mode, config = what
+  determines the run's numbers, flattened to dotted keys (`clip.mode`, `clip.max_norm`,
+  `model.hidden_size`, ...): its own clip mode's knobs only, each value under one key.
 - One point per log interval on the `step` axis (the optimizer step): interval means of
   loss and pre-/post-clip gradient norms, the interval's largest norm, clip coefficient
   and fraction, lr, scaler skips, throughput; eval metrics, per-layer norms
-  (`layers/...`) and a histogram of recent gradient norms when they are due.
-- The summary is the run record's summary: status, final and best figures.
+  (`layers/...`) and a histogram of recent gradient norms when they are due. A figure the
+  task does not have (eval/acc of a regression) is not logged.
+- The summary is the run record's summary alone (status, final and best figures): the
+  series are declared with `define_metric(summary="none")`, so W&B adds no "last value"
+  of its own beside them.
 - The W&B files live in the run's own folder (`<run>/wandb/`), so `wandb sync` of a
   sweep's folders uploads every run.
 
-Modes: `auto` is online with credentials and offline without; an online run whose
-server cannot be reached at start falls back to offline. Logging never fails a run,
-except a local write error (disk full), which is the run's own failure.
+W&B's environment variables count where gradlab's keys are left at their defaults:
+WANDB_MODE (and WANDB_DISABLED) under `wandb=auto`, WANDB_PROJECT and WANDB_ENTITY under a
+null `logger.wandb.project`/`entity`, WANDB_RUN_GROUP and WANDB_JOB_TYPE instead of the sweep
+and the model, WANDB_TAGS beside gradlab's tags. Modes: `auto` is online with credentials and
+offline without; an online run whose server cannot be reached at start falls back to
+offline. Logging never fails a run, except a local write error (disk full), which is the
+run's own failure.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import netrc
 import os
@@ -25,11 +35,15 @@ import sys
 from urllib.parse import urlsplit
 
 from gradlab import figures
-from gradlab.config import NOT_IDENTITY, clip_label, display_name
+from gradlab.config import NOT_IDENTITY, SWITCHED, clip_label, display_name
 from gradlab.errors import ConfigError, bad, positive
 
 MODES = ("auto", "online", "offline", "disabled")
-ALIASES = {"off": "disabled", False: "disabled", "false": "disabled"}
+ALIASES = {"off": "disabled", False: "disabled", "false": "disabled", "dryrun": "offline"}
+PROJECT = "gradlab"  # the project when neither logger.wandb.project nor WANDB_PROJECT names one
+# keys whose values are defaults of top-level keys (conf/config.yaml: steps, batch_size, lr): the
+# run's config shows the value it ran with, once
+DEFAULT_SOURCES = ("task.steps", "task.batch_size", "model.lr")
 
 
 def has_credentials() -> bool:
@@ -44,10 +58,17 @@ def has_credentials() -> bool:
 
 
 def wandb_mode(requested) -> str:
-    """online | offline | disabled, from the configured mode; ConfigError where impossible."""
+    """online | offline | disabled, from the configured mode (`auto`: WANDB_MODE, or WANDB_DISABLED,
+    when set); ConfigError where impossible."""
     mode = ALIASES.get(requested, requested)
     if mode not in MODES:
         raise bad("logger.wandb.mode", requested, f"choose from {', '.join(MODES)} (or wandb=off)")
+    if mode == "auto" and os.environ.get("WANDB_DISABLED", "").lower() in ("true", "1", "yes"):
+        return "disabled"
+    if mode == "auto" and os.environ.get("WANDB_MODE"):
+        mode = ALIASES.get(os.environ["WANDB_MODE"], os.environ["WANDB_MODE"])
+        if mode not in MODES[1:]:
+            raise bad("WANDB_MODE", os.environ["WANDB_MODE"], "choose from online, offline, disabled")
     if mode == "auto":
         return "online" if has_credentials() else "offline"
     if mode == "online" and not has_credentials():
@@ -60,8 +81,10 @@ def wandb_mode(requested) -> str:
 
 def check_settings(settings: dict) -> str:
     """The logger.wandb settings checked (ConfigError naming the key); the mode they resolve to."""
-    if not isinstance(settings["project"], str) or not settings["project"]:
-        raise bad("logger.wandb.project", settings["project"], "must be a project name")
+    if settings["project"] is not None and (
+        not isinstance(settings["project"], str) or not settings["project"]
+    ):
+        raise bad("logger.wandb.project", settings["project"], "must be a project name, or null")
     if settings["entity"] is not None and not isinstance(settings["entity"], str):
         raise bad("logger.wandb.entity", settings["entity"], "must be a user or team name, or null")
     every = settings["histogram_every"]
@@ -83,9 +106,35 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def run_config(conf: dict) -> dict:
-    """The W&B config of a run: what determines its numbers, flattened, plus its sweep."""
-    kept = {k: v for k, v in conf.items() if k not in NOT_IDENTITY}
-    return {**flatten(kept), "name": conf["name"]}
+    """The W&B config of a run: what determines its numbers, flattened, each value once (the clip
+    mode's knobs under clip.*, none of the other modes'; no knob of an option that is off), plus
+    its sweep."""
+    from gradlab.clip import short_names
+
+    off = {knob for switch, knobs in SWITCHED.items() if not conf[switch] for knob in knobs}
+    dropped = {*NOT_IDENTITY, *short_names(), *off}
+    flat = flatten({k: v for k, v in conf.items() if k not in dropped})
+    return {**{k: v for k, v in flat.items() if k not in DEFAULT_SOURCES}, "name": conf["name"]}
+
+
+def wandb_id(sweep: str, run: str) -> str:
+    """The W&B run id of a gradlab run: its id (or a digest of a long one) and its sweep's digest,
+    the same every time the run is made, unique in a project across sweeps."""
+    digest = hashlib.sha1(sweep.encode()).hexdigest()[:8]
+    run = run if len(run) <= 64 else f"{run[:48]}-{hashlib.sha1(run.encode()).hexdigest()[:8]}"
+    return f"{run}-{digest}"
+
+
+def _names(settings: dict, group: str, job_type: str, tags: list) -> dict:
+    """Project, entity, group, job_type and tags, W&B's environment variables counted (module doc)."""
+    env = os.environ.get
+    return dict(
+        project=settings["project"] or env("WANDB_PROJECT") or PROJECT,
+        entity=settings["entity"] or env("WANDB_ENTITY"),
+        group=env("WANDB_RUN_GROUP") or group,
+        job_type=env("WANDB_JOB_TYPE") or job_type,
+        tags=[*tags, *(t.strip() for t in env("WANDB_TAGS", "").split(",") if t.strip())],
+    )
 
 
 def _init(settings: dict, mode: str, **run):
@@ -95,10 +144,9 @@ def _init(settings: dict, mode: str, **run):
     import wandb
 
     return wandb.init(
-        project=settings["project"],
-        entity=settings["entity"],
         mode=mode,
         reinit="create_new",
+        resume="allow",  # the run's id is derived from its folder: a re-run logs to the same W&B run
         settings=wandb.Settings(
             silent=True,
             console="off",
@@ -120,6 +168,7 @@ class Tracker:
         self.mode = wandb_mode(self.settings["mode"]) if enabled else "disabled"
         self.conf, self.run_dir, self.run = conf, run_dir, None
         self.recent_norms: list = []  # pre-clip norms since the last histogram
+        self.declared: set = set()  # keys with a dot, declared (define_metric) on their first point
         self.next_histogram = self.settings["histogram_every"]
         self.warned = False
 
@@ -128,23 +177,26 @@ class Tracker:
             return
         import wandb
 
+        from gradlab.config import run_id
+
         conf = self.conf
+        tags = [conf["model"]["name"], conf["task"]["name"], conf["clip"]["mode"]]
         run = dict(
+            **_names(self.settings, conf["name"], conf["model"]["name"], tags),
+            id=wandb_id(conf["name"], run_id(conf)),
             dir=self.run_dir,
-            group=conf["name"],
-            job_type=conf["model"]["name"],
             name=display_name(conf),
-            tags=[conf["model"]["name"], conf["task"]["name"], conf["clip"]["mode"]],
             config=run_config(conf),
         )
         try:
             self.run = _init(self.settings, self.mode, **run)
         except wandb.errors.CommError as e:  # server unreachable: keep everything locally
             self._warn(f"W&B server unreachable ({str(e).splitlines()[0]}); logging offline")
+            wandb.teardown()  # the failed online attempt still holds the run's id in wandb's service
             self.mode = "offline"
             self.run = _init(self.settings, self.mode, **run)
-        self.run.define_metric("step")
-        self.run.define_metric("*", step_metric="step")
+        self.run.define_metric("step", summary="none")
+        self.run.define_metric("*", step_metric="step", summary="none")  # the summary: the record's
 
     def log(self, rows: list, layer_rows: list) -> None:
         """One log call for the rows of one interval (history dicts) and its per-layer norms."""
@@ -162,6 +214,11 @@ class Tracker:
             point["grad/norm_histogram"] = wandb.Histogram(self.recent_norms)
             self.recent_norms = []
             self.next_histogram += self.settings["histogram_every"]
+        for key in [k for k in point if "." in k and k not in self.declared]:
+            # W&B reads a dot as nesting, which the "*" glob does not reach: a layer's key
+            # (layers/rnn.weight_hh_l0) is declared on its own, the dot escaped
+            self._guard(self.run.define_metric, key.replace(".", "\\."), step_metric="step", summary="none")
+            self.declared.add(key)
         self._guard(self.run.log, point)
 
     def finish(self, summary: dict) -> None:
@@ -197,7 +254,8 @@ def log_report(group: str, tables: dict, images: dict, settings: dict, out_dir) 
         return None
     import wandb
 
-    run = _init(settings, mode, dir=out_dir, group=group, job_type="report", name=f"{group}-report")
+    names = _names(settings, group, "report", [])
+    run = _init(settings, mode, **names, id=wandb_id(group, "report"), dir=out_dir, name=f"{group}-report")
     run.log(
         {
             **{name: wandb.Table(dataframe=df) for name, df in tables.items()},

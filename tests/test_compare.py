@@ -23,6 +23,7 @@ from gradlab import compare as cmp
 from gradlab.config import display_name, plain, run_id
 from gradlab.figures import figure_name
 from gradlab.launch import compose_all
+from gradlab.tracking import wandb_id
 
 EVAL_EVERY = 10  # steps between the eval points of a hand-made history
 CURVES, THRESHOLD, SUCCESS = (
@@ -476,9 +477,11 @@ def test_wandb_report_run_in_the_sweeps_group(hand):
     result = invoke("compare", hand, "--wandb")
     assert result.exit_code == 0, result.output
     assert "logged the comparison to W&B (group hand)" in result.output
-    (log,) = wandb_files(hand)
+    assert f"wandb sync {hand / 'report'}/wandb/offline-run-*" in result.output
+    (log,) = wandb_files(hand / "report")  # inside the sweep's sync glob: <sweep>/*/wandb/offline-run-*
     wb = read_run(log)
     assert wb["run"].job_type == "report" and wb["run"].run_group == "hand"
+    assert wb["run"].run_id == wandb_id("hand", "report")  # compared again: the same W&B run
     (point,) = wb["history"]
     assert point["comparison"]["_type"] == "table-file" and point["comparison"]["nrows"] == 4
     assert point["curves"]["_type"] == point["threshold"]["_type"] == "image-file"

@@ -15,7 +15,8 @@ from test_records import process
 from typer.testing import CliRunner
 from wandb_records import read_run, wandb_files
 
-from gradlab.tracking import flatten
+from gradlab.clip import short_names
+from gradlab.tracking import flatten, wandb_id
 
 SMALL = [
     "steps=12",
@@ -63,16 +64,22 @@ def test_sweep_leaves_one_complete_offline_wandb_run_per_job(tmp_path, no_creden
         history = pd.read_csv(run_dir / "history.csv")
 
         assert wb["run"].run_group == run_dir.parent.name  # group = the sweep
+        assert wb["run"].run_id == wandb_id(run_dir.parent.name, run_dir.name)
         assert wb["run"].job_type == "lstm"
         assert wb["run"].display_name == local["name"]
         assert list(wb["run"].tags) == ["lstm", "adding", config["clip"]["mode"]]
         assert wb["run"].project == "gradlab"
         flat = flatten(config)
-        for key in ("clip.mode", "max_norm", "accum_steps", "seed", "lr", "model.hidden_size", "task.length"):
+        for key in ("clip.mode", "accum_steps", "seed", "lr", "steps", "model.hidden_size", "task.length"):
             assert wb["config"][key] == flat[key], key
+        assert ("clip.max_norm" in wb["config"]) == (config["clip"]["mode"] == "norm")  # its own knobs only
+        assert not set(short_names()) & set(wb["config"])  # no knob of another mode
+        assert not {"task.steps", "spike_sigma"} & set(wb["config"])  # a default source; a knob that is off
 
         assert any(m.name == "step" for m in wb["metrics"])
         assert any(m.glob_name == "*" and m.step_metric == "step" for m in wb["metrics"])
+        layers = [m for m in wb["metrics"] if m.name.startswith("layers/rnn")]  # a dot: declared alone
+        assert layers and all(m.step_metric == "step" and m.summary.none for m in layers)
         points = wb["history"]
         assert [p["step"] for p in points] == [4, 8, 12]  # one point per log interval
         for point, (start, end) in zip(points, [(1, 4), (5, 8), (9, 12)]):
@@ -88,15 +95,26 @@ def test_sweep_leaves_one_complete_offline_wandb_run_per_job(tmp_path, no_creden
         assert [p["step"] for p in points if "eval/loss" in p] == [8, 12]
         assert [p["step"] for p in points if "grad/norm_histogram" in p] == [8]
 
+        series = {k for p in points for k in p if not k.startswith("_")}  # _step etc.: wandb's own
+        assert not series & set(wb["summary"])  # no "last value" of a series
+        assert wb["summary"]["grad_norm_max"] == pytest.approx(history["grad_norm"].max(), rel=1e-6)
         assert wb["summary"]["status"] == "completed"
         assert wb["summary"]["train_loss_final"] == pytest.approx(local["train_loss_final"])
         assert wb["summary"]["clip_fraction"] == pytest.approx(local["clip_fraction"])
         assert wb["exit_code"] == 0
 
 
-@pytest.mark.parametrize("switch", ["wandb=off", "logger.wandb.mode=disabled"])
-def test_disabled_writes_no_wandb_files(tmp_path, no_credentials, switch):
-    gradlab(["train", "model=mlp", "steps=3", switch], tmp_path, no_credentials)
+@pytest.mark.parametrize(
+    "args, env",
+    [
+        (["wandb=off"], {}),
+        (["logger.wandb.mode=disabled"], {}),
+        ([], {"WANDB_MODE": "disabled"}),  # under wandb=auto, W&B's own switches count
+        ([], {"WANDB_DISABLED": "true"}),
+    ],
+)
+def test_disabled_writes_no_wandb_files(tmp_path, no_credentials, args, env):
+    gradlab(["train", "model=mlp", "steps=3", *args], tmp_path, {**no_credentials, **env})
     (run_dir,) = run_dirs(tmp_path)
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
     assert not list(tmp_path.rglob("wandb"))
@@ -196,3 +214,52 @@ def test_report_hook_logs_tables_as_a_report_run(tmp_path):
     assert wb["run"].job_type == "report" and wb["run"].run_group == "my-sweep"
     (point,) = wb["history"]
     assert point["comparison"]["_type"] == "table-file" and point["comparison"]["nrows"] == 2
+
+
+def test_wandb_environment_variables_count_where_gradlab_keys_are_left_at_their_defaults(
+    tmp_path, no_credentials
+):
+    env = {
+        **no_credentials,
+        "WANDB_MODE": "offline",
+        "WANDB_PROJECT": "their-project",
+        "WANDB_RUN_GROUP": "their-group",
+        "WANDB_TAGS": "a,b",
+    }
+    gradlab(
+        ["train", "model=mlp", "task=regression", "steps=4", "log_every=2", "eval_every=2"], tmp_path, env
+    )
+    gradlab(["train", "model=mlp", "steps=4", "logger.wandb.project=mine", "name=own"], tmp_path, env)
+    first, second = (read_run(wandb_files(d)[0]) for d in run_dirs(tmp_path))
+    assert (first["run"].project, first["run"].run_group) == ("their-project", "their-group")
+    assert list(first["run"].tags) == ["mlp", "regression", "norm", "a", "b"]
+    assert second["run"].project == "mine"  # gradlab's key, given, wins
+    # a regression has no accuracy: no eval/acc series (nan), eval/loss at each evaluation
+    assert [("eval/loss" in p, "eval/acc" in p) for p in first["history"]] == [(True, False)] * 2
+
+
+def test_a_forced_re_run_is_the_same_wandb_run(tmp_path, no_credentials):
+    """The W&B id is derived from the run's folder: --force makes the run again under the same id
+    (wandb replaces the record with the run's folder), and another sweep's run gets its own."""
+    args = ["train", "model=mlp", "steps=4", "wandb=offline"]
+    gradlab(args, tmp_path, no_credentials)
+    gradlab([*args, "--force"], tmp_path, no_credentials)
+    gradlab([*args, "name=other"], tmp_path, no_credentials)
+    ids = [read_run(log)["run"].run_id for d in run_dirs(tmp_path) for log in wandb_files(d)]
+    assert len(ids) == 2 and len(set(ids)) == 2  # one W&B run per gradlab run
+    assert sorted(ids) == sorted(wandb_id(d.parent.name, d.name) for d in run_dirs(tmp_path))
+
+
+def test_the_readmes_dashboard_recipe_names_what_wandb_wrote(tmp_path, no_credentials):
+    """Every key the README's dashboard recipe tells a user to group by, plot or show is a config
+    key, a series or a summary figure of a W&B run as gradlab writes it."""
+    import re
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    recipe = readme[readme.index("In the dashboard, for the main job") :].split("\n\n", 2)[1]
+    named = set(re.findall(r"`([^`]+)`", recipe))
+    assert {"clip.mode", "clip.max_norm", "grad/norm", "train_loss_final"} <= named
+    gradlab(["train", "model=lstm", *SMALL, "wandb=offline"], tmp_path, no_credentials)
+    wb = read_run(wandb_files(run_dirs(tmp_path)[0])[0])
+    known = set(wb["config"]) | {k for p in wb["history"] for k in p} | set(wb["summary"])
+    assert named <= known, named - known
