@@ -220,7 +220,18 @@ def print_plan(p: Plan, settings: list[str] = ()) -> None:
     from gradlab.session import earlier_result
 
     confs = p.confs
-    print(f"sweep {confs[0]['name']}: {len(confs)} run(s) -> {sweep_dir(confs[0])}")
+    jobs = {}  # run id -> (its config, the first job that asks for it)
+    for conf, job in zip(confs, expand(p.overrides)):
+        jobs.setdefault(run_id(conf), (conf, job))
+    repeats = len(confs) - len(jobs)
+    print(
+        f"sweep {confs[0]['name']}: {len(jobs)} run(s) -> {sweep_dir(confs[0])}"
+        + (
+            f" ({len(confs)} jobs; {repeats} ask for a run another job makes: a knob its clip mode ignores)"
+            if repeats
+            else ""
+        )
+    )
     if confs[0]["engine"] != "sequential" and p.launcher == "basic":
         from gradlab.vectorized import describe, schedule
 
@@ -237,7 +248,7 @@ def print_plan(p: Plan, settings: list[str] = ()) -> None:
             f"compile: {', '.join(str(c).lower() for c in compiled)}: torch.compile each model; a model that "
             "does not compile runs eagerly, and its summary says how it ran (execution)"
         )
-    for i, (conf, job) in enumerate(zip(confs, expand(p.overrides))):
+    for i, (conf, job) in enumerate(jobs.values()):
         done = earlier_result(conf)
         how = f", {done.get('execution', 'eager')}" if done and conf["compile"] else ""
         status = f"done ({done['status']}{how})" if done else "to run"
@@ -386,23 +397,25 @@ def sweep(overrides: list[str], dry_run: bool = False) -> Swept:
 
 
 def _report(p: Plan, done_before: set, searching: bool = False) -> dict:
-    """The sweep's outcome, read from its records: the same under every launcher. A job whose
-    run had finished before, or was made by an earlier job of the sweep, counts as skipped; a
-    run without a readable record is unfinished, or in progress elsewhere (another sweep). A
-    search's runs are those its folder holds."""
+    """The sweep's outcome, read from its records: the same under every launcher. Each distinct run
+    counts once (jobs that ask for the same run are one run); a run that had finished before
+    counts as skipped; a run without a readable record is unfinished, or in progress elsewhere
+    (another sweep). A search's runs are those its folder holds."""
     from gradlab import search
     from gradlab.config import run_id, sweep_dir
     from gradlab.progress import offline_hint, progress_mode
 
     folder = sweep_dir(p.confs[0])
-    ran = search.trial_runs(folder) if searching else [sweep_dir(conf) / run_id(conf) for conf in p.confs]
+    ran = (
+        search.trial_runs(folder)
+        if searching
+        else list(dict.fromkeys(sweep_dir(c) / run_id(c) for c in p.confs))
+    )
     counts = dict.fromkeys(
         ("completed", "diverged", "pruned", "failed", "interrupted", "skipped", "elsewhere", "unfinished"), 0
     )
-    seen = set()
     for run in ran:
-        counts["skipped" if run in done_before | seen else _status(run)] += 1
-        seen.add(run)
+        counts["skipped" if run in done_before else _status(run)] += 1
     if progress_mode(p.confs[0]["progress"]) != "none":
         shown = ", ".join(
             f"{n} {'in progress elsewhere' if k == 'elsewhere' else k}" for k, n in counts.items() if n

@@ -180,6 +180,18 @@ def test_sweep_dry_run_expands_the_grid_without_training(tmp_path, monkeypatch):
     assert not (tmp_path / "results").exists()
 
 
+def test_dry_run_counts_distinct_runs(tmp_path, monkeypatch):
+    """The README's launcher=local grid: 27 jobs, but clip=none and clip=value ignore max_norm, so
+    each of them asks for one run per seed: 3 + 3 + 9 = 15 runs, each listed once."""
+    monkeypatch.chdir(tmp_path)
+    grid = ["model=lstm", "clip=none,value,norm", "max_norm=0.5,1,5", "seed=0,1,2", "launcher=local"]
+    result = CliRunner().invoke(app, ["sweep", *grid, "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "15 run(s)" in result.output and "(27 jobs; 12 ask for a run another job makes:" in result.output
+    listed = [line.split()[1] for line in result.output.splitlines() if line.split()[0].isdigit()]
+    assert len(listed) == len(set(listed)) == 15
+
+
 def test_readme_main_job_end_to_end(tmp_path):
     """`gradlab sweep model=lstm clip=norm max_norm=1,5` (tiny budget): records, resume, force."""
     out = run_cli(["sweep", "model=lstm", "clip=norm", "max_norm=1,5", *TINY], tmp_path, process=True)

@@ -52,8 +52,8 @@ def test_sweep_leaves_one_complete_offline_wandb_run_per_job(tmp_path, no_creden
     runs = run_dirs(tmp_path)
     assert (
         len(runs) == 6
-    )  # 8 jobs; clip=none ignores max_norm, so its max_norm=5 jobs find the max_norm=1 runs
-    assert "(6 completed, 2 skipped)" in out.stdout
+    )  # 8 jobs; clip=none ignores max_norm: its max_norm=5 jobs ask for the max_norm=1 runs
+    assert "sweep finished: 6 runs (6 completed)" in out.stdout  # distinct runs, each once
     assert "wandb sync" in out.stdout  # auto without credentials: offline, and says how to upload
     assert not (tmp_path / "wandb").exists()  # nothing outside the sweep's folder
     for run_dir in runs:
