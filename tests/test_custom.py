@@ -461,16 +461,17 @@ def test_readme_your_own_model_runs_as_written(tmp_path):
 def test_readme_clipping_in_your_own_loop_runs_as_written(tmp_path):
     text = section("Clipping in your own loop")
     blocks = python_blocks(text)
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     outputs = [shell(f"python - <<'EOF'\n{block}EOF", tmp_path).stdout for block in blocks]
     assert "zclip state: ['count', 'mean', 'var']" in outputs[0]
     assert "->" in outputs[1]
-    run_dir = Path(tmp_path / outputs[2].strip().splitlines()[-1])
-    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
-    (compare,) = commands(text)
-    shell(compare, tmp_path)
-    table = pd.read_csv(tmp_path / "results" / "lightning" / "comparison.csv")
-    assert table["completed"].tolist() == [1] and table["eval_loss_final_mean"].notna().all()
+    for output in outputs[2:]:  # Lightning, then transformers: each prints its run's folder
+        run_dir = Path(tmp_path / output.strip().splitlines()[-1])
+        assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+    for compare, trainer in zip(commands(text), ["lightning", "transformers"], strict=True):
+        shell(compare, tmp_path)
+        table = pd.read_csv(tmp_path / "results" / trainer / "comparison.csv")
+        assert table["completed"].tolist() == [1] and table["eval_loss_final_mean"].notna().all()
 
 
 # --- the clipping library
