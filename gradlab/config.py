@@ -87,9 +87,6 @@ def check_knobs(conf: dict) -> None:
     if conf["workers"] != "auto":
         _positive_int(conf, "workers")
     _positive_int(conf, "group_size")
-    from gradlab.search import check_settings
-
-    check_settings(conf["search"])
     if conf["compile"] not in COMPILE:
         raise bad("compile", conf["compile"], "choose from false, true, cudagraphs")
     if conf["engine"] not in ENGINES:

@@ -189,6 +189,7 @@ def plan(overrides: list[str], multirun: bool) -> Plan:
         raise ConfigError(f"{len(jobs)} configurations given: `gradlab train` runs one; use `gradlab sweep`")
 
     from gradlab.config import check_writable, plain
+    from gradlab.search import check_settings
     from gradlab.train import check
 
     composed = compose_all(jobs)
@@ -197,6 +198,7 @@ def plan(overrides: list[str], multirun: bool) -> Plan:
     for conf in confs:
         check(conf, shapes)
         check_writable(conf)
+        check_settings(conf["search"])
         search = conf["search"]
         if search["trials"] and not multirun:
             raise bad(
@@ -360,7 +362,11 @@ def sweep(overrides: list[str], dry_run: bool = False) -> Swept:
     try:
         with nothing_left_on_bad_input(folder):
             if searching:
-                search.run(p, talk=progress_mode(p.confs[0]["progress"]) != "none")
+                search.run(
+                    p,
+                    lambda trial: plan(trial, multirun=True).confs,  # each trial's runs, checked
+                    talk=progress_mode(p.confs[0]["progress"]) != "none",
+                )
             elif p.launcher == "basic":
                 from gradlab.vectorized import run_groups
 

@@ -26,6 +26,7 @@ been pruned or failed with an error.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from gradlab.errors import ConfigError, bad
 from gradlab.sweep import default_name, key_of
@@ -285,12 +286,12 @@ def cut_short(study) -> list:
     return found
 
 
-def run(p, talk: bool) -> None:
+def run(p, confs_of: Callable[[list[str]], list[dict]], talk: bool) -> None:
     """The search of plan `p` (launch.search_plan): trials asked and told until `search.trials`
-    count, the best one written to the folder after each."""
+    count, the best one written to the folder after each. `confs_of`: a trial's overrides -> its
+    runs' configs, checked (launch.plan)."""
     from gradlab import records
     from gradlab.config import sweep_dir
-    from gradlab.launch import plan
 
     conf = p.confs[0]
     settings = conf["search"]
@@ -306,7 +307,7 @@ def run(p, talk: bool) -> None:
             print(f"trial(s) {', '.join(map(str, again))} were cut short: asked again", flush=True)
         while sum(map(counted, study.get_trials(deepcopy=False))) < settings["trials"]:
             trial = study.ask(distributions)
-            confs = plan([*fixed, *trial_overrides(trial.params, written)], multirun=True).confs
+            confs = confs_of([*fixed, *trial_overrides(trial.params, written)])
             seeds = [{**c, "seed": c["seed"] + i} for c in confs for i in range(settings["trial_seeds"])]
             outcome = train_trial(study, trial, seeds, settings["objective"])
             write_best(study, folder)
