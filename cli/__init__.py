@@ -250,10 +250,16 @@ def list_options(config_dir: ConfigDir = ()):
         said = "; ".join(f"clip={mode}: {doc}" for mode, doc in docs)
         shown = "null" if default is None else str(default).lower() if isinstance(default, bool) else default
         typer.echo(f"  {f'{name}: {shown}':<36} {said}")
+    parents = []  # the keys above this line, by indentation: search.trials, logger.wandb.mode
     for line in conf.joinpath("config.yaml").read_text().splitlines():
-        if line and not line.startswith((" ", "#", "-", "defaults", "hydra")) and "#" in line:
-            key, comment = line.split("#", 1)
-            typer.echo(f"  {key.strip():<36} {comment.strip()}")
+        if not line.strip() or line.lstrip().startswith(("#", "-")):
+            continue
+        depth = (len(line) - len(line.lstrip())) // 2
+        key, _, rest = line.strip().partition(":")
+        parents = [*parents[:depth], key]
+        value, _, comment = rest.partition("#")
+        if parents[0] not in ("defaults", "hydra") and comment:
+            typer.echo(f"  {'.'.join(parents) + ':' + value.rstrip():<36} {comment.strip()}")
 
 
 Paths = Annotated[list[str], typer.Argument(help="Sweep folders or results roots holding run records.")]
