@@ -46,7 +46,13 @@ class TrialFailed(RuntimeError):
 
 def check_settings(search: dict) -> None:
     """The search.* keys (checked for every run: a grid carries them too)."""
-    for key, least in (("trials", 0), ("trial_seeds", 1), ("startup_trials", 0), ("pruner_startup", 0)):
+    for key, least in (
+        ("trials", 0),
+        ("trial_seeds", 1),
+        ("startup_trials", 0),
+        ("pruner_startup", 0),
+        ("pruner_warmup", 0),
+    ):
         value = search[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise bad(f"search.{key}", value, f"must be an integer >= {least}")
@@ -215,7 +221,9 @@ def pruner(search: dict):
     import optuna
 
     return {
-        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=search["pruner_startup"]),
+        "median": lambda: optuna.pruners.MedianPruner(
+            n_startup_trials=search["pruner_startup"], n_warmup_steps=search["pruner_warmup"]
+        ),
         "halving": optuna.pruners.SuccessiveHalvingPruner,
         "hyperband": optuna.pruners.HyperbandPruner,
         "none": optuna.pruners.NopPruner,

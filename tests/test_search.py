@@ -267,3 +267,12 @@ def test_a_trial_whose_evaluations_trail_is_pruned_and_recorded_so(tmp_path):
     gradlab(tmp_path, "compare", folder, "--format", "csv")
     table = pd.read_csv(folder / "comparison.csv")
     assert table["pruned"].sum() == len(pruned) and table["completed"].sum() == len(found) - len(pruned)
+
+
+def test_the_pruner_judges_no_step_before_its_warm_up(tmp_path):
+    """The same search as above with search.pruner_warmup=30: its evaluations at steps 10 and 20
+    come before the warm-up ends, so every trial completes."""
+    args = ["model=mlp", "lr=tag(log, interval(0.000001, 0.1))", "search.trials=4", "search.pruner_startup=1"]
+    gradlab(tmp_path, "sweep", *args, "search.pruner_warmup=30", "steps=30", "eval_every=10", *FAST, "name=w")
+    found = trials(f"sqlite:///{tmp_path / 'results' / 'w' / 'search.db'}")
+    assert [t.state for t in found] == [optuna.trial.TrialState.COMPLETE] * 4
