@@ -65,7 +65,13 @@ def check_settings(search: dict) -> None:
     storage = search["storage"]
     if storage is not None and not (str(storage).startswith("sqlite:///") or str(storage).endswith(".log")):
         raise bad("search.storage", storage, "write sqlite:///PATH.db or PATH.log (a journal file), or null")
-    check_objective(search["objective"])
+    given = search["objective"]
+    if not objectives(search):
+        raise bad("search.objective", given, "name a summary figure, or a list of them")
+    for name in given if isinstance(given, list) else [given]:
+        check_objective(name)
+    if len(objectives(search)) > 1 and search["sampler"] == "cmaes":
+        raise bad("search.sampler", "cmaes", "CMA-ES optimises one objective; choose tpe, random, gp or qmc")
 
 
 def check_objective(name) -> None:
@@ -77,6 +83,15 @@ def check_objective(name) -> None:
             name,
             f"choose a summary figure: {', '.join(figures.metrics())} (eval_loss = eval_loss_final)",
         )
+
+
+def objectives(search: dict) -> list[str]:
+    """The summary figures a trial scores: search.objective, one name or a list (a multi-objective
+    search, whose result is the Pareto front)."""
+    from gradlab.figures import figure_name
+
+    given = search["objective"]
+    return [figure_name(str(name)) for name in (given if isinstance(given, list) else [given])]
 
 
 def searching(overrides: list[str]) -> bool:
@@ -247,18 +262,19 @@ def open_study(conf: dict):
     """The search's study (made, or continued: load_if_exists), named after its folder and objective."""
     import optuna
 
-    from gradlab.figures import figure_name, higher_is_better
+    from gradlab.figures import higher_is_better
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # gradlab prints each trial's line
-    figure = figure_name(conf["search"]["objective"])
+    figures = objectives(conf["search"])
     study = optuna.create_study(
         storage=storage(conf),
-        study_name=f"{conf['name']}:{figure}",  # one study per objective
-        direction="maximize" if higher_is_better(figure) else "minimize",
+        study_name=f"{conf['name']}:{'+'.join(figures)}",  # one study per objective
+        directions=["maximize" if higher_is_better(f) else "minimize" for f in figures],
         load_if_exists=True,
     )
     study.sampler = sampler(conf["search"], len(study.get_trials(deepcopy=False)))
-    study.pruner = pruner(conf["search"])
+    # Optuna prunes single-objective studies only
+    study.pruner = pruner(conf["search"]) if len(figures) == 1 else optuna.pruners.NopPruner()
     return study
 
 
@@ -317,22 +333,25 @@ def run(p, confs_of: Callable[[list[str]], list[dict]], talk: bool) -> None:
             trial = study.ask(distributions)
             confs = confs_of([*fixed, *trial_overrides(trial.params, written)])
             seeds = [{**c, "seed": c["seed"] + i} for c in confs for i in range(settings["trial_seeds"])]
-            outcome = train_trial(study, trial, seeds, settings["objective"])
+            outcome = train_trial(study, trial, seeds, objectives(settings))
             write_best(study, folder)
             if talk:
                 print(f"trial {trial.number} {outcome}", flush=True)
 
 
-def train_trial(study, trial, confs: list[dict], objective: str) -> str:
-    """Train the trial's runs, judged by its pruner; tell the study how it ended, and say it."""
+def train_trial(study, trial, confs: list[dict], figures: list[str]) -> str:
+    """Train the trial's runs, judged by its pruner (one objective); tell the study how it ended,
+    and say it."""
+    from contextlib import nullcontext
+
     from optuna.trial import TrialState
 
-    from gradlab.figures import figure_name, higher_is_better, source
+    from gradlab.figures import higher_is_better, source
     from gradlab.loop import judged
     from gradlab.vectorized import run_groups
 
-    figure = figure_name(objective)
-    with judged(Judge(trial, source(figure) or figure)):
+    (first, *more) = figures
+    with nullcontext() if more else judged(Judge(trial, source(first) or first)):
         summaries = run_groups(confs)
     names = ", ".join(s["name"] for s in summaries)
     pruned = [s for s in summaries if s["status"] == "pruned"]
@@ -340,26 +359,33 @@ def train_trial(study, trial, confs: list[dict], objective: str) -> str:
         study.tell(trial, state=TrialState.PRUNED)
         return f"{names}: pruned at step {pruned[0]['pruned_step']}"
     try:
-        value = objective_value(summaries, figure, higher_is_better(figure))
+        values = [objective_value(summaries, f, higher_is_better(f)) for f in figures]
     except TrialFailed as e:
         trial.set_user_attr(ERROR, str(e))
         study.tell(trial, state=TrialState.FAIL)
         return f"failed: {e}"
-    study.tell(trial, value)
-    return f"{names}: {figure} {value:.4g}"
+    study.tell(trial, values if more else values[0])
+    return f"{names}: " + ", ".join(f"{f} {v:.4g}" for f, v in zip(figures, values))
 
 
 def write_best(study, folder) -> None:
-    """The best trial, as Hydra's Optuna sweeper wrote it (optimization_results.yaml), once one completed."""
+    """The best trial, as Hydra's Optuna sweeper wrote it (optimization_results.yaml), once one
+    completed; under several objectives, the Pareto front (best_trials)."""
     import yaml
+    from optuna.trial import TrialState
 
-    try:
-        best = study.best_trial
-    except ValueError:  # no trial completed
+    if not study.get_trials(deepcopy=False, states=[TrialState.COMPLETE]):
         return
-    (folder / RESULT_FILE).write_text(
-        yaml.safe_dump({"name": study.study_name, "best_params": best.params, "best_value": best.value})
-    )
+    if len(study.directions) > 1:
+        front = [{"number": t.number, "params": t.params, "values": t.values} for t in study.best_trials]
+        found = {"name": study.study_name, "best_trials": front}
+    else:
+        found = {
+            "name": study.study_name,
+            "best_params": study.best_trial.params,
+            "best_value": study.best_value,
+        }
+    (folder / RESULT_FILE).write_text(yaml.safe_dump(found))
 
 
 def trial_runs(folder) -> list:
@@ -377,16 +403,21 @@ def best(folder) -> str:
     if not results.exists():
         return "no search result: no trial completed (its finished runs are kept)"
     found = yaml.safe_load(results.read_text())
-    params = " ".join(
-        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in found["best_params"].items()
-    )
-    return f"best trial: {params} (objective {found['best_value']:.4g}) -> {results}"
+
+    def shown(params: dict) -> str:
+        return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+    if "best_trials" in found:
+        front = "; ".join(
+            f"{shown(t['params'])} ({', '.join(f'{v:.4g}' for v in t['values'])})"
+            for t in found["best_trials"]
+        )
+        return f"Pareto front, {len(found['best_trials'])} trial(s): {front} -> {results}"
+    return f"best trial: {shown(found['best_params'])} (objective {found['best_value']:.4g}) -> {results}"
 
 
 def describe(p) -> str:
     """What a search will do (gradlab sweep --dry-run)."""
-    from gradlab.figures import figure_name
-
     conf = p.confs[0]
     s = conf["search"]
     distributions = space(p.overrides)[1]
@@ -395,7 +426,7 @@ def describe(p) -> str:
         f"search {conf['name']} -> {conf['results_root']}/{conf['name']}: Optuna, {s['trials']} trials "
         f"({s['sampler']} sampler, seed {s['seed']}; {s['pruner']} pruner) over "
         f"{', '.join(distributions)}; each trial {s['trial_seeds']} seed(s) from seed {conf['seed']}, "
-        f"objective {figure_name(s['objective'])}; stored in {where}; checked: the {len(p.confs)} "
+        f"objective {' and '.join(objectives(s))}; stored in {where}; checked: the {len(p.confs)} "
         "runs at the ends of its intervals"
     )
 

@@ -276,3 +276,29 @@ def test_the_pruner_judges_no_step_before_its_warm_up(tmp_path):
     gradlab(tmp_path, "sweep", *args, "search.pruner_warmup=30", "steps=30", "eval_every=10", *FAST, "name=w")
     found = trials(f"sqlite:///{tmp_path / 'results' / 'w' / 'search.db'}")
     assert [t.state for t in found] == [optuna.trial.TrialState.COMPLETE] * 4
+
+
+def test_a_search_over_two_objectives_keeps_their_pareto_front(tmp_path):
+    """search.objective=[eval_loss,clip_fraction]: each trial scores both (means over its seeds),
+    nothing is pruned, and the result is the trials no other trial beats on both."""
+    args = ["model=mlp", "clip=norm", "max_norm=tag(log, interval(0.05, 5))", "search.trials=4"]
+    out = gradlab(
+        tmp_path, "sweep", *args, "search.objective=[eval_loss,clip_fraction]", "steps=20", *FAST, "name=two"
+    )
+    folder = tmp_path / "results" / "two"
+    found = trials(f"sqlite:///{folder / 'search.db'}")
+    assert [t.state for t in found] == [optuna.trial.TrialState.COMPLETE] * 4
+    for t in found:  # each value is the mean of its runs' figure (one seed here)
+        (summary,) = [
+            json.loads(p.read_text())
+            for p in folder.glob("*/summary.json")
+            if yaml.safe_load((p.parent / "config.yaml").read_text())["clip"]["max_norm"]
+            == pytest.approx(t.params["max_norm"], rel=1e-5)
+        ]
+        assert t.values == pytest.approx([summary["eval_loss_final"], summary["clip_fraction"]])
+    front = yaml.safe_load((folder / "optimization_results.yaml").read_text())["best_trials"]
+    beaten = lambda a, b: all(x <= y for x, y in zip(b.values, a.values)) and b.values != a.values  # noqa: E731
+    assert sorted(t["number"] for t in front) == [
+        a.number for a in found if not any(beaten(a, b) for b in found)
+    ]
+    assert f"Pareto front, {len(front)} trial(s): " in out.stdout
