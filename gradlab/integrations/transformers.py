@@ -128,8 +128,8 @@ class GradlabClipping(Recorder, TrainerCallback):
         self.logged = len(self.history)
         if rows:
             logs.update({k: v for k, v in figures.interval_point(rows).items() if k != "step"})
-        last = max((step for step, *_ in self.layers), default=None)
-        if last is not None and rows and last > rows[0]["step"] - 1:
+        last = max((step for step, *_ in self.layers), default=None)  # the latest per-parameter norms
+        if last is not None and rows and last >= rows[0]["step"]:  # taken since the last log
             logs.update({f"layers/{name}": norm for step, name, norm, *_ in self.layers if step == last})
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
