@@ -407,7 +407,7 @@ def _report(p: Plan, done_before: set, searching: bool = False) -> dict:
     counts once (jobs that ask for the same run are one run); a run that had finished before
     counts as skipped; a run without a readable record is unfinished, or in progress elsewhere
     (another sweep). A search's runs are those its folder holds."""
-    from gradlab import search
+    from gradlab import records, search
     from gradlab.config import run_id, sweep_dir
     from gradlab.progress import offline_hint, progress_mode
 
@@ -417,9 +417,7 @@ def _report(p: Plan, done_before: set, searching: bool = False) -> dict:
         if searching
         else list(dict.fromkeys(sweep_dir(c) / run_id(c) for c in p.confs))
     )
-    counts = dict.fromkeys(
-        ("completed", "diverged", "pruned", "failed", "interrupted", "skipped", "elsewhere", "unfinished"), 0
-    )
+    counts = dict.fromkeys((*records.STATUSES, "skipped", "elsewhere", "unfinished"), 0)
     for run in ran:
         counts["skipped" if run in done_before else _status(run)] += 1
     if progress_mode(p.confs[0]["progress"]) != "none":

@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 import time
 
+from gradlab.records import STATUSES
+
 MODES = ("auto", "bar", "lines", "none")
 
 
@@ -103,9 +105,7 @@ class SweepProgress:
 
     def __init__(self, total: int, mode: str):
         self.total, self.quiet = total, progress_mode(mode) == "none" or total == 1  # one run says it itself
-        self.counts = dict.fromkeys(
-            ("completed", "diverged", "pruned", "failed", "interrupted", "skipped"), 0
-        )
+        self.counts = dict.fromkeys((*STATUSES, "skipped"), 0)
 
     def ended(self, summaries: list) -> None:
         for summary in summaries:

@@ -41,7 +41,7 @@ from pathlib import Path
 import yaml
 
 SUMMARY = "summary.json"
-STATUSES = ("completed", "diverged", "failed", "interrupted", "pruned")
+STATUSES = ("completed", "diverged", "pruned", "failed", "interrupted")  # how a run ends, in the order shown
 # re-running these would give the same numbers (a pruned run: a search's pruner stopped it, the
 # search's trial that asks for it again is pruned again)
 FINISHED = ("completed", "diverged", "pruned")

@@ -66,11 +66,12 @@ def check_settings(search: dict) -> None:
     if storage is not None and not (str(storage).startswith("sqlite:///") or str(storage).endswith(".log")):
         raise bad("search.storage", storage, "write sqlite:///PATH.db or PATH.log (a journal file), or null")
     given = search["objective"]
-    if not objectives(search):
+    names = given if isinstance(given, list) else [given]
+    if not names:
         raise bad("search.objective", given, "name a summary figure, or a list of them")
-    for name in given if isinstance(given, list) else [given]:
+    for name in names:
         check_objective(name)
-    if len(objectives(search)) > 1 and search["sampler"] == "cmaes":
+    if len(names) > 1 and search["sampler"] == "cmaes":
         raise bad("search.sampler", "cmaes", "CMA-ES optimises one objective; choose tpe, random, gp or qmc")
 
 
